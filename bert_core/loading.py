@@ -1,0 +1,479 @@
+"""Load a task's train/eval splits into canonical rows (docs/design.md) as `datasets.Dataset`s.
+
+Local files under a data root win when they are all there (BERTFLOW_DATA_DIR or `data_dir`);
+otherwise the spec's hub dataset is used. Each source format has a small reader that keeps the
+line (or JSON path) of every row in `_source`, so validation errors point at the exact spot.
+GLUE TSVs are read with no quoting at all: their sentences hold unbalanced `"` characters.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+from datasets import Dataset, Features, List, Value
+
+from bert_core.spec import ROW_INDEX, CarveRule, TaskSpec, load_spec
+from bert_core.validation import DataError, show, validate_rows
+
+ENV_DATA_DIR = "BERTFLOW_DATA_DIR"
+HUB_PROBE_TIMEOUT_S = 3.0
+_CLASSIFICATION = ("single_classification", "pair_classification")
+
+
+@dataclass
+class TaskData:
+    """A task's data, ready for feature building; everything a run should log about where it came from."""
+
+    splits: dict[str, Dataset]  # "train", "eval", plus extra eval splits; canonical rows
+    label_names: list[str] | None  # labels (tags for tagging) in index order; None: regression, QA
+    fingerprint: str  # changes whenever the rows could change: file bytes + settings, or hub id
+    source: str  # "local:<data dir>" or "hub:<path>"
+    carve: dict | None = None  # the carve rule and its outcome, for run logs
+    dropped: list[str] = field(default_factory=list)  # one message per dropped bad row
+
+
+def load_task_data(
+    spec: TaskSpec | str | Path,
+    data_dir: str | Path | None = None,
+    drop_bad_rows: bool = False,
+    max_rows: dict[str, int] | None = None,
+) -> TaskData:
+    """Load, validate and return a task's splits. `max_rows` caps splits by name ({"train": 500})."""
+    spec = spec if isinstance(spec, TaskSpec) else load_spec(spec)
+    root = Path(data_dir) if data_dir is not None else _env_data_dir()
+    why_not_local = "the spec has no local files."
+    if spec.local is not None:
+        files = _local_files(spec)
+        if root is None:
+            why_not_local = f"{ENV_DATA_DIR} is not set and no data_dir was given."
+        else:
+            missing = [(where, rel) for where, rel in files.values() if not (root / rel).is_file()]
+            if not missing:
+                return _load_local(spec, root, drop_bad_rows, max_rows)
+            # A partly present dataset is a mistake to report, not a reason to go to the hub.
+            if spec.hub is None or len(missing) < len(files):
+                raise DataError(f"{spec.name}: local file not found: " + "; ".join(
+                    f"{root / rel} (spec field {where})" for where, rel in missing))
+            why_not_local = f"its local files are not under {root} (e.g. {missing[0][1]})."
+    if spec.hub is None:
+        raise DataError(f"{spec.name}: no data: {why_not_local} Set {ENV_DATA_DIR} to the folder "
+                        f"holding {[rel for _, rel in _local_files(spec).values()]} or pass data_dir.")
+    return _load_hub(spec, drop_bad_rows, max_rows, why_not_local)
+
+
+def _env_data_dir() -> Path | None:
+    value = os.environ.get(ENV_DATA_DIR)
+    return Path(value) if value else None
+
+
+def _local_files(spec: TaskSpec) -> dict[str, tuple[str, str]]:
+    """Split name -> (spec field naming it, path relative to the data root)."""
+    local = spec.local
+    files = {"train": ("local.files.train", local.files.train), "eval": ("local.files.eval", local.files.eval)}
+    files.update({name: (f"local.eval_extra.{name}", rel) for name, rel in local.eval_extra.items()})
+    return files
+
+
+# ---------------------------------------------------------------- local files
+
+def _load_local(spec: TaskSpec, root: Path, drop_bad_rows: bool, max_rows: dict | None) -> TaskData:
+    local, files = spec.local, _local_files(spec)
+    contents = {rel: (root / rel).read_bytes() for _, rel in files.values()}
+    dropped: list[str] = []
+    read = _READERS[local.format]
+
+    def rows_of(rel: str) -> list[dict]:
+        rows = read(spec, rel, contents[rel], _Problems(drop_bad_rows, dropped))
+        return _normalise_labels(rows, spec.family, local.label_map)
+
+    carve = None
+    if local.carve is not None:
+        train, eval_, carve = carve_rows(rows_of(local.files.train), local.carve, local.files.train)
+        raw = {"train": train, "eval": eval_} | {name: rows_of(rel) for name, rel in local.eval_extra.items()}
+    else:
+        raw = {split: rows_of(rel) for split, (_, rel) in files.items()}
+    origins = {split: rel for split, (_, rel) in files.items()}
+    splits, label_names = _finish(spec, raw, origins, drop_bad_rows, max_rows, dropped)
+    return TaskData(splits, label_names, _local_fingerprint(spec, files, contents, drop_bad_rows, max_rows),
+                    f"local:{root}", carve, dropped)
+
+
+def _local_fingerprint(spec, files, contents, drop_bad_rows, max_rows) -> str:
+    # Everything that can change the rows goes in; the spec's name and metrics do not, so two
+    # specs reading the same data the same way share cached features.
+    settings = {"family": spec.family, "local": spec.local.model_dump(), "columns": spec.column_map("local"),
+                "labels": spec.labels, "drop_bad_rows": drop_bad_rows, "max_rows": max_rows}
+    h = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    for split, (_, rel) in sorted(files.items()):
+        h.update(f"\n{split}={rel}:{hashlib.sha256(contents[rel]).hexdigest()}".encode())
+    return h.hexdigest()
+
+
+class _Problems:
+    """A structural problem in a file (wrong field count, broken JSON line): raise, or record and skip."""
+
+    def __init__(self, drop: bool, dropped: list[str]):
+        self.drop, self.dropped = drop, dropped
+
+    def report(self, message: str) -> None:
+        if not self.drop:
+            raise DataError(f"{message} (pass drop_bad_rows=True to skip bad rows and report them)")
+        self.dropped.append(message)
+
+
+def _decode(rel: str, data: bytes, encoding: str) -> str:
+    try:
+        return data.decode(encoding)
+    except LookupError:
+        raise DataError(f"{rel}: local.encoding {encoding!r} is not a known text encoding") from None
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        column = e.start - data.rfind(b"\n", 0, e.start)
+        raise DataError(f"{rel}:{line}: bytes {data[e.start:e.end]!r} at byte offset {e.start} (column "
+                        f"{column}) are not valid {encoding} ({e.reason}); set local.encoding if the "
+                        f"file uses another encoding") from None
+
+
+def _parse_json(rel: str, text: str, line_offset: int = 0) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{rel}:{e.lineno + line_offset}: broken JSON at line {e.lineno + line_offset}, "
+                        f"column {e.colno}: {e.msg}") from None
+
+
+def _read_table(spec: TaskSpec, rel: str, data: bytes, problems: _Problems) -> list[dict]:
+    local = spec.local
+    delimiter = local.delimiter or ("\t" if local.format == "tsv" else ",")
+    quoting = local.quoting or ("none" if local.format == "tsv" else "csv")
+    reader = csv.reader(io.StringIO(_decode(rel, data, local.encoding), newline=""), delimiter=delimiter,
+                        quoting=csv.QUOTE_NONE if quoting == "none" else csv.QUOTE_MINIMAL)
+    records = _records(reader, rel)
+    names = local.column_names
+    if local.header:
+        first = next(records, None)
+        if first is None:
+            raise DataError(f"{rel}: the file is empty; expected a header line (local.header: true)")
+        names = names or first[1]
+    index = _column_index(spec, rel, names)
+    width = len(names) if names else max(index.values()) + 1
+    rows = []
+    for line, fields in records:
+        if len(fields) != width and (names or len(fields) < width):
+            problems.report(f"{rel}:{line}: found {len(fields)} field(s) when split on {delimiter!r}, expected "
+                            f"{width}{f' {names}' if names else ''}: wrong delimiter, or a delimiter "
+                            f"inside an unquoted field? Line starts {show(delimiter.join(fields))}")
+            continue
+        row = {canonical: fields[i] for canonical, i in index.items()}
+        row["_source"] = f"{rel}:{line}"
+        rows.append(row)
+    return rows
+
+
+def _records(reader, rel: str):
+    """(first line number, fields) per record; the csv module counts physical lines for us."""
+    last = 0
+    try:
+        for fields in reader:
+            start, last = last + 1, reader.line_num
+            if fields:  # csv yields [] for a blank line
+                yield start, fields
+    except csv.Error as e:
+        raise DataError(f"{rel}:{reader.line_num}: cannot split the line: {e}") from None
+
+
+def _column_index(spec: TaskSpec, rel: str, names: list[str] | None) -> dict[str, int]:
+    index = {}
+    for canonical, column in spec.column_map("local").items():
+        if isinstance(column, int):
+            index[canonical] = column
+        elif names is not None and column in names:
+            index[canonical] = names.index(column)
+        elif names is None:
+            raise DataError(f"{rel}: columns.{canonical} names column {column!r} but the file has no header "
+                            f"(local.header: false): set local.column_names or give a 0-based index")
+        else:
+            bom = " The file starts with a UTF-8 byte-order mark: set local.encoding: utf-8-sig." \
+                if names and names[0].startswith("\ufeff") else ""
+            raise DataError(f"{rel}:1: column {column!r} (spec field columns.{canonical}) not found; "
+                            f"the header has {names}.{bom}")
+    return index
+
+
+def _record_rows(spec: TaskSpec, records: list[tuple[str, Any]], rel: str, problems: _Problems) -> list[dict]:
+    """Rows from keyed records (json, jsonl, parquet): canonical field <- record[column]."""
+    columns, rows = spec.column_map("local"), []
+    for source, record in records:
+        if not isinstance(record, dict):
+            problems.report(f"{source}: expected a record (JSON object), got {show(record)}")
+            continue
+        missing = [f"{c!r} (columns.{f})" for f, c in columns.items() if c not in record]
+        if missing:
+            problems.report(f"{source}: column(s) {', '.join(missing)} not found; the record has {list(record)}")
+            continue
+        rows.append({f: record[c] for f, c in columns.items()} | {"_source": source})
+    return rows
+
+
+def _read_json(spec: TaskSpec, rel: str, data: bytes, problems: _Problems) -> list[dict]:
+    records = _parse_json(rel, _decode(rel, data, spec.local.encoding))
+    if not isinstance(records, list):
+        raise DataError(f"{rel}: expected a JSON list of records at the top level, got {type(records).__name__}")
+    return _record_rows(spec, [(f"{rel}:[{i}]", r) for i, r in enumerate(records)], rel, problems)
+
+
+def _read_jsonl(spec: TaskSpec, rel: str, data: bytes, problems: _Problems) -> list[dict]:
+    records = []
+    for n, line in enumerate(_decode(rel, data, spec.local.encoding).split("\n"), start=1):
+        if line.strip():
+            try:
+                records.append((f"{rel}:{n}", _parse_json(rel, line, line_offset=n - 1)))
+            except DataError as e:
+                problems.report(str(e))
+    return _record_rows(spec, records, rel, problems)
+
+
+def _read_parquet(spec: TaskSpec, rel: str, data: bytes, problems: _Problems) -> list[dict]:
+    import pyarrow.parquet as pq  # a datasets dependency; imported here as only parquet needs it
+
+    try:
+        table = pq.read_table(io.BytesIO(data))
+    except Exception as e:  # pyarrow raises several types for a damaged file
+        raise DataError(f"{rel}: not a readable parquet file: {e}") from None
+    return _record_rows(spec, [(f"{rel}:row {i}", r) for i, r in enumerate(table.to_pylist())], rel, problems)
+
+
+def _read_conll(spec: TaskSpec, rel: str, data: bytes, problems: _Problems) -> list[dict]:
+    """One row per sentence: a token per line, blank lines between sentences, -DOCSTART- skipped."""
+    columns = spec.column_map("local")
+    word, tag = columns["tokens"], columns["tags"]
+    rows, tokens, tags, start, bad = [], [], [], 0, False
+
+    def end_sentence():
+        if tokens and not bad:
+            rows.append({"tokens": list(tokens), "tags": list(tags), "_source": f"{rel}:{start}"})
+        tokens.clear()
+        tags.clear()
+
+    for n, line in enumerate(_decode(rel, data, spec.local.encoding).split("\n"), start=1):
+        parts = line.split()
+        if not parts or parts[0] == "-DOCSTART-":
+            end_sentence()
+            bad = False
+            continue
+        if not tokens:
+            start = n
+        if len(parts) <= max(word, tag):
+            problems.report(f"{rel}:{n}: found {len(parts)} space-separated column(s) in {show(line)}, expected "
+                            f"at least {max(word, tag) + 1} (columns.tokens={word}, columns.tags={tag})")
+            bad = True  # drop the whole sentence: a sentence missing a token is not the same sentence
+            continue
+        tokens.append(parts[word])
+        tags.append(parts[tag])
+    end_sentence()
+    return rows
+
+
+def _read_squad(spec: TaskSpec, rel: str, data: bytes, problems: _Problems) -> list[dict]:
+    """One row per question of the official SQuAD JSON; `_source` is its JSON path."""
+    doc = _parse_json(rel, _decode(rel, data, spec.local.encoding))
+    articles = doc.get("data") if isinstance(doc, dict) else None
+    if not isinstance(articles, list):
+        raise DataError(f"{rel}: expected the SQuAD layout {{'data': [{{'title': ..., 'paragraphs': [...]}}]}}")
+    rows = []
+    for i, article in enumerate(articles):
+        for j, paragraph in enumerate(_items(article, "paragraphs", f"{rel}:data[{i}]", problems)):
+            where = f"{rel}:data[{i}].paragraphs[{j}]"
+            for k, qa in enumerate(_items(paragraph, "qas", where, problems)):
+                answers = qa.get("answers") if isinstance(qa, dict) else None
+                if not isinstance(answers, list) or not all(isinstance(a, dict) for a in answers):
+                    problems.report(f"{where}.qas[{k}]: field 'answers': got {show(answers)}, "
+                                    "expected a list of {'text': ..., 'answer_start': ...}")
+                    continue
+                rows.append({"id": qa.get("id"), "title": article.get("title"), "question": qa.get("question"),
+                             "context": paragraph.get("context"),
+                             "answers": {"text": [a.get("text") for a in answers],
+                                         "answer_start": [a.get("answer_start") for a in answers]},
+                             "_source": f"{where}.qas[{k}]"})
+    return rows
+
+
+def _items(parent: Any, key: str, where: str, problems: _Problems) -> list:
+    items = parent.get(key) if isinstance(parent, dict) else None
+    if not isinstance(items, list):
+        problems.report(f"{where}: field '{key}': got {show(items)}, expected a list")
+        return []
+    return items
+
+
+_READERS: dict[str, Callable[[TaskSpec, str, bytes, _Problems], list[dict]]] = {
+    "tsv": _read_table, "csv": _read_table, "json": _read_json, "jsonl": _read_jsonl,
+    "parquet": _read_parquet, "conll": _read_conll, "squad": _read_squad,
+}
+
+
+def carve_rows(rows: list[dict], rule: CarveRule, rel: str) -> tuple[list[dict], list[dict], dict]:
+    """Split rows into (train, eval, record) by hashing each row's group key with the seed.
+
+    A hash of the key (not a shuffled order) decides, so a group's side never depends on file
+    order or on which other rows exist, and the same rule gives the same split on every machine.
+    """
+    train, eval_, groups = [], [], {"train": set(), "eval": set()}
+    for i, row in enumerate(rows):
+        key = i if rule.by == ROW_INDEX else row.get(rule.by)
+        digest = hashlib.sha256(f"{rule.seed}:{key}".encode()).digest()
+        side = "eval" if int.from_bytes(digest[:8], "big") / 2**64 < rule.eval_fraction else "train"
+        (eval_ if side == "eval" else train).append(row)
+        groups[side].add(str(key))
+    record = {"file": rel, "by": rule.by, "eval_fraction": rule.eval_fraction, "seed": rule.seed,
+              "rule": "eval iff int(sha256(f'{seed}:{key}')[:8 bytes]) / 2**64 < eval_fraction",
+              "train_rows": len(train), "eval_rows": len(eval_),
+              "train_groups": len(groups["train"]), "eval_groups": len(groups["eval"])}
+    return train, eval_, record
+
+
+# ---------------------------------------------------------------- hub
+
+def _load_hub(spec: TaskSpec, drop_bad_rows: bool, max_rows: dict | None, why_not_local: str) -> TaskData:
+    hub = spec.hub
+    where = f"{hub.path}" + (f" ({hub.config})" if hub.config else "")
+    advice = (f"Not using local files because {why_not_local} Set {ENV_DATA_DIR} to the shared datasets "
+              "folder (or pass data_dir), or set HF_HUB_OFFLINE=1 to read the datasets cache.")
+    unreachable = _hub_unreachable()
+    if unreachable:
+        raise DataError(f"{spec.name}: cannot load {where} from the Hugging Face hub: {unreachable}. {advice}")
+    try:
+        loaded = datasets.load_dataset(hub.path, hub.config, revision=hub.revision)
+    except Exception as e:  # network, auth, missing config, offline cache miss: all end here
+        raise DataError(f"{spec.name}: loading {where} from the hub failed: {type(e).__name__}: {e}. {advice}") from e
+    wanted = {"train": hub.splits.train, "eval": hub.splits.eval, **hub.eval_extra}
+    absent = [s for s in wanted.values() if s not in loaded]
+    if absent:
+        raise DataError(f"{where}: split(s) {absent} (spec field hub.splits / hub.eval_extra) not found; "
+                        f"the dataset has {list(loaded)}")
+    dropped: list[str] = []
+    raw = {split: _hub_rows(spec, loaded[name], f"{hub.path}[{name}]", dropped) for split, name in wanted.items()}
+    origins = {split: f"{hub.path}[{name}]" for split, name in wanted.items()}
+    splits, label_names = _finish(spec, raw, origins, drop_bad_rows, max_rows, dropped)
+    settings = json.dumps({"family": spec.family, "hub": hub.model_dump(), "columns": spec.column_map("hub"),
+                           "labels": spec.labels, "drop_bad_rows": drop_bad_rows, "max_rows": max_rows},
+                          sort_keys=True)
+    config = f":{hub.config}" if hub.config else ""
+    fingerprint = f"hub:{hub.path}{config}@{hub.revision}/{hashlib.sha256(settings.encode()).hexdigest()[:16]}"
+    return TaskData(splits, label_names, fingerprint, f"hub:{hub.path}", None, dropped)
+
+
+def _hub_unreachable() -> str | None:
+    """Why the hub cannot be reached, or None. Offline, datasets retries for ~25 s; this takes 3 s."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or datasets.config.HF_HUB_OFFLINE:
+        return None  # offline mode: datasets reads its cache and fails fast on a miss
+    try:
+        urllib.request.urlopen(urllib.request.Request(constants.ENDPOINT, method="HEAD"),
+                               timeout=HUB_PROBE_TIMEOUT_S).close()
+    except urllib.error.HTTPError:
+        return None  # the server answered, so it is reachable
+    except OSError as e:
+        return f"{constants.ENDPOINT} is unreachable ({getattr(e, 'reason', e)})"
+    return None
+
+
+def _hub_rows(spec: TaskSpec, ds: Dataset, where: str, dropped: list[str]) -> list[dict]:
+    columns = spec.column_map("hub")
+    absent = [f"{c!r} (columns.{f})" for f, c in columns.items() if c not in ds.column_names]
+    if absent:
+        raise DataError(f"{where}: column(s) {', '.join(absent)} not found; the dataset has {ds.column_names}")
+    to_name = {f: _class_label_namer(spec, ds.features[c]) for f, c in columns.items() if f in ("label", "tags")}
+    rows, unlabelled = [], 0
+    for i, record in enumerate(ds.select_columns(list(set(columns.values()))).to_list()):
+        row = {f: record[c] for f, c in columns.items()} | {"_source": f"{where}:row {i}"}
+        if "label" in to_name and to_name["label"]:
+            if row["label"] == -1:  # the hub's "no gold label" (SNLI dev, GLUE test)
+                unlabelled += 1
+                continue
+            row["label"] = to_name["label"](row["label"])
+        if "tags" in to_name and to_name["tags"]:
+            row["tags"] = [to_name["tags"](t) for t in row["tags"]]
+        rows.append(row)
+    if unlabelled:
+        dropped.append(f"{where}: skipped {unlabelled} rows with label -1 (no gold label)")
+    return _normalise_labels(rows, spec.family, spec.hub.label_map)
+
+
+def _class_label_namer(spec: TaskSpec, feature) -> Callable[[int], str] | None:
+    feature = getattr(feature, "feature", feature)  # the ClassLabel inside a tag sequence
+    if not isinstance(feature, datasets.ClassLabel):
+        return None
+    return feature.int2str if spec.hub.class_label == "name" else str
+
+
+# ---------------------------------------------------------------- shared finishing
+
+def _normalise_labels(rows: list[dict], family: str, label_map: dict[str, str] | None) -> list[dict]:
+    """Labels as strings (json/hub may give ints), then through the source's label_map."""
+    label_map = label_map or {}
+    if family in _CLASSIFICATION:
+        for row in rows:
+            value = row.get("label")
+            value = value if value is None or isinstance(value, str) else str(value)
+            row["label"] = label_map.get(value, value)
+    elif family == "token_tagging" and label_map:
+        for row in rows:
+            if isinstance(row.get("tags"), list):
+                row["tags"] = [label_map.get(t, t) for t in row["tags"]]
+    return rows
+
+
+def _finish(spec, raw, origins, drop_bad_rows, max_rows, dropped) -> tuple[dict[str, Dataset], list[str] | None]:
+    label_names = spec.labels if spec.labels is not None else _infer_labels(spec.family, raw["train"])
+    unknown = set(max_rows or {}) - set(raw)
+    if unknown:
+        raise ValueError(f"max_rows names unknown split(s) {sorted(unknown)}; splits: {list(raw)}")
+    splits = {}
+    for split, rows in raw.items():
+        rows = rows[: (max_rows or {}).get(split, len(rows))]
+        before = len(dropped)
+        good, bad = validate_rows(rows, spec.family, label_names, drop_bad_rows)
+        dropped.extend(bad)
+        if not good:
+            why = f" after dropping {len(dropped) - before} bad row(s)" if len(dropped) > before else ""
+            raise DataError(f"{origins[split]}: split {split!r} is empty{why}; expected at least one row")
+        features = _features(spec.family)
+        if spec.family == "single_classification":
+            for row in good:
+                row["text_b"] = None
+        splits[split] = Dataset.from_dict({k: [row[k] for row in good] for k in features}, features=features)
+    return splits, label_names
+
+
+def _infer_labels(family: str, train: list[dict]) -> list[str] | None:
+    # Sorted, so the label index order is the same on every machine and every run.
+    if family in _CLASSIFICATION:
+        return sorted({r["label"] for r in train if isinstance(r.get("label"), str) and r["label"]})
+    if family == "token_tagging":
+        return sorted({t for r in train if isinstance(r.get("tags"), list) for t in r["tags"]
+                       if isinstance(t, str) and t})
+    return None
+
+
+def _features(family: str) -> Features:
+    text = Value("string")
+    if family == "extractive_qa":
+        answers = {"text": List(text), "answer_start": List(Value("int32"))}
+        return Features(id=text, title=text, question=text, context=text, answers=answers, _source=text)
+    if family == "token_tagging":
+        return Features(tokens=List(text), tags=List(text), _source=text)
+    label = Value("float64") if family == "pair_regression" else text
+    return Features(text_a=text, text_b=text, label=label, _source=text)

@@ -1,0 +1,150 @@
+"""The BERT encoder (Devlin et al., 2019, Figure 1 and Section 3) in plain PyTorch.
+
+Read bottom-up: embeddings -> self-attention -> feed-forward -> layer -> encoder stack -> pooler ->
+``BertEncoder``. Post-LN Transformer layers with GELU, as in the paper and in Hugging Face's
+``modeling_bert.py``; attention runs through ``F.scaled_dot_product_attention`` so PyTorch picks its
+fastest kernel. Query, key and value are one fused ``Linear(H, 3H)`` (one matmul instead of three);
+``checkpoint.py`` concatenates the three Hugging Face matrices into it on load.
+
+Shapes: B batch, T tokens, H hidden size, nh heads, hd = H / nh.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bert_core.config import BertConfig
+
+
+class Embeddings(nn.Module):
+    """Token + segment + absolute position embeddings, then LayerNorm and dropout."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
+        """(B, T) ids -> (B, T, H)."""
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)  # (T,) broadcast over B
+        x = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids) + self.position_embeddings(positions)
+        return self.dropout(self.LayerNorm(x))
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with a padding mask, followed by the output projection."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
+        self.out = nn.Linear(config.hidden_size, config.hidden_size)
+        self.attn_dropout = config.attention_probs_dropout_prob
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """x (B, T, H), mask (B, 1, 1, T) bool, True = attend -> (B, T, H)."""
+        B, T, H = x.shape
+        q, k, v = self.qkv(x).split(H, dim=-1)  # 3 x (B, T, H)
+        q, k, v = (t.view(B, T, self.num_heads, H // self.num_heads).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hd)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.attn_dropout if self.training else 0.0
+        )  # (B, nh, T, hd)
+        y = y.transpose(1, 2).reshape(B, T, H)  # (B, T, H)
+        return self.out(y)
+
+
+class FeedForward(nn.Module):
+    """Position-wise Linear(H, 4H) -> GELU -> Linear(4H, H)."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.up = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.down = nn.Linear(config.intermediate_size, config.hidden_size)
+        # "gelu" in BERT checkpoints is the exact erf form; the *_tanh / gelu_new names are the approximation.
+        self.approximate = "none" if config.hidden_act == "gelu" else "tanh"
+        self.relu = config.hidden_act == "relu"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, H) -> (B, T, H)."""
+        h = self.up(x)  # (B, T, 4H)
+        h = F.relu(h) if self.relu else F.gelu(h, approximate=self.approximate)
+        return self.down(h)
+
+
+class Layer(nn.Module):
+    """One post-LN Transformer layer: x = LN(x + Attn(x)); x = LN(x + FFN(x))."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.attention = SelfAttention(config)
+        self.attention_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.ffn = FeedForward(config)
+        self.ffn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """(B, T, H) -> (B, T, H)."""
+        x = self.attention_norm(x + self.dropout(self.attention(x, mask)))
+        return self.ffn_norm(x + self.dropout(self.ffn(x)))
+
+
+class Pooler(nn.Module):
+    """The [CLS] vector through dense + tanh, as pre-trained with next-sentence prediction."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, sequence_output: torch.Tensor) -> torch.Tensor:
+        """(B, T, H) -> (B, H)."""
+        return torch.tanh(self.dense(sequence_output[:, 0]))
+
+
+class BertEncoder(nn.Module):
+    """Embeddings, N layers and the pooler. Returns ``(sequence_output (B, T, H), pooled_output (B, H))``."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.config = config
+        self.embeddings = Embeddings(config)
+        self.layers = nn.ModuleList(Layer(config) for _ in range(config.num_hidden_layers))
+        self.pooler = Pooler(config)
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # BERT's truncated-normal-like init; only matters for random-weight tests and new heads.
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+        if isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """input_ids, token_type_ids, attention_mask: (B, T); mask 1 = real token, 0 = padding."""
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        if input_ids.shape[1] > self.config.max_position_embeddings:
+            raise ValueError(
+                f"sequence length {input_ids.shape[1]} exceeds max_position_embeddings "
+                f"{self.config.max_position_embeddings}; truncate inputs (max_seq_length)"
+            )
+        mask = None
+        if attention_mask is not None and not bool(attention_mask.all()):
+            mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T), broadcast over heads and queries
+        x = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
+        for layer in self.layers:
+            x = layer(x, mask)
+        return x, self.pooler(x)

@@ -1,0 +1,67 @@
+"""People-ready predictions from a saved fine-tuned model, for any family.
+
+    Predictor(model_dir).predict([{"text_a": "a gripping film"}])
+    -> [{"label": "1", "score": 0.97, "probabilities": {...}}]
+
+Input rows use the canonical fields of docs/design.md without gold labels: ``text_a``/``text_b``
+(classification, regression), ``tokens`` (tagging), ``question``/``context`` (+ optional ``id``, QA).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from bert_core.checkpoint import load_finetuned
+from bert_core.families import get_family
+from bert_core.training.evaluate import predict_logits
+
+# What each family needs in a row; checked before any tokenization so errors name the field.
+REQUIRED_FIELDS = {
+    "single_classification": ("text_a",),
+    "pair_classification": ("text_a", "text_b"),
+    "pair_regression": ("text_a", "text_b"),
+    "token_tagging": ("tokens",),
+    "extractive_qa": ("question", "context"),
+}
+
+
+class Predictor:
+    """Loads a ``save_finetuned`` folder once; ``predict`` maps rows to prediction dicts."""
+
+    def __init__(self, model_dir: str | Path, batch_size: int = 32, precision: str = "fp32"):
+        self.model, self.tokenizer, self.meta = load_finetuned(model_dir)
+        self.family_name = self.meta["family"]
+        self.family = get_family(self.family_name)
+        self.label_names = self.meta.get("label_names")
+        self.settings = {k: self.meta[k] for k in ("max_seq_length", "doc_stride", "max_answer_length") if k in self.meta}
+        self.batch_size = batch_size
+        self.precision = precision
+
+    def check_rows(self, rows: list[dict]) -> None:
+        """Raise ValueError naming the row and field of the first malformed input."""
+        for i, row in enumerate(rows):
+            for field in REQUIRED_FIELDS[self.family_name]:
+                value = row.get(field)
+                if field == "tokens":
+                    ok = isinstance(value, (list, tuple)) and value and all(isinstance(w, str) and w.strip() for w in value)
+                    expected = "a non-empty list of non-empty words"
+                else:
+                    ok = isinstance(value, str) and value.strip() != ""
+                    expected = "a non-empty string"
+                if not ok:
+                    raise ValueError(f"row {i}: field {field!r} is {value!r}; expected {expected}")
+
+    @torch.no_grad()
+    def predict(self, rows: list[dict]) -> list[dict]:
+        rows = [dict(r) for r in rows]
+        if not rows:
+            return []
+        self.check_rows(rows)
+        if self.family_name == "extractive_qa":
+            for i, row in enumerate(rows):
+                row.setdefault("id", str(i))
+        features = self.family.build_features(rows, self.tokenizer, self.label_names, self.settings)
+        logits = predict_logits(self.model, features, self.tokenizer.pad_id, self.batch_size, self.precision)
+        return self.family.postprocess(logits, features, rows, self.label_names, self.settings)

@@ -1,0 +1,343 @@
+"""Task specs: a dataset + its columns + labels + metrics, declared in YAML instead of code.
+
+A spec says where a task's data lives (Hugging Face hub, local files under a data root, or both),
+how its source columns map to the canonical row format of docs/design.md, and how it is scored.
+Built-in specs are YAML files shipped in `bert_core/specs/`; a user adds a task by writing one
+more YAML file and passing its path to `load_spec`, with no Python.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+Family = Literal[
+    "single_classification", "pair_classification", "pair_regression", "token_tagging", "extractive_qa"
+]
+
+# Canonical fields of a row per family (docs/design.md); `columns` may only name these.
+FAMILY_FIELDS: dict[str, tuple[str, ...]] = {
+    "single_classification": ("text_a", "label"),
+    "pair_classification": ("text_a", "text_b", "label"),
+    "pair_regression": ("text_a", "text_b", "label"),
+    "token_tagging": ("tokens", "tags"),
+    "extractive_qa": ("id", "title", "question", "context", "answers"),
+}
+
+# Metric names a spec may ask for; bert_core/metrics.py computes them under these names.
+FAMILY_METRICS: dict[str, tuple[str, ...]] = {
+    "single_classification": ("accuracy", "f1", "matthews_corr"),
+    "pair_classification": ("accuracy", "f1", "matthews_corr"),
+    "pair_regression": ("pearson", "spearman"),
+    "token_tagging": ("token_accuracy", "entity_f1", "entity_precision", "entity_recall"),
+    "extractive_qa": ("exact_match", "f1"),
+}
+
+# Carving by row index instead of by a field's value.
+ROW_INDEX = "row_index"
+
+
+class SpecError(ValueError):
+    """A spec file that cannot be read or does not validate; the message names file and field."""
+
+
+def _relative_data_path(path: str) -> str:
+    # Local files are always resolved against the data root, so a spec cannot read outside it:
+    # that keeps specs portable between machines and safe to accept from users.
+    if not path or not path.strip():
+        raise ValueError("empty path")
+    if PurePosixPath(path).is_absolute() or PureWindowsPath(path).is_absolute() or PureWindowsPath(path).drive:
+        raise ValueError(f"{path!r} is absolute; give a path relative to the data root")
+    if ".." in PurePosixPath(path.replace("\\", "/")).parts:
+        raise ValueError(f"{path!r} escapes the data root ('..' is not allowed)")
+    return path
+
+
+RelPath = Annotated[str, AfterValidator(_relative_data_path)]
+
+
+def _names_as_strings(value: Any) -> Any:
+    # Labels are strings, but YAML reads `[0, 1]` as ints: accept those. YAML also reads yes/no/
+    # on/off as booleans, which would silently become "True"/"False": refuse them with a hint.
+    def one(x: Any) -> Any:
+        if isinstance(x, bool):
+            raise ValueError(f"{x!r} is a YAML boolean (from yes/no/true/false/on/off): quote label names")
+        return str(x) if isinstance(x, int) else x
+
+    if isinstance(value, list):
+        return [one(x) for x in value]
+    if isinstance(value, dict):
+        return {one(k): one(v) for k, v in value.items()}
+    return value
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SplitNames(_Strict):
+    train: str = Field("train", description="Hub split used for training.")
+    eval: str = Field("validation", description="Hub split used for evaluation and model selection.")
+
+
+class HubSource(_Strict):
+    path: str = Field(description="Hub dataset id, e.g. 'nyu-mll/glue'.")
+    config: str | None = Field(None, description="Hub config name, e.g. 'sst2'.")
+    revision: str = Field("main", description="Hub git revision; pin a commit for reproducible runs.")
+    splits: SplitNames = Field(default_factory=SplitNames, description="Hub split names for train/eval.")
+    eval_extra: dict[str, str] = Field(
+        default_factory=dict, description="Extra evaluation splits: our split name -> hub split name."
+    )
+    columns: dict[str, str] | None = Field(
+        None, description="Canonical field -> hub column; default: the spec's `columns`, else identity."
+    )
+    class_label: Literal["index", "name"] = Field(
+        "index",
+        description="How hub ClassLabel ints become label strings: 'index' gives '0', '1' (as GLUE's "
+        "TSVs store them), 'name' the dataset's own names ('entailment', ...).",
+    )
+    label_map: dict[str, str] | None = Field(None, description="Hub label string -> our label name.")
+
+    @field_validator("label_map", mode="before")
+    @classmethod
+    def _label_map_as_strings(cls, value: Any) -> Any:
+        return _names_as_strings(value)
+
+
+class SplitFiles(_Strict):
+    train: RelPath = Field(description="Training file, relative to the data root.")
+    eval: RelPath = Field(description="Evaluation file, relative to the data root.")
+
+
+class CarveRule(_Strict):
+    """Carve train/eval out of one file when only one split is published (SNLI dev, SQuAD dev)."""
+
+    by: str = Field(
+        description=f"Canonical field whose value groups rows (e.g. 'title', 'text_a'), or "
+        f"'{ROW_INDEX}'. Rows of one group land in one split, so eval never sees a train group."
+    )
+    eval_fraction: float = Field(gt=0, lt=1, description="Expected share of groups sent to eval.")
+    seed: int = Field(0, description="Salt of the hash; a group goes to eval iff "
+                      "sha256(f'{seed}:{key}') as a fraction of 2**64 (first 8 bytes) < eval_fraction.")
+
+
+class LocalSource(_Strict):
+    format: Literal["tsv", "csv", "json", "jsonl", "parquet", "conll", "squad"] = Field(
+        description="File format; json is a list of records, squad the official SQuAD JSON."
+    )
+    files: SplitFiles = Field(description="Train/eval files relative to the data root.")
+    eval_extra: dict[str, RelPath] = Field(
+        default_factory=dict, description="Extra evaluation splits: split name -> file."
+    )
+    delimiter: str | None = Field(None, description="Field separator; default tab for tsv, comma for csv.")
+    quoting: Literal["none", "csv"] | None = Field(
+        None, description="'none' splits on the delimiter only (GLUE TSVs have unbalanced quotes); "
+        "'csv' honours \"...\" quoting. Default: none for tsv, csv for csv."
+    )
+    header: bool = Field(True, description="First line is a header (tsv/csv).")
+    column_names: list[str] | None = Field(
+        None, description="Names for the columns (tsv/csv); with header: true the header line is skipped."
+    )
+    encoding: str = Field("utf-8", description="Text encoding; 'utf-8-sig' strips a BOM (MRPC).")
+    label_map: dict[str, str] | None = Field(None, description="File label value -> our label name.")
+    carve: CarveRule | None = Field(None, description="Carve train/eval out of one file (files.train == files.eval).")
+
+    @field_validator("label_map", mode="before")
+    @classmethod
+    def _label_map_as_strings(cls, value: Any) -> Any:
+        return _names_as_strings(value)
+
+    @model_validator(mode="after")
+    def _carve_needs_one_file(self) -> LocalSource:
+        if self.carve is not None and self.files.train != self.files.eval:
+            raise ValueError("with local.carve, files.train and files.eval must name the same file")
+        if self.carve is None and self.files.train == self.files.eval:
+            raise ValueError("files.train and files.eval are the same file: add a local.carve rule")
+        return self
+
+
+class TaskSpec(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$", description="Task name, used in run names.")
+    family: Family = Field(description="Which head/feature builder/metric family the task uses.")
+    description: str = Field("", description="One line for people: what the task is.")
+    hub: HubSource | None = Field(None, description="Where the task lives on the Hugging Face hub.")
+    local: LocalSource | None = Field(None, description="Where the task lives under the data root.")
+    columns: dict[str, str | int] | None = Field(
+        None, description="Canonical field -> source column (name, or 0-based index for headerless "
+        "files and conll). Default: identity."
+    )
+    labels: list[str] | None = Field(
+        None, description="Label (or tag) names in index order; null = inferred from train, sorted."
+    )
+    tag_scheme: Literal["IOB1", "IOB2"] | None = Field(
+        None, description="Entity tagging scheme (token_tagging); loading does not convert it."
+    )
+    metrics: list[str] = Field(min_length=1, description="Metrics to report, see FAMILY_METRICS.")
+    primary_metric: str = Field(description="Metric for model selection; must be one of `metrics`.")
+    max_seq_length: int = Field(128, gt=8, le=4096, description="Max tokens per feature, [CLS]/[SEP] included.")
+    doc_stride: int | None = Field(None, gt=0, description="QA only: token overlap between context windows.")
+    max_answer_length: int | None = Field(None, gt=0, description="QA only: longest answer span in tokens.")
+    defaults: dict[str, int | float] = Field(
+        default_factory=dict, description="Default hyperparameters (learning_rate, batch_size, epochs, ...)."
+    )
+
+    @field_validator("metrics")
+    @classmethod
+    def _metrics_fit_family(cls, metrics: list[str], info: ValidationInfo) -> list[str]:
+        family = info.data.get("family")
+        if family is not None:
+            allowed = FAMILY_METRICS[family]
+            unknown = [m for m in metrics if m not in allowed]
+            if unknown:
+                raise ValueError(f"{unknown} not allowed for family {family!r}; allowed: {list(allowed)}")
+        return metrics
+
+    @field_validator("primary_metric")
+    @classmethod
+    def _primary_in_metrics(cls, primary: str, info: ValidationInfo) -> str:
+        metrics = info.data.get("metrics")
+        if metrics is not None and primary not in metrics:
+            raise ValueError(f"primary_metric {primary!r} is not in metrics {metrics}")
+        return primary
+
+    @field_validator("columns")
+    @classmethod
+    def _columns_are_canonical(cls, columns: dict | None, info: ValidationInfo) -> dict | None:
+        family = info.data.get("family")
+        if columns is not None and family is not None:
+            unknown = [k for k in columns if k not in FAMILY_FIELDS[family]]
+            if unknown:
+                raise ValueError(f"{unknown} are not fields of {family!r}; fields: {list(FAMILY_FIELDS[family])}")
+        negative = [k for k, v in (columns or {}).items() if isinstance(v, int) and v < 0]
+        if negative:
+            raise ValueError(f"column indices are 0-based and not negative: {negative}")
+        return columns
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _labels_as_strings(cls, labels: Any) -> Any:
+        return _names_as_strings(labels)
+
+    @field_validator("labels")
+    @classmethod
+    def _labels_unique(cls, labels: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        if labels is not None:
+            if info.data.get("family") == "pair_regression":
+                raise ValueError("pair_regression has no label names; remove `labels`")
+            dupes = sorted({x for x in labels if labels.count(x) > 1})
+            if dupes or not labels:
+                raise ValueError(f"labels must be a non-empty list of distinct names (repeated: {dupes})")
+        return labels
+
+    @model_validator(mode="after")
+    def _check_sources_and_family(self) -> TaskSpec:
+        if self.hub is None and self.local is None:
+            raise ValueError("give at least one of `hub` or `local`")
+        if self.local is not None:
+            self._check_local(self.local)
+        if self.hub is not None:
+            unknown = [k for k in self.hub.columns or {} if k not in FAMILY_FIELDS[self.family]]
+            if unknown:
+                raise ValueError(f"hub.columns: {unknown} are not fields of {self.family!r}")
+        qa_only = {"doc_stride": self.doc_stride, "max_answer_length": self.max_answer_length}
+        if self.family == "extractive_qa":
+            # BERT's SQuAD defaults: windows overlap by 128 tokens, answers of at most 30 tokens.
+            self.doc_stride = 128 if self.doc_stride is None else self.doc_stride
+            self.max_answer_length = 30 if self.max_answer_length is None else self.max_answer_length
+        elif any(v is not None for v in qa_only.values()):
+            raise ValueError(f"doc_stride / max_answer_length are for extractive_qa, not {self.family!r}")
+        if self.tag_scheme is not None and self.family != "token_tagging":
+            raise ValueError("tag_scheme is only for token_tagging")
+        for name, bad in (("local.eval_extra", self.local and self.local.eval_extra),
+                          ("hub.eval_extra", self.hub and self.hub.eval_extra)):
+            if bad and {"train", "eval"} & set(bad):
+                raise ValueError(f"{name}: 'train' and 'eval' are reserved split names")
+        return self
+
+    def _check_local(self, local: LocalSource) -> None:
+        columns = self.columns or {}
+        if local.format == "squad":
+            if columns:
+                raise ValueError("local.format squad defines its own fields; remove `columns`")
+        elif local.format == "conll":
+            if self.family != "token_tagging":
+                raise ValueError("local.format conll is for token_tagging")
+            if not all(isinstance(columns.get(k), int) for k in ("tokens", "tags")):
+                raise ValueError("local.format conll needs integer `columns` for tokens and tags, "
+                                 "e.g. {tokens: 0, tags: 3}")
+        if local.carve is not None and local.carve.by not in (ROW_INDEX, *FAMILY_FIELDS[self.family]):
+            raise ValueError(f"local.carve.by {local.carve.by!r}: use {ROW_INDEX!r} or a field of "
+                             f"{self.family!r}: {list(FAMILY_FIELDS[self.family])}")
+
+    def column_map(self, source: Literal["local", "hub"]) -> dict[str, str | int]:
+        """Canonical field -> source column, defaults applied (identity for unnamed fields)."""
+        mapping: dict[str, str | int] = {f: f for f in FAMILY_FIELDS[self.family]}
+        mapping.update(self.columns or {})
+        if source == "hub" and self.hub is not None and self.hub.columns is not None:
+            mapping.update(self.hub.columns)
+        return mapping
+
+
+def builtin_specs() -> list[str]:
+    """Names of the specs shipped in bert_core/specs/, sorted."""
+    folder = resources.files("bert_core") / "specs"
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_spec(name_or_path: str | Path) -> TaskSpec:
+    """A built-in spec by name (`"sst2"`) or a spec YAML file by path."""
+    text = str(name_or_path)
+    if isinstance(name_or_path, Path) or text.endswith((".yaml", ".yml")) or "/" in text or "\\" in text:
+        path = Path(name_or_path)
+        if not path.is_file():
+            raise SpecError(f"spec file not found: {path}")
+        return _parse(path.read_text(encoding="utf-8"), str(path))
+    resource = resources.files("bert_core") / "specs" / f"{text}.yaml"
+    if not resource.is_file():
+        raise SpecError(f"unknown built-in spec {text!r}; built-ins: {builtin_specs()}; "
+                        "or pass the path to a spec YAML file")
+    return _parse(resource.read_text(encoding="utf-8"), str(resource))
+
+
+def _parse(text: str, where: str) -> TaskSpec:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+        raise SpecError(f"{where}{at}: not valid YAML: {getattr(e, 'problem', None) or e}") from e
+    if not isinstance(raw, dict):
+        raise SpecError(f"{where}: a spec is a YAML mapping of fields, got {type(raw).__name__}")
+    try:
+        return TaskSpec.model_validate(raw)
+    except ValidationError as e:
+        raise SpecError(_describe_errors(where, e)) from e
+
+
+def _describe_errors(where: str, error: ValidationError) -> str:
+    lines = [f"{where}: invalid task spec ({error.error_count()} problem(s)):"]
+    for err in error.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "(whole spec)"
+        got = "" if not err["loc"] else f" (got {_short(err.get('input'))})"
+        message = err["msg"].removeprefix("Value error, ")  # pydantic's prefix for our ValueErrors
+        lines.append(f"  field '{field}': {message}{got}")
+    return "\n".join(lines)
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+

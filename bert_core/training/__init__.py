@@ -1,0 +1,18 @@
+"""Fine-tuning engine: ``TrainConfig``, ``fit`` (the recipe), evaluation, one-call ``finetune``."""
+
+from bert_core.training.config import TrainConfig
+from bert_core.training.evaluate import evaluate_features, predict_logits
+from bert_core.training.fit import (
+    Callback,
+    FitResult,
+    TrainingDiverged,
+    build_split_features,
+    feature_settings,
+    fit,
+)
+from bert_core.training.run import evaluate_model_dir, finetune
+
+__all__ = [
+    "Callback", "FitResult", "TrainConfig", "TrainingDiverged", "build_split_features", "evaluate_features",
+    "evaluate_model_dir", "feature_settings", "finetune", "fit", "predict_logits",
+]

@@ -1,0 +1,47 @@
+"""Which examples go into which step: seeded shuffling, length grouping, accumulation and DDP shards.
+
+The order is a pure function of (seed, epoch), so a resumed run can skip exactly the steps it has done,
+and 1 process with batch B sees the same examples per step as N processes with B / N each.
+"""
+
+from __future__ import annotations
+
+import random
+
+from bert_core.families.base import collate
+
+# Examples per sorting pool: large enough to group similar lengths, small enough to stay random.
+POOL_BATCHES = 50
+
+
+def step_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, group_by_length: bool) -> list[list[int]]:
+    """Index lists, one per optimizer step, for one epoch. The last incomplete batch is kept."""
+    order = list(range(len(lengths)))
+    rng = random.Random(f"{seed}:{epoch}")
+    rng.shuffle(order)
+    if group_by_length:
+        pool = batch_size * POOL_BATCHES
+        order = [i for start in range(0, len(order), pool)
+                 for i in sorted(order[start:start + pool], key=lambda j: -lengths[j])]
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    if group_by_length:
+        rng.shuffle(batches)  # so the longest batches don't all come first in each pool
+    return batches
+
+
+def micro_batches(batch: list[int], accum_steps: int, rank: int, world_size: int) -> list[list[int]]:
+    """This process's share of each accumulation micro-batch: micro-batch k, every world_size-th example."""
+    size = -(-len(batch) // accum_steps)
+    micro = [batch[i:i + size] for i in range(0, len(batch), size)]
+    return [m[rank::world_size] for m in micro]
+
+
+def eval_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Evaluation order: sorted by length (least padding), results put back in input order by index."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def make_batch(features: list[dict], indices: list[int], pad_id: int, keys: tuple[str, ...]):
+    """Padded tensors of the given feature keys (model inputs, plus targets when training)."""
+    return collate([{k: features[i][k] for k in keys if k in features[i]} for i in indices], pad_id=pad_id)

@@ -1,0 +1,47 @@
+"""Batched inference and scoring: logits per feature -> predictions per row -> official metrics."""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+
+from bert_core.families.base import MODEL_INPUTS, Family
+from bert_core.training.batching import eval_batches, make_batch
+
+CPU = torch.device("cpu")
+
+
+def autocast(precision: str, device: torch.device):
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def predict_logits(model, features: list[dict], pad_id: int, batch_size: int = 64, precision: str = "fp32",
+                   device: torch.device = CPU) -> list[np.ndarray]:
+    """One float32 array per feature, cut to the feature's own length for per-token families."""
+    was_training = model.training
+    model.eval()
+    lengths = [len(f["input_ids"]) for f in features]
+    out: list[np.ndarray | None] = [None] * len(features)
+    for indices in eval_batches(lengths, batch_size):
+        batch = make_batch(features, indices, pad_id, MODEL_INPUTS)
+        with autocast(precision, device):
+            logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
+        logits = logits.float().cpu().numpy()
+        for row, i in enumerate(indices):
+            out[i] = logits[row, : lengths[i]] if logits.ndim == 3 else logits[row]
+    model.train(was_training)
+    return out
+
+
+def evaluate_features(model, family: Family, features: list[dict], rows: list[dict], label_names, settings: dict,
+                      metric_names: list[str], pad_id: int, batch_size: int = 64, precision: str = "fp32",
+                      device: torch.device = CPU) -> tuple[dict[str, float], list[dict]]:
+    """(metrics, predictions) of ``model`` on labelled ``rows`` whose features are ``features``."""
+    logits = predict_logits(model, features, pad_id, batch_size, precision, device)
+    predictions = family.postprocess(logits, features, rows, label_names, settings)
+    return family.compute_metrics(predictions, rows, metric_names, label_names), predictions

@@ -1,0 +1,65 @@
+"""Whole fine-tunes in one call, for plain-Python users and ``torchrun``:
+
+    torchrun --nproc-per-node 2 -m bert_core.training sst2 --output-dir runs/sst2 --max-train-samples 512
+
+The Prefect pipeline calls the same pieces one task at a time instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from bert_core.checkpoint import load_finetuned
+from bert_core.families import get_family
+from bert_core.loading import load_task_data
+from bert_core.spec import TaskSpec, load_spec
+from bert_core.training.config import TrainConfig
+from bert_core.training.evaluate import evaluate_features
+from bert_core.training.fit import FitResult, build_split_features, feature_settings, fit
+
+
+def finetune(spec: TaskSpec | str, cfg: TrainConfig, output_dir: str | Path, *, pretrained=None, data_dir=None,
+             callbacks=(), cache_dir=None) -> FitResult:
+    """load data -> fit, for one task spec (a built-in name, a YAML path or a TaskSpec)."""
+    spec = spec if isinstance(spec, TaskSpec) else load_spec(spec)
+    data = load_task_data(spec, data_dir)
+    cfg = cfg.with_defaults(spec.defaults)
+    return fit(spec, cfg, output_dir, data.splits["train"].to_list(), data.splits["eval"].to_list(), data.label_names,
+               pretrained=pretrained, data_fingerprint=data.fingerprint, callbacks=callbacks, cache_dir=cache_dir,
+               extra_meta={"data_fingerprint": data.fingerprint})
+
+
+def evaluate_model_dir(model_dir: str | Path, spec: TaskSpec, rows: list[dict], fingerprint: str, split: str = "eval",
+                       batch_size: int = 64, precision: str = "fp32", cache_dir=None) -> tuple[dict, list[dict]]:
+    """(metrics, predictions) of a saved fine-tuned model on labelled rows of ``spec``."""
+    model, tokenizer, meta = load_finetuned(model_dir)
+    family = get_family(spec.family)
+    settings = {k: meta[k] for k in ("max_seq_length", "doc_stride", "max_answer_length") if k in meta}
+    settings = settings or feature_settings(spec, TrainConfig())
+    features, _ = build_split_features(family, tokenizer, rows, meta["label_names"], settings, fingerprint, split, cache_dir)
+    return evaluate_features(model, family, features, rows, meta["label_names"], settings, list(spec.metrics),
+                             tokenizer.pad_id, batch_size, precision)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("task", help="built-in task name or spec YAML path")
+    parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--pretrained", default=None)
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--config", default="{}", help="TrainConfig fields as JSON, e.g. '{\"epochs\": 1}'")
+    for name in ("max_train_samples", "max_eval_samples", "max_steps", "batch_size", "seed"):
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int)
+    parser.add_argument("--epochs", type=float)
+    args = parser.parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items()
+                 if k in TrainConfig.model_fields and v is not None}
+    cfg = TrainConfig(**{**json.loads(args.config), **overrides})
+    result = finetune(args.task, cfg, args.output_dir, pretrained=args.pretrained, data_dir=args.data_dir)
+    if result.best_metric is not None:
+        print(json.dumps({"best_metric": result.best_metric, "primary_metric": result.primary_metric,
+                          "eval_metrics": result.eval_metrics, "final_step": result.final_step}))
+
+
