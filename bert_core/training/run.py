@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     result = finetune(args.task, cfg, args.output_dir, pretrained=args.pretrained, data_dir=args.data_dir)
     if result.best_metric is not None:
         print(json.dumps({"best_metric": result.best_metric, "primary_metric": result.primary_metric,
-                          "eval_metrics": result.eval_metrics, "final_step": result.final_step}))
+                          "eval_metrics": result.eval_metrics, "final_step": result.final_step,
+                          "resumed_from_step": result.resumed_from_step}))
 
 

@@ -1,0 +1,72 @@
+"""A fine-tune killed with SIGKILL mid-epoch resumes from its newest complete checkpoint and ends with
+the same weights and metrics as an uninterrupted run; a checkpoint torn by the kill is never loaded."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from bert_core.training.state import list_checkpoints
+from tests.test_training import _write_toy_task
+from tests.tiny_models import write_tiny_checkpoint
+
+pytest.importorskip("transformers")
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = {"batch_size": 8, "epochs": 6, "learning_rate": 3e-3, "precision": "fp32", "progress_bar": False,
+          "seed": 11, "checkpoint_every": 3, "keep_checkpoints": 3}
+
+
+def _command(spec: Path, out: Path, ckpt: Path, data: Path) -> list[str]:
+    return [sys.executable, "-m", "bert_core.training", str(spec), "--output-dir", str(out), "--pretrained", str(ckpt),
+            "--data-dir", str(data), "--config", json.dumps(CONFIG)]
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_restart_matches_uninterrupted(tmp_path):
+    ckpt = write_tiny_checkpoint(tmp_path / "ckpt", seed=0)
+    spec = _write_toy_task(tmp_path / "data")
+    env = {**os.environ, "BERTFLOW_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+
+    whole = subprocess.run(_command(spec, tmp_path / "whole", ckpt, tmp_path / "data"), cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=600)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+
+    # Kill as soon as the second checkpoint exists: mid-epoch (8 steps per epoch, checkpoints every 3).
+    cut_dir = tmp_path / "cut"
+    proc = subprocess.Popen(_command(spec, cut_dir, ckpt, tmp_path / "data"), cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while len(list_checkpoints(cut_dir / "checkpoints")) < 2 and time.monotonic() < deadline:
+        assert proc.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = list_checkpoints(cut_dir / "checkpoints")
+    assert done and proc.returncode == -signal.SIGKILL
+    killed_at = json.loads((done[-1] / "state.json").read_text())["step"]
+    assert killed_at < 48, "killed before the end"
+
+    # What a kill during a write leaves behind: a .tmp folder with a partial model file.
+    torn = cut_dir / "checkpoints" / f"step-{killed_at + 1:06d}.tmp"
+    torn.mkdir(exist_ok=True)
+    (torn / "model.safetensors").write_bytes(b"\x00" * 10)
+
+    again = subprocess.run(_command(spec, cut_dir, ckpt, tmp_path / "data"), cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    final_whole = json.loads(whole.stdout.strip().splitlines()[-1])
+    final_again = json.loads(again.stdout.strip().splitlines()[-1])
+    assert final_whole.pop("resumed_from_step") is None
+    assert final_again.pop("resumed_from_step") == killed_at, "the restart resumed from the newest complete checkpoint"
+    assert final_again == final_whole
+    a = load_file(str(list_checkpoints(tmp_path / "whole" / "checkpoints")[-1] / "model.safetensors"))
+    b = load_file(str(list_checkpoints(cut_dir / "checkpoints")[-1] / "model.safetensors"))
+    assert all((a[k] == b[k]).all() for k in a)
