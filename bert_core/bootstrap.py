@@ -40,6 +40,14 @@ def _score(family, predictions, rows, metric: str, label_names) -> float:
     return float(value) if value is not None and not math.isnan(value) else 0.0
 
 
+def _take(items: list[dict], idx: np.ndarray) -> list[dict]:
+    """The drawn items; ones keyed by ``id`` (QA rows and answers) get a fresh id per draw, because the
+    SQuAD metric matches predictions to questions by id and would count a question drawn twice once."""
+    if items and "id" in items[0]:
+        return [{**items[i], "id": f"{items[i]['id']}#{k}"} for k, i in enumerate(idx)]
+    return [items[i] for i in idx]
+
+
 def _resamples(n_rows: int, n_resamples: int, seed: int) -> np.ndarray:
     """(n_resamples, n_rows) row indices drawn with replacement; fixed by the seed."""
     return np.random.default_rng(seed).integers(0, n_rows, size=(n_resamples, n_rows))
@@ -51,7 +59,7 @@ def bootstrap_interval(family_name: str, predictions: list[dict], rows: list[dic
     if not rows or len(rows) != len(predictions):
         raise ValueError(f"need one prediction per row, got {len(predictions)} predictions for {len(rows)} rows")
     family = get_family(family_name)
-    scores = [_score(family, [predictions[i] for i in idx], [rows[i] for i in idx], metric, label_names)
+    scores = [_score(family, _take(predictions, idx), _take(rows, idx), metric, label_names)
               for idx in _resamples(len(rows), n_resamples, seed)]
     alpha = (1 - confidence) / 2
     low, high = np.quantile(scores, [alpha, 1 - alpha])
@@ -68,9 +76,9 @@ def paired_bootstrap(family_name: str, candidate: list[dict], baseline: list[dic
     family = get_family(family_name)
     deltas = []
     for idx in _resamples(len(rows), n_resamples, seed):
-        sample = [rows[i] for i in idx]
-        deltas.append(_score(family, [candidate[i] for i in idx], sample, metric, label_names)
-                      - _score(family, [baseline[i] for i in idx], sample, metric, label_names))
+        sample = _take(rows, idx)
+        deltas.append(_score(family, _take(candidate, idx), sample, metric, label_names)
+                      - _score(family, _take(baseline, idx), sample, metric, label_names))
     alpha = (1 - confidence) / 2
     low, high = np.quantile(deltas, [alpha, 1 - alpha])
     delta = _score(family, candidate, rows, metric, label_names) - _score(family, baseline, rows, metric, label_names)

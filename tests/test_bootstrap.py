@@ -56,3 +56,14 @@ def test_mismatched_lengths_are_refused():
     rows, preds = _rows_and_predictions(10, 0.5, 0)
     with pytest.raises(ValueError, match="same rows"):
         paired_bootstrap("single_classification", preds, preds[:5], rows, "accuracy", LABELS)
+
+
+def test_qa_questions_drawn_twice_count_twice():
+    # 400 questions, half answered exactly: EM 0.5 with binomial se 0.025, 95% width ~0.098. Keyed by id
+    # without re-iding, duplicates collapse and the interval comes out ~20% too narrow.
+    rows = [{"id": f"q{i}", "question": "?", "context": "a b", "answers": {"text": ["a"], "answer_start": [0]}}
+            for i in range(400)]
+    preds = [{"id": f"q{i}", "answer": "a" if i % 2 else "b", "start": 0, "end": 1, "score": 1.0} for i in range(400)]
+    iv = bootstrap_interval("extractive_qa", preds, rows, "exact_match", n_resamples=400)
+    assert iv.point == pytest.approx(0.5)
+    assert 0.088 < iv.high - iv.low < 0.11
