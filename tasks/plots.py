@@ -1,0 +1,99 @@
+"""PNG plots logged with each run: the learning curve and the dev-set confusion matrix.
+
+Figures are drawn on matplotlib's Agg canvas directly (``Figure`` + ``FigureCanvasAgg``), never through
+``pyplot``: no global backend switch, no figure registry to leak, safe in Prefect's worker threads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+ANNOTATE_MAX_LABELS = 20  # beyond this (e.g. 45 POS tags) numbers in cells are unreadable
+
+
+def learning_curve_png(history: list[dict], path: str | Path) -> Path:
+    """Three panels against the optimizer step: training loss (and ``eval_loss``), learning rate, and
+    every other ``eval_<metric>``. ``history`` is ``FitResult.history``: dicts with ``step`` plus
+    ``loss``/``lr`` (training log events) or ``eval_*`` keys (evaluation events)."""
+    fig = Figure(figsize=(12, 3.6), layout="constrained")
+    loss_ax, lr_ax, eval_ax = fig.subplots(1, 3)
+    _series(loss_ax, history, ["loss", "eval_loss"], "loss")
+    _series(lr_ax, history, ["lr"], "learning rate")
+    metrics = sorted({k for e in history for k in e if k.startswith("eval_") and k != "eval_loss"})
+    _series(eval_ax, history, metrics, "dev metrics", marker="o")
+    return _save(fig, path)
+
+
+def _series(ax, history: list[dict], keys: list[str], title: str, marker: str | None = None) -> None:
+    ax.set_title(title)
+    ax.set_xlabel("step")
+    drawn = False
+    for key in keys:
+        points = [(e["step"], e[key]) for e in history if key in e and e[key] is not None and "step" in e]
+        if points:
+            steps, values = zip(*points, strict=True)
+            ax.plot(steps, values, marker=marker or ("o" if key.startswith("eval_") else None),
+                    label=key.removeprefix("eval_"))
+            drawn = True
+    if drawn:
+        ax.grid(alpha=0.3)
+        if len(keys) > 1:
+            ax.legend(fontsize="small")
+    else:
+        ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="gray")
+
+
+def confusion_matrix_png(gold: Sequence, pred: Sequence, label_names: Sequence[str], path: str | Path) -> Path:
+    """Rows gold, columns predicted, in ``label_names`` order. Labels are names or indices into
+    ``label_names``. Cells show counts; colour is the row-normalised fraction, so rare classes show too."""
+    if len(gold) != len(pred):
+        raise ValueError(f"confusion matrix: {len(gold)} gold labels but {len(pred)} predictions")
+    names = [str(n) for n in label_names]
+    index = {n: i for i, n in enumerate(names)}
+    gold_ids, pred_ids = _indices(gold, index, "gold"), _indices(pred, index, "predicted")
+    counts = np.zeros((len(names), len(names)), dtype=np.int64)
+    np.add.at(counts, (gold_ids, pred_ids), 1)
+    fractions = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+
+    size = max(4.0, 0.45 * len(names) + 2)
+    fig = Figure(figsize=(size + 1, size), layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(fractions, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, label="fraction of gold row")
+    ax.set_xticks(range(len(names)), names, rotation=45 if len(names) > 3 else 0, ha="right" if len(names) > 3 else "center")
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("gold")
+    accuracy = np.trace(counts) / max(counts.sum(), 1)
+    ax.set_title(f"{counts.sum()} examples, accuracy {accuracy:.3f}")
+    if len(names) <= ANNOTATE_MAX_LABELS:
+        for (i, j), n in np.ndenumerate(counts):
+            ax.text(j, i, str(n), ha="center", va="center", fontsize="small",
+                    color="white" if fractions[i, j] > 0.5 else "black")
+    return _save(fig, path)
+
+
+def _indices(labels: Sequence, index: dict[str, int], what: str) -> np.ndarray:
+    ids = []
+    for k, label in enumerate(labels):
+        if isinstance(label, (int, np.integer)) and not isinstance(label, bool):
+            if not 0 <= label < len(index):
+                raise ValueError(f"{what} label {label} at position {k} is not an index into {len(index)} label names")
+            ids.append(int(label))
+        elif str(label) in index:
+            ids.append(index[str(label)])
+        else:
+            raise ValueError(f"{what} label {label!r} at position {k} is not one of {list(index)}")
+    return np.asarray(ids, dtype=np.int64)
+
+
+def _save(fig: Figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(fig).print_png(str(path))
+    return path

@@ -1,0 +1,224 @@
+"""A fine-tuned bertflow model as an MLflow pyfunc, so ``mlflow models serve -m models:/bert-<task>@champion``
+answers JSON requests for any of the four families.
+
+The logged model holds the ``save_finetuned`` folder as the artifact ``model_dir`` (safetensors weights,
+config.json, tokenizer.json) and ``bert_core`` + ``tasks`` as code; ``BertPyfunc`` itself holds only the
+family name, so no pickled torch module is ever logged. Weights load through ``bert_core.predict``.
+
+Input columns (one request row per DataFrame row; positions in error messages are 0-based):
+
+| family | input columns | output columns |
+|---|---|---|
+| single_classification | ``text`` (or ``text_a``) | ``label``, ``score`` (its probability) |
+| pair_classification | ``text_a``, ``text_b`` (or ``text``, ``text_pair``) | ``label``, ``score`` |
+| pair_regression | ``text_a``, ``text_b`` (or ``text``, ``text_pair``) | ``score`` |
+| token_tagging | ``tokens`` (list of words) or ``text`` (split on whitespace) | ``tags`` (one per word) |
+| extractive_qa | ``question``, ``context`` (``id`` optional) | ``answer``, ``start``, ``end``, ``score`` |
+
+A missing column, a non-string or empty value, or a text over ``MAX_TEXT_CHARS`` raises
+``MlflowException(INVALID_PARAMETER_VALUE)`` naming the column (and row), which the scoring server
+turns into HTTP 400 instead of a crash.
+"""
+
+from __future__ import annotations
+
+import re
+from importlib import metadata
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
+from mlflow.models.model import ModelInfo
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.pyfunc import PythonModelContext
+from mlflow.types.schema import ColSpec, Schema
+
+import bert_core
+import tasks
+
+MAX_TEXT_CHARS = 20_000  # ~4k words: far beyond any task here, small enough to bound one request's work
+EXAMPLE_ROWS = 3
+# For each canonical field (docs/design.md), the DataFrame columns that may carry it, preferred first.
+FIELDS = {
+    "single_classification": {"text_a": ("text", "text_a")},
+    "pair_classification": {"text_a": ("text_a", "text"), "text_b": ("text_b", "text_pair")},
+    "pair_regression": {"text_a": ("text_a", "text"), "text_b": ("text_b", "text_pair")},
+    "token_tagging": {"tokens": ("tokens", "text")},
+    "extractive_qa": {"question": ("question",), "context": ("context",)},
+}
+OUTPUTS = {
+    "single_classification": ("label", "score"),
+    "pair_classification": ("label", "score"),
+    "pair_regression": ("score",),
+    "token_tagging": ("tags",),
+    "extractive_qa": ("answer", "start", "end", "score"),
+}
+# What `bert_core.predict` imports at serving time (not Prefect, not matplotlib), pinned to this machine's.
+SERVING_REQUIREMENTS = (
+    "mlflow", "torch", "tokenizers", "safetensors", "numpy", "pandas", "datasets", "huggingface_hub",
+    "scikit-learn", "scipy", "seqeval", "pydantic", "pyyaml", "tqdm", "psutil",
+)
+
+
+def invalid(message: str) -> MlflowException:
+    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
+
+
+class BertPyfunc(mlflow.pyfunc.PythonModel):
+    """Serves a ``save_finetuned`` folder. Holds only the family name until ``load_context``."""
+
+    def __init__(self, family: str):
+        if family not in FIELDS:
+            raise ValueError(f"unknown family {family!r}; expected one of {sorted(FIELDS)}")
+        self.family = family
+        self.predictor = None
+
+    def __getstate__(self):  # never pickle a loaded torch model, whatever happened before logging
+        return {"family": self.family}
+
+    def __setstate__(self, state):
+        self.family, self.predictor = state["family"], None
+
+    def load_context(self, context: PythonModelContext) -> None:
+        from bert_core.predict import Predictor  # torch is imported only when a model is really loaded
+
+        self.predictor = Predictor(context.artifacts["model_dir"])
+        if self.predictor.family_name != self.family:
+            raise MlflowException(f"model folder holds a {self.predictor.family_name} model, logged as {self.family}")
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        if self.predictor is None:
+            raise MlflowException("BertPyfunc.predict before load_context: load it with mlflow.pyfunc.load_model")
+        rows = frame_to_rows(self.family, model_input)
+        predictions = self.predictor.predict(rows)
+        return pd.DataFrame([{k: p[k] for k in OUTPUTS[self.family]} for p in predictions],
+                            columns=list(OUTPUTS[self.family]))
+
+
+def frame_to_rows(family: str, frame: pd.DataFrame) -> list[dict]:
+    """Request DataFrame -> canonical rows for ``Predictor``, validating every value on the way."""
+    if not isinstance(frame, pd.DataFrame):
+        raise invalid(f"expected a DataFrame (columns {_expected(family)}), got {type(frame).__name__}")
+    columns = {}
+    for field, names in FIELDS[family].items():
+        present = [n for n in names if n in frame.columns]
+        if not present:  # (the schema check has already dropped columns the signature does not know)
+            raise invalid(f"missing input column {names[0]!r}; a {family} model expects columns {_expected(family)}")
+        columns[field] = present
+    rows = []
+    for i, values in enumerate(frame.itertuples(index=False)):
+        record = dict(zip(frame.columns, values, strict=True))
+        row = {}
+        for field, present in columns.items():
+            # JSON records may mix names ({"text_a": ..} and {"text": ..}); pandas fills the gaps with NaN.
+            column = next((c for c in present if not _missing(record[c])), present[0])
+            row[field] = _check(record[column], column, i)
+            if field == "tokens" and column == "text":
+                row[field] = row[field].split()
+        if family == "single_classification":
+            row["text_b"] = None
+        if family == "extractive_qa":
+            row["id"] = str(i) if _missing(record.get("id")) else str(record["id"])
+        rows.append(row)
+    return rows
+
+
+def _check(value, column: str, row: int):
+    """A non-empty string of at most MAX_TEXT_CHARS; for ``tokens``, a non-empty list of them.
+    A ``text`` feeding a tagger is split on whitespace."""
+    where = f"row {row}, column {column!r}"
+    if column == "tokens":
+        if not isinstance(value, (list, tuple, np.ndarray)) or len(value) == 0:
+            raise invalid(f"{where}: expected a non-empty list of words, got {_show(value)}")
+        words = list(value)
+        for k, word in enumerate(words):
+            if not isinstance(word, str) or not word.strip():
+                raise invalid(f"{where}: word {k} is {_show(word)}; expected a non-empty string")
+        _check_length(sum(len(w) + 1 for w in words), where)
+        return words
+    if not isinstance(value, str):
+        raise invalid(f"{where}: expected a string, got {_show(value)}")
+    if not value.strip():
+        raise invalid(f"{where}: the text is empty")
+    _check_length(len(value), where)
+    return value
+
+
+def _check_length(chars: int, where: str) -> None:
+    if chars > MAX_TEXT_CHARS:
+        raise invalid(f"{where}: {chars:,} characters; the limit is {MAX_TEXT_CHARS:,}")
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value))  # pandas fills gaps with either
+
+
+def _show(value) -> str:
+    if _missing(value):
+        return "a missing value"
+    text = repr(value)
+    return f"{text[:60]}... ({type(value).__name__})" if len(text) > 60 else f"{text} ({type(value).__name__})"
+
+
+def _expected(family: str) -> str:
+    return ", ".join(" or ".join(repr(n) for n in names) for names in FIELDS[family].values())
+
+
+def rows_to_frame(family: str, rows: list[dict]) -> pd.DataFrame:
+    """Canonical rows (gold labels and ``_source`` are dropped) -> a request DataFrame in the preferred
+    column names: the input example logged with the model."""
+    data = {}
+    for field, names in FIELDS[family].items():
+        data[names[0]] = [list(r[field]) if field == "tokens" else r[field] for r in rows]
+    return pd.DataFrame(data)
+
+
+# ---- logging ---------------------------------------------------------------------------------------
+def log_model(model_dir: str | Path, family: str, input_example_rows: list[dict],
+              registered_model_name: str | None = None) -> ModelInfo:
+    """Log ``model_dir`` as a pyfunc named ``model`` in the active run; returns its ``ModelInfo``
+    (``model_info.model_uri`` is what ``tasks.registry.register_version`` takes)."""
+    model_dir = str(Path(model_dir).resolve())
+    example = rows_to_frame(family, list(input_example_rows)[:EXAMPLE_ROWS])
+    python_model = BertPyfunc(family)
+    python_model.load_context(PythonModelContext(artifacts={"model_dir": model_dir}, model_config={}))
+    signature = infer_signature(example, python_model.predict(None, example))
+    signature.inputs = _accepted_inputs(family, signature.inputs)
+    return mlflow.pyfunc.log_model(
+        name="model",
+        python_model=BertPyfunc(family),
+        artifacts={"model_dir": model_dir},
+        # The served model imports bert_core and tasks from the logged copy: works outside this checkout.
+        code_paths=[str(Path(bert_core.__file__).parent), str(Path(tasks.__file__).parent)],
+        pip_requirements=serving_requirements(),
+        signature=signature,
+        input_example=example,
+        registered_model_name=registered_model_name,
+    )
+
+
+def _accepted_inputs(family: str, inferred: Schema) -> Schema:
+    """The inferred columns plus their alternative names, all optional: the schema check must let
+    ``text``/``text_pair`` through, and ``frame_to_rows`` names what is really missing, row by row."""
+    types = {c.name: c.type for c in inferred.inputs}
+    specs = [ColSpec(types.get(n, "string"), n, required=False) for names in FIELDS[family].values() for n in names]
+    if family == "extractive_qa":
+        specs.append(ColSpec("string", "id", required=False))
+    return Schema(specs)
+
+
+def serving_requirements() -> list[str]:
+    """``name==version`` of what serving imports, as installed here (torch without its +cpu/+cu local tag,
+    so the serving machine picks its own build)."""
+    pins = []
+    for name in SERVING_REQUIREMENTS:
+        try:
+            version = re.sub(r"\+.*$", "", metadata.version(name))
+        except metadata.PackageNotFoundError:
+            pins.append(name)
+            continue
+        pins.append(f"{name}=={version}")
+    return pins
