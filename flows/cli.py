@@ -1,0 +1,187 @@
+"""The `bertflow` command.
+
+    bertflow tasks                                   # the built-in task specs
+    bertflow run sst2 --max-train-samples 2000       # the finetune flow, here, with no Prefect server
+    bertflow predict models:/bert-sst2@champion --text "a gripping film"
+    echo '{"text": "a gripping film"}' | bertflow predict models:/bert-sst2@champion
+    bertflow compare sst2                            # registered versions side by side
+
+Failures print the error's message (no traceback; `--verbose` keeps Prefect's) and exit non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+# Only the options given on the command line reach TrainConfig, so the spec's defaults fill the rest.
+TRAINING_OPTIONS = {
+    "max_train_samples": int, "max_eval_samples": int, "epochs": float, "max_steps": int, "learning_rate": float,
+    "batch_size": int, "seed": int, "max_seq_length": int, "eval_every": int,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return args.command(args) or 0
+    except KeyboardInterrupt:
+        return 130
+    except Exception as err:  # the message is the product; the traceback would bury it
+        if getattr(args, "verbose", False):
+            raise
+        print(f"bertflow {args.name}: error: {err}", file=sys.stderr)
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bertflow", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    p = sub.add_parser("tasks", help="list the built-in task specs")
+    p.set_defaults(command=cmd_tasks, name="tasks")
+
+    p = sub.add_parser("run", help="fine-tune a task with the finetune flow, locally")
+    p.add_argument("task", help="built-in task name (see `bertflow tasks`) or a spec YAML path")
+    for option, kind in TRAINING_OPTIONS.items():
+        p.add_argument(f"--{option.replace('_', '-')}", type=kind, metavar="N" if kind is int else "X")
+    p.add_argument("--pretrained", help="checkpoint folder or hub id; default: the packaged all-MiniLM-L6-v2")
+    p.add_argument("--data-dir", help="folder holding the task's files; default: $BERTFLOW_DATA_DIR")
+    p.add_argument("--tracking-uri", help="MLflow URI; default: $MLFLOW_TRACKING_URI, else $BERTFLOW_HOME/mlflow.db")
+    p.add_argument("--run-root", help="where run folders go; default: $BERTFLOW_HOME/runs")
+    p.add_argument("--drop-bad-rows", action="store_true", help="skip malformed rows instead of failing")
+    p.add_argument("--registry-policy", choices=["better", "significant"], default="better",
+                   help="when the new version becomes champion (default: better)")
+    p.add_argument("--registry-confidence", type=float, default=0.95, metavar="X",
+                   help="policy significant: confidence of the bootstrap interval (default 0.95)")
+    p.add_argument("--verbose", action="store_true", help="show tracebacks")
+    p.set_defaults(command=cmd_run, name="run")
+
+    p = sub.add_parser("predict", help="predict with a logged or registered model",
+                       description="Rows come from the options, or as JSON lines on stdin (columns: text / "
+                       "text_a, text_b / tokens / question, context). One JSON line out per row.")
+    p.add_argument("model_uri", help="e.g. models:/bert-sst2@champion, models:/bert-sst2/3, runs:/<id>/model")
+    p.add_argument("--text", help="the text (classification, tagging: split on spaces), or a pair's first text")
+    p.add_argument("--text-b", help="the second text of a pair task")
+    p.add_argument("--question")
+    p.add_argument("--context")
+    p.add_argument("--tokens", nargs="+", help="words to tag")
+    p.add_argument("--tracking-uri")
+    p.set_defaults(command=cmd_predict, name="predict")
+
+    p = sub.add_parser("compare", help="registered versions of a task side by side, with bootstrap intervals")
+    p.add_argument("task", help="task name or spec YAML path")
+    p.add_argument("--confidence", type=float, default=0.95, metavar="X", help="interval confidence (default 0.95)")
+    p.add_argument("--resamples", type=int, default=1000, metavar="N", help="bootstrap resamples (default 1000)")
+    p.add_argument("--run-root", help="where the comparison folder goes; default: $BERTFLOW_HOME/runs")
+    p.add_argument("--no-log", action="store_true", help="do not keep the comparison as an MLflow run")
+    p.add_argument("--tracking-uri")
+    p.set_defaults(command=cmd_compare, name="compare")
+    return parser
+
+
+def cmd_tasks(args) -> None:
+    from bert_core.spec import builtin_specs, load_spec
+
+    rows = []
+    for name in builtin_specs():
+        spec = load_spec(name)
+        source = "local" + ("+hub" if spec.hub else "") if spec.local else "hub"
+        rows.append({"task": name, "family": spec.family, "primary metric": spec.primary_metric,
+                     "data": source, "description": spec.description})
+    print(_table(rows))
+
+
+def cmd_run(args) -> int:
+    # With no Prefect server configured, Prefect starts a temporary one; its first start creates a database,
+    # which takes longer than Prefect's default wait on a small, busy machine.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    from bert_core.spec import load_spec
+    from bert_core.training import TrainConfig
+    from flows.params import FinetuneParams
+
+    load_spec(args.task)  # a bad spec fails here, before a Prefect server or MLflow run is started
+    training = TrainConfig(**{k: getattr(args, k) for k in TRAINING_OPTIONS if getattr(args, k) is not None})
+    params = FinetuneParams(task=args.task, training=training, pretrained=args.pretrained, data_dir=args.data_dir,
+                            tracking_uri=args.tracking_uri, run_root=args.run_root, drop_bad_rows=args.drop_bad_rows,
+                            registry_policy=args.registry_policy, registry_confidence=args.registry_confidence)
+
+    from flows.finetune import finetune  # imports Prefect and MLflow: only when a run is wanted
+
+    if not args.verbose:
+        _hide_tracebacks()
+    state = finetune(params, return_state=True)
+    if not state.is_completed():
+        error = state.result(raise_on_failure=False)
+        raise error if isinstance(error, Exception) else RuntimeError(state.message or state.name)
+    print(json.dumps(state.result(), indent=2, default=str))
+    return 0
+
+
+def cmd_predict(args) -> None:
+    import mlflow
+    import pandas as pd
+
+    from tasks.tracking import configure_tracking
+
+    columns = {"text": args.text, "text_b": args.text_b, "question": args.question, "context": args.context,
+               "tokens": args.tokens}
+    given = {k: v for k, v in columns.items() if v is not None}
+    if given:
+        rows = [given]
+    else:
+        rows = [json.loads(line) for line in sys.stdin if line.strip()]
+        if not rows:
+            raise ValueError("no input: give --text (or --question/--context, --tokens) or JSON lines on stdin")
+    configure_tracking(args.tracking_uri)
+    model = mlflow.pyfunc.load_model(args.model_uri)
+    predictions = model.predict(pd.DataFrame(rows))
+    print(predictions.to_json(orient="records", lines=True, force_ascii=False).strip())
+
+
+def cmd_compare(args) -> None:
+    from tasks.compare import display_rows, run_comparison
+    from tasks.tracking import configure_tracking
+
+    configure_tracking(args.tracking_uri)
+    result = run_comparison(args.task, args.confidence, args.resamples, args.run_root, log_to_mlflow=not args.no_log)
+    print(f"{result.name} (primary metric: {result.primary_metric}; {args.confidence:.0%} bootstrap intervals)")
+    print(_table(display_rows(result.rows)))
+    print(f"chart: {result.chart}" + (f" (also in MLflow run {result.mlflow_run_id}, compare/)" if result.mlflow_run_id else ""))
+
+
+def _table(rows: list[dict]) -> str:
+    """Rows of equal keys as aligned text columns."""
+    headers = list(rows[0])
+    cells = [[str(r[h]) for h in headers] for r in rows]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+    return "\n".join(lines)
+
+
+def _hide_tracebacks() -> None:
+    """Prefect logs a failed task's or flow's traceback to the console; the CLI prints the message
+    instead. Only the console's formatting changes: the Prefect API (the UI) still gets the traceback."""
+    for handler in logging.getLogger().handlers:
+        if handler.formatter is not None:
+            handler.formatter.format = _without_traceback(handler.formatter.format)
+
+
+def _without_traceback(format_record):
+    def format_record_without_traceback(record: logging.LogRecord) -> str:
+        saved = record.exc_info, record.exc_text, record.stack_info
+        record.exc_info = record.exc_text = record.stack_info = None
+        try:
+            return format_record(record)
+        finally:  # other handlers (the API's) still see the traceback
+            record.exc_info, record.exc_text, record.stack_info = saved
+    return format_record_without_traceback
+
+
+if __name__ == "__main__":
+    sys.exit(main())

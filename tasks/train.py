@@ -1,0 +1,92 @@
+"""The `fine_tune` task: `bert_core.training.fit` with its progress sent to MLflow and to Prefect.
+
+Checkpoints go to `<run_dir>/training/checkpoints`; a retry of this task (same `run_dir`) resumes from
+the newest complete one, so a crash costs at most `checkpoint_every` steps.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+from prefect import get_run_logger, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.cache_policies import NO_CACHE
+
+from bert_core.checkpoint import OFFLINE_DEFAULT
+from bert_core.spec import TaskSpec
+from bert_core.training import TrainConfig, TrainingDiverged, fit
+from tasks.data import DataInfo, load_split
+
+
+def artifact_key(task_name: str, what: str) -> str:
+    """Prefect artifact keys allow only lowercase letters, digits and dashes."""
+    slug = "".join(c if c.isalnum() else "-" for c in task_name.lower()).strip("-")
+    return f"{slug}-{what}"
+
+
+class TrackingCallback:
+    """fit's progress -> MLflow metrics of run `run_id` and a Prefect progress artifact.
+
+    Per-step metrics go under `train/` and the evaluations made during training under `dev_curve/`,
+    so the MLflow UI shows them as two chart sections; the final scores of the best model are logged
+    by the evaluate task as `eval_<metric>`.
+    """
+
+    def __init__(self, run_id: str, task_name: str):
+        self.run_id, self.task_name = run_id, task_name
+        self.total_steps, self.progress_id = 1, None
+
+    def on_train_start(self, info: dict) -> None:
+        self.total_steps = max(info["total_steps"], 1)
+        done = info["resumed_from_step"] or 0
+        self.progress_id = create_progress_artifact(
+            progress=100 * done / self.total_steps, key=artifact_key(self.task_name, "fine-tune-progress"),
+            description=f"{self.task_name}: optimizer steps done of {info['total_steps']}")
+
+    def on_step(self, step: int, metrics: dict[str, float]) -> None:
+        mlflow.log_metrics({f"train/{k}": float(v) for k, v in metrics.items()}, step=step, run_id=self.run_id)
+        if self.progress_id is not None:
+            update_progress_artifact(self.progress_id, progress=100 * step / self.total_steps)
+
+    def on_evaluate(self, step: int, metrics: dict[str, float]) -> None:
+        mlflow.log_metrics({f"dev_curve/{k}": float(v) for k, v in metrics.items()}, step=step, run_id=self.run_id)
+
+
+def _worth_retrying(task, task_run, state) -> bool:
+    # A diverged loss diverges again from the same checkpoint: retrying only wastes the time.
+    return not isinstance(state.result(raise_on_failure=False), TrainingDiverged)
+
+
+@task(retries=1, retry_condition_fn=_worth_retrying, cache_policy=NO_CACHE)
+def fine_tune(spec: TaskSpec, cfg: TrainConfig, data: DataInfo, run_dir: str, run_id: str,
+              pretrained: str | None = None, cache_dir: str | None = None) -> dict:
+    """Fine-tune on the saved train split, select on the eval split; returns paths and numbers only.
+
+    `cfg` must already hold the spec's defaults. `run_id`: the MLflow run receiving the metrics.
+    """
+    train_rows = load_split(data, "train", cfg.max_train_samples)
+    eval_rows = load_split(data, "eval", cfg.max_eval_samples)
+    output_dir = Path(run_dir) / "training"
+    result = fit(spec, cfg, output_dir, train_rows, eval_rows, data.label_names, pretrained=pretrained,
+                 data_fingerprint=data.fingerprint, callbacks=[TrackingCallback(run_id, spec.name)],
+                 cache_dir=cache_dir,
+                 extra_meta={"data_fingerprint": data.fingerprint, "pretrained": pretrained or OFFLINE_DEFAULT})
+    if result.best_metric is None:  # every evaluation gave NaN (e.g. a constant regression output)
+        raise ValueError(f"{spec.name}: no evaluation gave a usable {result.primary_metric!r}, so no model was "
+                         f"kept; dev-curve metrics are in the MLflow run {run_id}")
+    if result.resumed_from_step:
+        get_run_logger().info("resumed from the checkpoint at step %d", result.resumed_from_step)
+    history_path = Path(run_dir) / "history.json"
+    history_path.write_text(json.dumps(result.history, indent=1), encoding="utf-8")
+    summary = {"train_seconds": result.train_seconds, "examples_per_second": result.examples_per_second,
+               "tokens_per_second": result.tokens_per_second, "best_step": result.best_step,
+               "final_step": result.final_step}
+    mlflow.log_metrics({k: float(v) for k, v in summary.items()}, run_id=run_id)
+    return {
+        "model_dir": str(result.model_dir), "primary_metric": result.primary_metric, "best_metric": result.best_metric,
+        "metrics": result.eval_metrics, "history_path": str(history_path), "precision": result.precision,
+        "resumed_from_step": result.resumed_from_step, "stopped_early": result.stopped_early,
+        "feature_cache_hit": result.feature_stats["feature_cache_hit"], **summary,
+    }

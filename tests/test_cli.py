@@ -1,0 +1,51 @@
+"""The `bertflow` command: listing tasks, and failing with the error's message (not a traceback)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from bert_core.spec import builtin_specs, load_spec
+from flows.cli import main
+from tests.conftest import REPO_ROOT
+
+
+def test_tasks_lists_every_builtin_with_family_and_metric(capsys):
+    assert main(["tasks"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for name in builtin_specs():
+        spec = load_spec(name)
+        line = next(line for line in lines if line.split()[0] == name)
+        assert spec.family in line and spec.primary_metric in line
+
+
+def test_run_with_a_bad_spec_file_exits_with_its_message(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: broken\nfamily: poetry\nmetrics: [accuracy]\nprimary_metric: accuracy\n", encoding="utf-8")
+    assert main(["run", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert str(bad) in err and "family" in err and "poetry" in err
+    assert "Traceback" not in err
+
+
+def test_run_with_a_missing_spec_file_or_bad_option_exits_non_zero(tmp_path, capsys):
+    assert main(["run", str(tmp_path / "nowhere.yaml")]) == 1
+    assert "spec file not found" in capsys.readouterr().err
+    assert main(["run", "sst2", "--epochs", "-1"]) == 1
+    assert "epochs" in capsys.readouterr().err
+
+
+def test_failing_flow_exits_non_zero_with_the_message_and_no_traceback(tmp_path):
+    """The flow itself fails (CoNLL has no hub fallback, the data folder is empty): a real `bertflow run`
+    process in Prefect's ephemeral mode, with its own Prefect home and MLflow store."""
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "BERTFLOW_HOME": str(tmp_path / "home"),
+           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "PREFECT_API_URL": ""}
+    empty = tmp_path / "no-data"
+    empty.mkdir()
+    done = subprocess.run([sys.executable, "-m", "flows.cli", "run", "conll2003_ner", "--data-dir", str(empty)],
+                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr[-3000:]
+    message = next(line for line in done.stderr.splitlines() if line.startswith("bertflow run: error:"))
+    assert "local file not found" in message and str(empty) in message
+    assert "Traceback" not in done.stderr

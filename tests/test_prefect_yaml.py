@@ -1,0 +1,54 @@
+"""prefect.yaml is code too: every deployment must load its flow, validate its parameters against the
+flow's signature, and carry a schedule Prefect can parse, or `prefect deploy --all` breaks in production."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from prefect.client.schemas.schedules import CronSchedule
+from prefect.flows import load_flow_from_entrypoint
+
+from bert_core.spec import builtin_specs
+from tests.conftest import REPO_ROOT
+
+CONFIG = yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text(encoding="utf-8"))
+DEPLOYMENTS = {d["name"]: d for d in CONFIG["deployments"]}
+
+
+def test_every_builtin_task_has_a_deployment():
+    tasks = {d["parameters"]["params"]["task"] for d in DEPLOYMENTS.values() if "params" in d["parameters"]}
+    assert tasks == set(builtin_specs())
+    assert "suite" in DEPLOYMENTS
+
+
+@pytest.mark.parametrize("name", sorted(DEPLOYMENTS))
+def test_deployment_parameters_validate_against_its_flow(name, monkeypatch):
+    deployment = DEPLOYMENTS[name]
+    monkeypatch.chdir(REPO_ROOT)  # entrypoints are relative to the project, as after the pull step
+    flow = load_flow_from_entrypoint(deployment["entrypoint"], use_placeholder_flow=False)
+    validated = flow.validate_parameters(deployment["parameters"])  # raises ParameterTypeError when wrong
+    if "params" in deployment["parameters"]:
+        assert validated["params"].task == deployment["parameters"]["params"]["task"]
+        # The training budget stays unset, so every spec default (learning rate, epochs...) applies.
+        assert validated["params"].training.model_fields_set == set()
+
+
+@pytest.mark.parametrize("name", sorted(DEPLOYMENTS))
+def test_deployment_schedules_and_pool(name):
+    deployment = DEPLOYMENTS[name]
+    assert deployment["work_pool"]["name"] == "bertflow-process"
+    assert deployment["schedules"], "every deployment retrains on a schedule"
+    for schedule in deployment["schedules"]:
+        CronSchedule(cron=schedule["cron"], timezone=schedule.get("timezone"))  # raises on a bad cron
+
+
+def test_pull_step_sets_the_working_directory():
+    steps = [next(iter(step)) for step in CONFIG["pull"]]
+    assert steps == ["prefect.deployments.steps.set_working_directory"]
+
+
+def test_prefect_accepts_the_file():
+    from prefect.cli.deploy._models import PrefectYamlModel  # what `prefect deploy` parses the file with
+
+    model = PrefectYamlModel.model_validate(CONFIG)
+    assert len(model.deployments) == len(DEPLOYMENTS)
