@@ -121,7 +121,7 @@ def run_hf(args, tuned: bool) -> dict:
     from bert_core.checkpoint import resolve_source
 
     transformers.logging.set_verbosity_error()
-    spec, train_rows, dev_rows, label_names, _ = load_rows(args.train_rows)
+    _, train_rows, dev_rows, label_names, _ = load_rows(args.train_rows)
     folder = str(resolve_source(None))
     tokenizer = BertTokenizerFast.from_pretrained(folder)
     padding = False if tuned else "max_length"  # run_glue --pad_to_max_length (its default) pads every row
@@ -181,7 +181,8 @@ def run_hf(args, tuned: bool) -> dict:
 # ---- (c) ours -----------------------------------------------------------------------------------------
 def run_ours(args) -> dict:
     from bert_core.training import TrainConfig, fit
-    from bert_core.training.batching import step_batches
+    from bert_core.training.batching import make_batch, step_batches
+    from bert_core.training.optim import build_optimizer
 
     spec, train_rows, dev_rows, label_names, fingerprint = load_rows(args.train_rows)
     cfg = TrainConfig(
@@ -203,18 +204,22 @@ def run_ours(args) -> dict:
         result = fit(spec, cfg, Path(out) / "run", train_rows, dev_rows, label_names, pretrained=None,
                      data_fingerprint=f"{fingerprint}|first{len(train_rows)}", cache_dir=Path(out) / "cache",
                      callbacks=[Clock()])
-    # The padded batch shapes fit ran: the same step_batches, each padded to a multiple of 8 (collate).
-    lengths = [len(f["input_ids"]) for f in our_features(train_rows, label_names)]
+    # The padded batch shapes fit ran: the same step_batches through the same collate.
+    features = our_features(train_rows, label_names)
+    lengths = [len(f["input_ids"]) for f in features]
     steps_per_epoch = math.ceil(len(lengths) / args.batch_size)
     shapes = []
     for step in range(result.final_step):
         epoch, index = divmod(step, steps_per_epoch)
         batch = step_batches(lengths, args.batch_size, args.seed, epoch, True)[index]
-        shapes.append((len(batch), -(-max(lengths[i] for i in batch) // 8) * 8))
-    return {"seconds": result.train_seconds, "cpu_seconds": started["cpu_seconds"], "examples": round(result.examples_per_second * result.train_seconds),
-            "steps": result.final_step, "real_tokens": round(result.tokens_per_second * result.train_seconds),
-            "batch_shapes": shapes, "accuracy": result.eval_metrics["accuracy"], "precision": result.precision,
-            "threads": started.get("threads"), "ids_match": True, "optimizer": "AdamW foreach"}
+        shapes.append(tuple(make_batch(features, batch, 0, ("input_ids",))["input_ids"].shape))
+    opt = build_optimizer(torch.nn.Linear(2, 2), 1e-3, 0.0).defaults
+    return {"seconds": result.train_seconds, "cpu_seconds": started["cpu_seconds"],
+            "examples": round(result.examples_per_second * result.train_seconds), "steps": result.final_step,
+            "real_tokens": round(result.tokens_per_second * result.train_seconds), "batch_shapes": shapes,
+            "accuracy": result.eval_metrics["accuracy"], "precision": result.precision,
+            "threads": started.get("threads"), "ids_match": True,
+            "optimizer": "AdamW " + ("fused" if opt.get("fused") else "foreach" if opt.get("foreach") else "for-loop")}
 
 
 # ---- the parent: bf16 peak, subprocesses, table ---------------------------------------------------

@@ -179,13 +179,13 @@ def register_minilm(folder: Path) -> tuple[str, str]:
 
     uri = configure_tracking(f"sqlite:///{folder / 'mlflow.db'}")
     # Artifacts under `folder` too: with a sqlite store MLflow would otherwise write ./mlruns.
-    mlflow.set_experiment(experiment_id=mlflow.create_experiment("serving-load", (folder / "artifacts").as_uri()))
+    experiment_id = mlflow.create_experiment("serving-load", (folder / "artifacts").as_uri())
     torch.manual_seed(0)
     encoder, tokenizer = load_pretrained(None)
     model = get_family("single_classification").build_model(encoder, ["0", "1"]).eval()
     meta = {"family": "single_classification", "label_names": ["0", "1"], "task": "sst2", "max_seq_length": 128}
     model_dir = save_finetuned(model, tokenizer, folder / "model", meta)
-    with mlflow.start_run(run_name="serving-load"):
+    with mlflow.start_run(experiment_id=experiment_id, run_name="serving-load"):
         info = log_model(model_dir, "single_classification", [{"text_a": s, "text_b": None} for s in sentences(3)],
                          registered_model_name="bert-serving-load")
     return f"models:/bert-serving-load/{info.registered_model_version}", uri

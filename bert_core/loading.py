@@ -59,6 +59,12 @@ def load_task_data(
             why_not_local = f"{ENV_DATA_DIR} is not set and no data_dir was given."
         else:
             missing = [(where, rel) for where, rel in files.values() if not (root / rel).is_file()]
+            # Paths are checked lexically in the spec; a symlink inside the root could still lead out of it.
+            for where, rel in files.values():
+                target = (root / rel).resolve()
+                if (root / rel).exists() and not target.is_relative_to(root.resolve()):
+                    raise DataError(f"{spec.name}: {rel} (spec field {where}) resolves to {target}, "
+                                    f"outside the data root {root.resolve()}")
             if not missing:
                 return _load_local(spec, root, drop_bad_rows, max_rows)
             # A partly present dataset is a mistake to report, not a reason to go to the hub.

@@ -8,6 +8,7 @@ more YAML file and passing its path to `load_spec`, with no Python.
 
 from __future__ import annotations
 
+import re
 from importlib import resources
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Annotated, Any, Literal
@@ -265,6 +266,11 @@ class TaskSpec(_Strict):
                           ("hub.eval_extra", self.hub and self.hub.eval_extra)):
             if bad and {"train", "eval"} & set(bad):
                 raise ValueError(f"{name}: 'train' and 'eval' are reserved split names")
+            # Split names become folder and metric names in a run: one plain path segment each.
+            for split in bad or ():
+                if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", split) or split in (".", ".."):
+                    raise ValueError(f"{name}: split name {split!r} must be letters, digits, '_', '.', '-' "
+                                     "(no path separators)")
         return self
 
     def _check_local(self, local: LocalSource) -> None:

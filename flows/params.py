@@ -8,8 +8,9 @@ spec's defaults (e.g. its learning rate) through `TrainConfig.with_defaults`.
 from __future__ import annotations
 
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_serializer
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
 
 from bert_core.spec import builtin_specs
 from bert_core.training import TrainConfig
@@ -50,6 +51,16 @@ class FinetuneParams(BaseModel):
     run_root: str | None = Field(
         None, description="Where run folders (data, checkpoints, model, predictions, plots) go; empty = "
         "$BERTFLOW_HOME/runs.")
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _no_password_in_uri(cls, uri: str | None) -> str | None:
+        # Prefect stores and shows flow parameters: credentials belong in the environment instead.
+        if uri and urlsplit(uri).password:
+            raise ValueError("tracking_uri must not hold a password (Prefect stores parameters in the clear); "
+                             "set MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) "
+                             "in the worker's environment instead")
+        return uri
 
     @field_serializer("training")
     def _training_as_set(self, training: TrainConfig) -> dict:

@@ -109,7 +109,9 @@ def _check_http(uri: str, shown: str, timeout_s: float) -> None:
     base = uri.rstrip("/")
     headers = _auth_headers(uri)
     last: Exception | None = None
-    for path in ("/health", "/api/2.0/mlflow/experiments/search?max_results=1"):
+    # The API first: MLflow's basic-auth app leaves /health open, so only the API tells whether the
+    # credentials work; /health is the fallback for proxies that answer nothing else.
+    for path in ("/api/2.0/mlflow/experiments/search?max_results=1", "/health"):
         request = urllib.request.Request(base + path, headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=timeout_s):

@@ -4,8 +4,7 @@ Each test runs the whole flow under Prefect's test harness against a temporary M
 checks what a user would look at: the finished MLflow run (params, metrics, artifacts), the registered
 version with its alias, the pyfunc answering its own input example, and a dev score above a floor.
 
-Floors: each sits well below the score measured with these budgets (noted per task) and above what a
-broken pipeline reaches (majority class, constant output, random spans); the numbers are in CASES.
+Floors, and how they were chosen, are in CASES.
 """
 
 from __future__ import annotations
@@ -31,18 +30,31 @@ pytestmark = pytest.mark.integration
 
 # MiniLM-L6 takes a higher learning rate than BERT-base; short sequences keep CPU time down.
 FAST = {"learning_rate": 1e-4, "max_seq_length": 128, "progress_bar": False}
+# task: (training budget, {metric: floor}). Floors sit well below the dev scores measured with these
+# budgets (bert_core alone, seed 42, first 200 dev rows) and above what a broken pipeline scores:
 CASES = {
-    # task: (training budget, primary metric floor, what a broken pipeline gets)
-    "sst2": ({"max_train_samples": 400, "max_eval_samples": 200, "epochs": 3}, 0.65, "0.5 (balanced dev)"),
-    "stsb": ({"max_train_samples": 400, "max_eval_samples": 200, "epochs": 3}, 0.15, "0 (no correlation)"),
-    "rte": ({"max_train_samples": 400, "max_eval_samples": 200, "epochs": 3}, 0.5, "0.54 (majority)"),
-    "conll2003_ner": ({"max_train_samples": 300, "max_eval_samples": 200, "epochs": 3}, 0.3, "0 (all O)"),
-    "squad": ({"max_train_samples": 300, "max_eval_samples": 200, "epochs": 2, "max_seq_length": 256}, 0.1,
-              "~0.05 (random spans)"),
+    # measured 0.775 accuracy; chance 0.5 on a balanced dev set.
+    "sst2": ({"max_train_samples": 400, "max_eval_samples": 200, "epochs": 3}, {"accuracy": 0.65}),
+    # measured pearson 0.716 (0.35 with lr 1e-4: too few steps); no correlation is 0.
+    "stsb": ({"max_train_samples": 400, "max_eval_samples": 200, "epochs": 3, "learning_rate": 2e-4},
+             {"pearson": 0.4}),
+    # MRPC checks pair-classification plumbing (BOM file, label column, binary F1, pair pyfunc). With a
+    # few hundred rows MiniLM does not clearly beat the majority class (measured f1 0.81-0.83 for
+    # 400x3, 800x2, 1200x1 vs 0.813 for always "1"), so the floor only catches inverted or shuffled
+    # labels (f1 well under 0.6), not a constant predictor.
+    "mrpc": ({"max_train_samples": 200, "max_eval_samples": 200, "epochs": 2, "learning_rate": 2e-4,
+              "batch_size": 16}, {"f1": 0.6}),
+    # measured entity F1 0.471 (0.26 with batch 32: too few steps); all-"O" scores 0.
+    "conll2003_ner": ({"max_train_samples": 300, "max_eval_samples": 200, "epochs": 3, "batch_size": 16},
+                      {"entity_f1": 0.25}),
+    # measured F1 0.136 / EM 0.06; the untrained model scores F1 0.0995 / EM 0.01 (long random spans
+    # overlap the gold answer), 300 questions x 2 epochs only 0.10: more questions beat more epochs.
+    "squad": ({"max_train_samples": 600, "max_eval_samples": 200, "epochs": 1, "learning_rate": 3e-4,
+               "batch_size": 16, "max_seq_length": 256}, {"f1": 0.115, "exact_match": 0.03}),
 }
 CLASSIFICATION_ARTIFACTS = {"evaluation/confusion_matrix.png", "evaluation/per_class_report_eval.json"}
 ARTIFACTS = {  # beyond what every run logs
-    "sst2": CLASSIFICATION_ARTIFACTS, "rte": CLASSIFICATION_ARTIFACTS, "stsb": set(), "squad": set(),
+    "sst2": CLASSIFICATION_ARTIFACTS, "mrpc": CLASSIFICATION_ARTIFACTS, "stsb": set(), "squad": set(),
     "conll2003_ner": {"evaluation/per_class_report_eval.json", "evaluation/predictions_test.jsonl",
                       "evaluation/per_class_report_test.json"},
 }
@@ -73,14 +85,17 @@ def run_flow(task: str, **training) -> dict:
     return summary
 
 
-def check_run(summary: dict, task: str, floor: float, artifacts: set[str]) -> None:
+def check_run(summary: dict, task: str, budget: dict, floors: dict[str, float], artifacts: set[str]) -> None:
     """The MLflow run, the registry version and the pyfunc of one finished flow run."""
     client = MlflowClient()
     run = client.get_run(summary["mlflow_run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.tags["task"] == task and run.data.tags["prefect.flow_run_id"] != "none"
     assert run.data.tags["data_fingerprint"] and run.data.tags["code_version"]
-    assert run.data.params["training.learning_rate"] == "0.0001" and run.data.params["task"] == task
+    params = run.data.params
+    assert params["task"] == task and params["pretrained"].startswith("all-MiniLM-L6-v2")
+    assert float(params["training.learning_rate"]) == {**FAST, **budget}["learning_rate"]
+    assert int(params["training.max_train_samples"]) == budget["max_train_samples"]
     primary = summary["primary_metric"]
     assert run.data.metrics[f"eval_{primary}"] == pytest.approx(summary["score"])
     assert {"train/loss", "train/lr", "train/examples_per_second", f"dev_curve/{primary}",
@@ -90,7 +105,9 @@ def check_run(summary: dict, task: str, floor: float, artifacts: set[str]) -> No
     expected = {"task_spec.yaml", "history.json", "evaluation/predictions_eval.jsonl",
                 "evaluation/learning_curve.png"} | artifacts
     assert expected <= logged, f"missing artifacts {expected - logged}"
-    assert summary["score"] > floor, f"{task}: {primary} {summary['score']:.3f} is not above the floor {floor}"
+    for metric, floor in floors.items():
+        value = summary["metrics"][f"eval_{metric}"]
+        assert value > floor, f"{task}: {metric} {value:.3f} is not above the floor {floor}"
 
     version = client.get_model_version(summary["model_name"], summary["model_version"])
     assert version.run_id == run.info.run_id and version.tags["decision"] == summary["alias"]
@@ -100,9 +117,9 @@ def check_run(summary: dict, task: str, floor: float, artifacts: set[str]) -> No
 
 
 def test_sst2_champion_then_a_worse_challenger(pipeline_env):
-    budget, floor, _ = CASES["sst2"]
+    budget, floors = CASES["sst2"]
     first = run_flow("sst2", **budget)
-    check_run(first, "sst2", floor, ARTIFACTS["sst2"])
+    check_run(first, "sst2", budget, floors, ARTIFACTS["sst2"])
     assert first["alias"] == "champion" and first["champion"]
     # tokenize built the features, and fit found exactly those (a miss there = mismatched cache keys).
     assert first["feature_cache"] == {"tokenize_hit": False, "fit_hit": True}
@@ -116,11 +133,11 @@ def test_sst2_champion_then_a_worse_challenger(pipeline_env):
     assert champion.version == first["model_version"]
 
 
-@pytest.mark.parametrize("task", ["stsb", "rte", "conll2003_ner", "squad"])
+@pytest.mark.parametrize("task", ["stsb", "mrpc", "conll2003_ner", "squad"])
 def test_family_end_to_end(pipeline_env, task):
-    budget, floor, _ = CASES[task]
+    budget, floors = CASES[task]
     summary = run_flow(task, **budget)
-    check_run(summary, task, floor, ARTIFACTS[task])
+    check_run(summary, task, budget, floors, ARTIFACTS[task])
     assert summary["alias"] == "champion"
 
 

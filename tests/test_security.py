@@ -4,8 +4,7 @@
   it runs (load_pretrained and resumable checkpoints), and no torch.load / pickle.load in the package
   lacks the guard (AST scan).
 - Spec paths are resolved against the data root and cannot leave it lexically (absolute, drive, `..`,
-  backslashes); a spec name cannot leave the run root. Two holes are pinned as strict xfails:
-  symlinks under the data root are followed, and eval_extra split names become folder names.
+  backslashes) nor through a symlink under it; spec and split names cannot leave the run folder.
 - Secrets: with tokens and passwords in the environment and a password in the tracking URI parameter,
   nothing in the MLflow run (params, tags, metrics, artifacts), the registered version or the logged
   model holds them.
@@ -23,10 +22,10 @@ import mlflow
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
-from pydantic import ValidationError
 from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
 from prefect.testing.utilities import prefect_test_harness
+from pydantic import ValidationError
 from safetensors.torch import save_file
 
 from bert_core import BertConfig, BertEncoder, get_family, load_pretrained
@@ -171,9 +170,6 @@ def test_a_spec_name_cannot_leave_the_run_root(tmp_path, name):
 
 
 @pytest.mark.parametrize("link", ["file", "folder"])
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="bert_core/loading.py: files are checked lexically only; a symlink under the data root "
-                          "pointing outside it is followed (bug: symlink escape)")
 def test_a_symlink_cannot_lead_out_of_the_data_root(tmp_path, link):
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -196,9 +192,6 @@ def test_a_symlink_cannot_lead_out_of_the_data_root(tmp_path, link):
 
 
 @pytest.mark.parametrize("split", ["../../escaped", "ABSOLUTE"])
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="bert_core/spec.py: eval_extra split names are not validated, and tasks/data.py saves "
-                          "each split to <run_dir>/data/<split name> (bug: a spec writes outside its run folder)")
 def test_a_split_name_cannot_write_outside_the_run_folder(tmp_path, split):
     target = tmp_path / "outside" / "escaped" if split == "ABSOLUTE" else None
     name = str(target) if target else split
@@ -349,10 +342,6 @@ def test_a_password_in_the_tracking_uri_works_and_leaks_nowhere(secrets_env, tmp
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="flows/params.py: tracking_uri is a plain flow parameter, so a password in it is stored "
-                          "and shown by Prefect with the flow run; it should be refused, pointing at "
-                          "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (bug: secret in Prefect parameters)")
 def test_no_password_in_the_prefect_flow_run_parameters(secrets_env):
     try:
         params = secrets_env["params"](secrets_env["uri_with_password"], "runs-prefect")

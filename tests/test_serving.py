@@ -88,9 +88,9 @@ def store(tmp_path_factory):
         mp.delenv("MLFLOW_REGISTRY_URI", raising=False)
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
         uri = configure_tracking()
-        # Artifacts in tmp too: with a sqlite store MLflow would otherwise put them in ./mlruns.
-        mlflow.set_experiment(experiment_id=mlflow.create_experiment("serving-test", (root / "artifacts").as_uri()))
-        yield root, uri
+        # Artifacts in tmp too: with a sqlite store MLflow would otherwise put them in ./mlruns. (No
+        # mlflow.set_experiment: it would leave MLFLOW_EXPERIMENT_ID set for later tests.)
+        yield root, uri, mlflow.create_experiment("serving-test", (root / "artifacts").as_uri())
         mlflow.set_tracking_uri(None)
         mlflow.set_registry_uri(None)
 
@@ -98,7 +98,7 @@ def store(tmp_path_factory):
 @pytest.fixture(scope="module", params=list(LABELS))
 def served(request, store):
     """(family, base URL, server process) of a registered tiny model served on loopback."""
-    family, (root, uri) = request.param, store
+    family, (root, uri, experiment_id) = request.param, store
     (root / "vocab.txt").write_text("\n".join(VOCAB) + "\n", encoding="utf-8")
     torch.manual_seed(0)
     model = get_family(family).build_model(BertEncoder(BertConfig(**TINY)), LABELS[family]).eval()
@@ -107,7 +107,7 @@ def served(request, store):
         meta |= {"doc_stride": 32, "max_answer_length": 10}
     folder = save_finetuned(model, BertTokenizer.from_vocab(root / "vocab.txt"), root / family, meta)
     name = f"bert-serving-{family.replace('_', '-')}"
-    with mlflow.start_run(run_name=family):
+    with mlflow.start_run(experiment_id=experiment_id, run_name=family):
         info = log_model(folder, family, EXAMPLES[family], registered_model_name=name)
     with serve(f"models:/{name}/{info.registered_model_version}", uri, root / f"{family}.log") as (base, server):
         yield family, base, server

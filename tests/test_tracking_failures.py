@@ -198,10 +198,6 @@ class _AuthLikeMlflow(BaseHTTPRequestHandler):
 
 
 @pytest.mark.parametrize("password", [None, "wrong"])
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="tasks/tracking.py _check_http: returns on the first answering path, /health, which MLflow's "
-                          "basic-auth app leaves open, so missing or wrong credentials pass the fail-fast check and "
-                          "the flow fails later with MLflow's 401 instead of bertflow's message (bug)")
 def test_missing_or_wrong_credentials_fail_the_check_with_a_hint(monkeypatch, password):
     monkeypatch.delenv("MLFLOW_TRACKING_TOKEN", raising=False)
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "bertflow")
