@@ -44,4 +44,6 @@ def eval_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
 
 def make_batch(features: list[dict], indices: list[int], pad_id: int, keys: tuple[str, ...]):
     """Padded tensors of the given feature keys (model inputs, plus targets when training)."""
-    return collate([{k: features[i][k] for k in keys if k in features[i]} for i in indices], pad_id=pad_id)
+    # Pad to the batch's longest row exactly: on CPU, rounding up to a multiple of 8 only adds work.
+    return collate([{k: features[i][k] for k in keys if k in features[i]} for i in indices], pad_id=pad_id,
+                   pad_to_multiple_of=1)

@@ -11,7 +11,7 @@ def build_optimizer(model: nn.Module, learning_rate: float, weight_decay: float)
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=learning_rate, betas=(0.9, 0.999), eps=1e-8, foreach=True)
+    return torch.optim.AdamW(groups, lr=learning_rate, betas=(0.9, 0.999), eps=1e-8, fused=True)  # one kernel for the whole update
 
 
 def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float) -> float:
