@@ -3,7 +3,8 @@
 Runs the same with no Prefect server (ephemeral mode: `bertflow run sst2`) and as a
 deployment picked up by a worker (prefect.yaml). Everything a run produces sits in its run folder
 `<run_root>/<task>/<run name>` and in its MLflow run; a failed run ends FAILED in MLflow with the error
-as the `error` tag and `error.txt`, and registers no model version.
+as the `error` tag and `error.txt`, and registers no model version. A retry first closes the MLflow run
+(and retracts the model version) of an earlier attempt that lost the tracking server (tasks.lost_attempts).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from flows.params import FinetuneParams
 from tasks import tracking
 from tasks.data import download
 from tasks.evaluate import evaluate
+from tasks.lost_attempts import close_lost_attempts
 from tasks.register import register
 from tasks.tokenize import tokenize
 from tasks.train import fine_tune
@@ -49,7 +51,10 @@ def finetune(params: FinetuneParams = FinetuneParams()) -> dict:  # noqa: B008 (
             "prefect.deployment": deployment.name or "none"}
     log.info("%s: run folder %s, MLflow %s", spec.name, run_dir, tracking.mask_secrets(uri))
 
-    with mlflow.start_run(experiment_id=_experiment_id(spec.name, uri), run_name=run_dir.name, tags=tags,
+    experiment_id = _experiment_id(spec.name, uri)
+    if flow_run.id:  # a retry: end what an attempt that lost the tracking server left open
+        close_lost_attempts(experiment_id, flow_run.id)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_dir.name, tags=tags,
                           log_system_metrics=True) as run:
         run_id = run.info.run_id
         try:

@@ -15,7 +15,7 @@ from prefect.cache_policies import NO_CACHE
 from bert_core.spec import TaskSpec
 from tasks.data import DataInfo, load_split
 from tasks.pyfunc_model import EXAMPLE_ROWS, log_model
-from tasks.registry import decision_markdown, model_name, register_version
+from tasks.registry import decision_markdown, model_name, register_version, retract_version
 from tasks.train import artifact_key
 
 
@@ -34,15 +34,19 @@ def register(spec: TaskSpec, data: DataInfo, trained: dict, evaluation: dict, ru
                                 dev_fingerprint, policy=policy, confidence=confidence, family=spec.family,
                                 label_names=data.label_names)
     client = MlflowClient()
-    for key, value in {"model_name": name, "model_version": decision.version, "model_alias": decision.alias}.items():
-        client.set_tag(run_id, key, value)
-
-    table = [{"split": split, "metric": metric, "value": round(value, 4)}
-             for split, scores in evaluation["splits"].items() for metric, value in scores.items()]
-    table += [{"split": "train", "metric": k, "value": round(trained[k], 2)}
-              for k in ("train_seconds", "examples_per_second")]
-    create_table_artifact(table, key=artifact_key(spec.name, "metrics"),
-                          description=f"{name} v{decision.version}: dev metrics of the best checkpoint")
-    create_markdown_artifact(decision_markdown(decision), key=artifact_key(spec.name, "registry-decision"),
-                             description=f"{name} v{decision.version}: {decision.alias}")
+    try:
+        for key, value in {"model_name": name, "model_version": decision.version,
+                           "model_alias": decision.alias}.items():
+            client.set_tag(run_id, key, value)
+        table = [{"split": split, "metric": metric, "value": round(value, 4)}
+                 for split, scores in evaluation["splits"].items() for metric, value in scores.items()]
+        table += [{"split": "train", "metric": k, "value": round(trained[k], 2)}
+                  for k in ("train_seconds", "examples_per_second")]
+        create_table_artifact(table, key=artifact_key(spec.name, "metrics"),
+                              description=f"{name} v{decision.version}: dev metrics of the best checkpoint")
+        create_markdown_artifact(decision_markdown(decision), key=artifact_key(spec.name, "registry-decision"),
+                                 description=f"{name} v{decision.version}: {decision.alias}")
+    except BaseException:
+        retract_version(client, name, decision.version, best_effort=True)  # the run fails: so does its version
+        raise
     return {**dataclasses.asdict(decision), "model_name": name, "model_uri": f"models:/{name}/{decision.version}"}

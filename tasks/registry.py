@@ -25,6 +25,11 @@ decision: ``decision`` (champion / challenger), ``became_champion``, ``new_score
 ``significance.delta``, ``significance.low``, ``significance.high``, ``significance.p_candidate_better``,
 ``significance.confidence``, ``significance.rows`` (or ``significance.note`` when there is none).
 
+Failure: anything that fails after ``register_model`` created the version retracts it
+(``retract_version``: deleted, and a ``champion`` alias it took goes back to the version it displaced), so
+a failed run leaves no half-registered version. When the failure is a lost tracking server the
+retraction cannot reach it either; the flow run's retry does it (``tasks.lost_attempts``).
+
 Concurrency: two flows finishing at once must not both read "champion = v1", both promote, and leave
 the alias on whichever wrote last. Read-compare-set therefore runs under one lock per store. The
 bootstrap behind ``significant`` can take a while on a big dev set, so it runs before the lock against
@@ -118,6 +123,18 @@ def register_version(
     # register_model creates the registered model when absent (tolerating a concurrent creator) and
     # resolves both runs:/ URIs and MLflow 3's models:/<model_id> URIs to the logged model.
     version = str(mlflow.register_model(model_uri, name, tags=tags).version)
+    try:
+        return _promote(client, name, version, new_score, primary_metric, data_fingerprint, higher_is_better,
+                        policy, evidence_args)
+    except BaseException:
+        retract_version(client, name, version, best_effort=True)  # no half-registered version stays behind
+        raise
+
+
+def _promote(client: MlflowClient, name: str, version: str, new_score: float, primary_metric: str,
+             data_fingerprint: str, higher_is_better: bool, policy: str, evidence_args: dict | None,
+             ) -> RegistryDecision:
+    """Wait for ``version`` to be READY, give it champion or challenger, and tag it with the decision."""
     _wait_until_ready(client, name, version)
 
     compared_with, evidence, note = None, None, ""
@@ -137,6 +154,8 @@ def register_version(
                                                       higher_is_better)
             if champion_fp and champion_fp != str(data_fingerprint):
                 reason += " (note: the champion was scored on different dev data)"
+            # Recorded before the alias moves, so retract_version can hand the alias back if we die here.
+            client.set_model_version_tag(name, version, "champion_version", champion_version or "none")
             client.set_registered_model_alias(name, CHAMPION if promote else CHALLENGER, version)
             break
     decision = RegistryDecision(
@@ -263,6 +282,21 @@ def _champion(client: MlflowClient, name: str, primary_metric: str) -> tuple[str
     if score is None and mv.run_id:  # a version registered by hand: its run may still hold the metric
         score = client.get_run(mv.run_id).data.metrics.get(primary_metric)
     return str(mv.version), score, mv.tags.get("data_fingerprint")
+
+
+def retract_version(client: MlflowClient, name: str, version: str, best_effort: bool = False) -> None:
+    """Delete a version whose registration did not finish (its run failed or was lost). A champion alias
+    it took goes back to the version it displaced (tag ``champion_version``). ``best_effort``: an
+    unreachable server is not an error here (the flow's retry cleans up, see tasks.lost_attempts)."""
+    try:
+        mv = client.get_model_version(name, version)
+        displaced = mv.tags.get("champion_version")
+        if CHAMPION in (mv.aliases or []) and displaced not in (None, "none"):
+            client.set_registered_model_alias(name, CHAMPION, displaced)
+        client.delete_model_version(name, version)
+    except Exception:
+        if not best_effort:
+            raise
 
 
 def _wait_until_ready(client: MlflowClient, name: str, version: str, timeout_s: float = 600) -> None:

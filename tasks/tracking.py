@@ -52,11 +52,32 @@ def default_tracking_uri(uri: str | None = None) -> str:
 
 
 def configure_tracking(uri: str | None = None) -> str:
-    """Point MLflow tracking *and* the model registry at one store; returns the URI in use."""
-    uri = default_tracking_uri(uri)
+    """Point MLflow tracking *and* the model registry at one store; returns the URI in use.
+
+    An http(s) URI's ``user:password@`` moves to ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD``
+    (where MLflow's client reads basic-auth credentials) and MLflow gets the URI without it: MLflow prints
+    the tracking URI in "View run ... at: <uri>" lines, and would put the userinfo in every request URL.
+    """
+    uri, user, password = split_credentials(default_tracking_uri(uri))
+    if user is not None:
+        os.environ["MLFLOW_TRACKING_USERNAME"] = user
+    if password is not None:
+        os.environ["MLFLOW_TRACKING_PASSWORD"] = password
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return uri
+
+
+def split_credentials(uri: str) -> tuple[str, str | None, str | None]:
+    """``http://user:pw@host:5000/x`` -> ``("http://host:5000/x", "user", "pw")``. Only http(s): a database
+    URI keeps its password, which SQLAlchemy reads from the URI itself."""
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https") or "@" not in parts.netloc:
+        return uri, None, None
+    host = parts.netloc.rpartition("@")[2]
+    user = unquote(parts.username) if parts.username is not None else None
+    password = unquote(parts.password) if parts.password is not None else None
+    return parts._replace(netloc=host).geturl(), user, password
 
 
 def local_store_path(uri: str) -> Path | None:
@@ -106,7 +127,7 @@ def check_tracking(uri: str | None = None, timeout_s: float = 10) -> str:
 
 
 def _check_http(uri: str, shown: str, timeout_s: float) -> None:
-    base = uri.rstrip("/")
+    base = split_credentials(uri)[0].rstrip("/")  # urllib would take "user:pw@host" for the host name
     headers = _auth_headers(uri)
     last: Exception | None = None
     # The API first: MLflow's basic-auth app leaves /health open, so only the API tells whether the

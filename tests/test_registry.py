@@ -74,6 +74,33 @@ def test_champion_moves_only_to_a_better_version(name):
     assert str(client.get_model_version_by_alias(name, "challenger").version) == "2"
 
 
+def test_retracting_a_champion_hands_the_alias_back(name):
+    """What a failed or lost run's version gets: deleted, and the champion it displaced is champion again."""
+    _register(name, 0.8)
+    displaced_by = _register(name, 0.9)
+    client = MlflowClient()
+    assert str(client.get_model_version_by_alias(name, "champion").version) == displaced_by.version == "2"
+    registry.retract_version(client, name, "2")
+    assert [str(v.version) for v in client.search_model_versions(f"name = '{name}'")] == ["1"]
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
+    registry.retract_version(client, name, "1")  # the first champion displaced nobody: no champion is left
+    assert client.get_registered_model(name).aliases == {}
+
+
+def test_a_failure_after_registering_leaves_no_version(name, monkeypatch):
+    _register(name, 0.8)
+
+    def lost(*args, **kwargs):
+        raise ConnectionError("tracking server lost")
+
+    monkeypatch.setattr(registry, "promotion_lock", lost)
+    with pytest.raises(ConnectionError):
+        _register(name, 0.9)
+    client = MlflowClient()
+    assert [str(v.version) for v in client.search_model_versions(f"name = '{name}'")] == ["1"]
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
+
+
 def test_versions_carry_metrics_and_the_decision(name):
     _register(name, 0.8)
     decision = _register(name, 0.7)

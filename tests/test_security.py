@@ -323,12 +323,6 @@ def test_a_secret_echoed_by_an_error_is_masked_in_the_failed_run(secrets_env, tm
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="tasks/tracking.py _check_http: a tracking URI with credentials (http://user:pw@host) is "
-                          "probed with the userinfo left in the URL, which urllib takes as the host name, so the flow "
-                          "fails with 'Name or service not known'; and MLflow prints the tracking URI ('View run "
-                          "... at: <uri>') when a run ends, so configure_tracking must not hand MLflow a URI with a "
-                          "password (bug: URI credentials)")
 def test_a_password_in_the_tracking_uri_works_and_leaks_nowhere(secrets_env, tmp_path, capfd, monkeypatch):
     # Through MLFLOW_TRACKING_URI, which stays out of Prefect's parameters (see the next test).
     monkeypatch.setenv("MLFLOW_TRACKING_URI", secrets_env["uri_with_password"])

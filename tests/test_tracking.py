@@ -126,6 +126,7 @@ def test_mask_secrets_hides_uri_passwords_and_secret_env_values(monkeypatch):
 def test_log_params_safely_flattens_masks_and_truncates(clean_env, monkeypatch):
     monkeypatch.setenv("MY_API_KEY", "sk-verysecretvalue")
     configure_tracking(f"sqlite:///{clean_env / 'mlflow.db'}")
+    mlflow.set_experiment("params")  # not the active experiment id an earlier test left, unknown to this store
     params = {
         "train": {"learning_rate": 5e-5, "optim": {"betas": (0.9, 0.999)}},
         "data_uri": "s3://bucket/x?token=abc",

@@ -162,7 +162,7 @@ def env(tmp_path_factory):
         mlflow.set_registry_uri(None)
 
 
-def params(env, run_root: Path, tracking_uri: str) -> FinetuneParams:
+def params(env, run_root: Path, tracking_uri: str | None) -> FinetuneParams:
     return FinetuneParams(task=str(env["spec"]), data_dir=str(env["data"]), pretrained=str(env["pretrained"]),
                           tracking_uri=tracking_uri, run_root=str(run_root), training=TRAINING)
 
@@ -170,11 +170,13 @@ def params(env, run_root: Path, tracking_uri: str) -> FinetuneParams:
 # ---------------------------------------------------------------- unreachable at start
 
 @pytest.mark.parametrize("scheme", ["http", "postgresql"])
-def test_unreachable_at_start_fails_fast_naming_the_uri_before_any_work(env, tmp_path, scheme):
+def test_unreachable_at_start_fails_fast_naming_the_uri_before_any_work(env, tmp_path, scheme, monkeypatch):
     port = free_port()  # nothing listens there
     uri = f"{scheme}://bertflow:hunter2@127.0.0.1:{port}" + ("/mlflow" if scheme == "postgresql" else "")
+    # From the environment: the flow's tracking_uri parameter refuses passwords (Prefect stores it in the clear).
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     start = time.monotonic()
-    state = finetune(params(env, tmp_path / "runs", uri), return_state=True)
+    state = finetune(params(env, tmp_path / "runs", None), return_state=True)
     seconds = time.monotonic() - start
     error = state.result(raise_on_failure=False)
     assert state.is_failed() and isinstance(error, TrackingUnavailableError), error
@@ -306,9 +308,6 @@ def test_after_a_long_outage_the_checkpoint_survives_and_the_retry_resumes_and_c
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="flows/finetune.py: the MLflow run of an attempt that lost the tracking server is never "
-                   "ended, so it stays RUNNING after the retry succeeds (bug: orphaned run)")
 def test_after_a_long_outage_no_mlflow_run_is_left_running(long_outage):
     client = long_outage["client"]
     if not long_outage["state"].is_completed():
@@ -321,10 +320,6 @@ def test_after_a_long_outage_no_mlflow_run_is_left_running(long_outage):
 # ---------------------------------------------------------------- lost while registering
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="tasks/register.py + flows/finetune.py: a version created just before "
-                   "the tracking server was lost keeps no alias and a never-ended run; the retry registers "
-                   "another version and nothing removes the half-registered one (bug)")
 def test_lost_while_registering_leaves_no_half_registered_version(env, tmp_path, monkeypatch):
     server = MlflowServer(tmp_path / "server").start()
     wait_until_ready = tasks.registry._wait_until_ready
