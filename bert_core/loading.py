@@ -78,6 +78,15 @@ def load_task_data(
     return _load_hub(spec, drop_bad_rows, max_rows, why_not_local)
 
 
+def has_local_data(spec: TaskSpec | str | Path, data_dir: str | Path | None = None) -> bool:
+    """Whether every local file of the spec is under the data root (``data_dir``, else $BERTFLOW_DATA_DIR)."""
+    spec = spec if isinstance(spec, TaskSpec) else load_spec(spec)
+    root = Path(data_dir) if data_dir is not None else _env_data_dir()
+    if spec.local is None or root is None:
+        return False
+    return all((root / rel).is_file() for _, rel in _local_files(spec).values())
+
+
 def _env_data_dir() -> Path | None:
     value = os.environ.get(ENV_DATA_DIR)
     return Path(value) if value else None

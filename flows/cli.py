@@ -2,6 +2,7 @@
 
     bertflow tasks                                   # the built-in task specs
     bertflow run sst2 --max-train-samples 2000       # the finetune flow, here, with no Prefect server
+    bertflow suite sst2 stsb squad --max-train-samples 500 --max-concurrency 2   # many tasks, a leaderboard
     bertflow predict models:/bert-sst2@champion --text "a gripping film"
     echo '{"text": "a gripping film"}' | bertflow predict models:/bert-sst2@champion
     bertflow compare sst2                            # registered versions side by side
@@ -47,19 +48,17 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="fine-tune a task with the finetune flow, locally")
     p.add_argument("task", help="built-in task name (see `bertflow tasks`) or a spec YAML path")
-    for option, kind in TRAINING_OPTIONS.items():
-        p.add_argument(f"--{option.replace('_', '-')}", type=kind, metavar="N" if kind is int else "X")
-    p.add_argument("--pretrained", help="checkpoint folder or hub id; default: the packaged all-MiniLM-L6-v2")
-    p.add_argument("--data-dir", help="folder holding the task's files; default: $BERTFLOW_DATA_DIR")
-    p.add_argument("--tracking-uri", help="MLflow URI; default: $MLFLOW_TRACKING_URI, else $BERTFLOW_HOME/mlflow.db")
-    p.add_argument("--run-root", help="where run folders go; default: $BERTFLOW_HOME/runs")
-    p.add_argument("--drop-bad-rows", action="store_true", help="skip malformed rows instead of failing")
-    p.add_argument("--registry-policy", choices=["better", "significant"], default="better",
-                   help="when the new version becomes champion (default: better)")
-    p.add_argument("--registry-confidence", type=float, default=0.95, metavar="X",
-                   help="policy significant: confidence of the bootstrap interval (default 0.95)")
-    p.add_argument("--verbose", action="store_true", help="show tracebacks")
+    _finetune_options(p)
     p.set_defaults(command=cmd_run, name="run")
+
+    p = sub.add_parser("suite", help="fine-tune many tasks (the suite flow), then a leaderboard")
+    p.add_argument("tasks", nargs="*", help="task names or spec paths; default: the GLUE tasks present, "
+                   "conll2003_ner and squad")
+    p.add_argument("--max-concurrency", type=int, default=1, metavar="N", help="fine-tunes at once (default 1)")
+    p.add_argument("--deployment", help="run each fine-tune through this finetune deployment's work pool, e.g. "
+                   "bertflow-finetune/on-demand (needs a Prefect server and a worker); default: processes here")
+    _finetune_options(p)
+    p.set_defaults(command=cmd_suite, name="suite")
 
     p = sub.add_parser("predict", help="predict with a logged or registered model",
                        description="Rows come from the options, or as JSON lines on stdin (columns: text / "
@@ -84,6 +83,46 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _finetune_options(p: argparse.ArgumentParser) -> None:
+    """The options of `run` and `suite`: FinetuneParams' fields."""
+    for option, kind in TRAINING_OPTIONS.items():
+        p.add_argument(f"--{option.replace('_', '-')}", type=kind, metavar="N" if kind is int else "X")
+    p.add_argument("--pretrained", help="checkpoint folder or hub id; default: the packaged all-MiniLM-L6-v2")
+    p.add_argument("--data-dir", help="folder holding the task's files; default: $BERTFLOW_DATA_DIR")
+    p.add_argument("--tracking-uri", help="MLflow URI; default: $MLFLOW_TRACKING_URI, else $BERTFLOW_HOME/mlflow.db")
+    p.add_argument("--run-root", help="where run folders go; default: $BERTFLOW_HOME/runs")
+    p.add_argument("--drop-bad-rows", action="store_true", help="skip malformed rows instead of failing")
+    p.add_argument("--registry-policy", choices=["better", "significant"], default="better",
+                   help="when the new version becomes champion (default: better)")
+    p.add_argument("--registry-confidence", type=float, default=0.95, metavar="X",
+                   help="policy significant: confidence of the bootstrap interval (default 0.95)")
+    p.add_argument("--verbose", action="store_true", help="show tracebacks")
+
+
+def _finetune_params(args, task: str):
+    from bert_core.training import TrainConfig
+    from flows.params import FinetuneParams
+
+    training = TrainConfig(**{k: getattr(args, k) for k in TRAINING_OPTIONS if getattr(args, k) is not None})
+    return FinetuneParams(task=task, training=training, pretrained=args.pretrained, data_dir=args.data_dir,
+                          tracking_uri=args.tracking_uri, run_root=args.run_root, drop_bad_rows=args.drop_bad_rows,
+                          registry_policy=args.registry_policy, registry_confidence=args.registry_confidence)
+
+
+def _run_flow(args, flow, **parameters):
+    """Run a flow here; its result, or its error raised (printed by main without a traceback)."""
+    # With no Prefect server configured, Prefect starts a temporary one; its first start creates a database,
+    # which takes longer than Prefect's default wait on a small, busy machine.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    if not args.verbose:
+        _hide_tracebacks()
+    state = flow(**parameters, return_state=True)
+    if not state.is_completed():
+        error = state.result(raise_on_failure=False)
+        raise error if isinstance(error, Exception) else RuntimeError(state.message or state.name)
+    return state.result()
+
+
 def cmd_tasks(args) -> None:
     from bert_core.spec import builtin_specs, load_spec
 
@@ -97,28 +136,28 @@ def cmd_tasks(args) -> None:
 
 
 def cmd_run(args) -> int:
-    # With no Prefect server configured, Prefect starts a temporary one; its first start creates a database,
-    # which takes longer than Prefect's default wait on a small, busy machine.
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     from bert_core.spec import load_spec
-    from bert_core.training import TrainConfig
-    from flows.params import FinetuneParams
 
     load_spec(args.task)  # a bad spec fails here, before a Prefect server or MLflow run is started
-    training = TrainConfig(**{k: getattr(args, k) for k in TRAINING_OPTIONS if getattr(args, k) is not None})
-    params = FinetuneParams(task=args.task, training=training, pretrained=args.pretrained, data_dir=args.data_dir,
-                            tracking_uri=args.tracking_uri, run_root=args.run_root, drop_bad_rows=args.drop_bad_rows,
-                            registry_policy=args.registry_policy, registry_confidence=args.registry_confidence)
-
+    params = _finetune_params(args, args.task)
     from flows.finetune import finetune  # imports Prefect and MLflow: only when a run is wanted
 
-    if not args.verbose:
-        _hide_tracebacks()
-    state = finetune(params, return_state=True)
-    if not state.is_completed():
-        error = state.result(raise_on_failure=False)
-        raise error if isinstance(error, Exception) else RuntimeError(state.message or state.name)
-    print(json.dumps(state.result(), indent=2, default=str))
+    print(json.dumps(_run_flow(args, finetune, params=params), indent=2, default=str))
+    return 0
+
+
+def cmd_suite(args) -> int:
+    from bert_core.spec import load_spec
+
+    for task in args.tasks:
+        load_spec(task)
+    params = _finetune_params(args, args.tasks[0] if args.tasks else "sst2")  # `task` is replaced per task
+    from flows.suite import suite
+
+    rows = _run_flow(args, suite, tasks=args.tasks or None, params=params, max_concurrency=args.max_concurrency,
+                     deployment=args.deployment)
+    print(_table([{k: r[k] for k in ("task", "primary_metric", "score", "model", "alias", "train_seconds")}
+                  for r in rows]))
     return 0
 
 

@@ -17,7 +17,6 @@ from pathlib import Path
 import datasets
 import mlflow
 import yaml
-from mlflow.exceptions import MlflowException
 from prefect import flow, get_run_logger
 from prefect.runtime import deployment, flow_run
 
@@ -51,7 +50,7 @@ def finetune(params: FinetuneParams = FinetuneParams()) -> dict:  # noqa: B008 (
             "prefect.deployment": deployment.name or "none"}
     log.info("%s: run folder %s, MLflow %s", spec.name, run_dir, tracking.mask_secrets(uri))
 
-    experiment_id = _experiment_id(spec.name, uri)
+    experiment_id = tracking.experiment_for(spec.name, uri)
     if flow_run.id:  # a retry: end what an attempt that lost the tracking server left open
         close_lost_attempts(experiment_id, flow_run.id)
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_dir.name, tags=tags,
@@ -107,23 +106,3 @@ def _run_dir(params: FinetuneParams, spec: TaskSpec) -> Path:
     folder = root / spec.name / name
     folder.mkdir(parents=True, exist_ok=True)
     return folder
-
-
-def _experiment_id(task_name: str, uri: str) -> str:
-    """The MLflow experiment `bertflow-<task>`, created on first use. With a local store its artifacts go
-    next to the database (MLflow's default, ./mlruns, would follow the current directory)."""
-    name = f"bertflow-{task_name}"
-    found = mlflow.get_experiment_by_name(name)
-    if found is not None:
-        return found.experiment_id
-    store = tracking.local_store_path(uri)
-    location = None
-    if store is not None and uri.startswith("sqlite:"):
-        location = (store.parent / "mlartifacts" / name).resolve().as_uri()
-    try:
-        return mlflow.create_experiment(name, artifact_location=location)
-    except MlflowException:  # created meanwhile by a concurrent flow run
-        found = mlflow.get_experiment_by_name(name)
-        if found is None:
-            raise
-        return found.experiment_id

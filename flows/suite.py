@@ -1,43 +1,148 @@
-"""The `suite` flow: `finetune` as a subflow per task, one after the other, then a leaderboard.
+"""The `suite` flow: fine-tune many task specs with the same settings, at most `max_concurrency` at once,
+then publish a leaderboard (tasks.leaderboard).
+
+Two ways to fan out, both Prefect's own machinery:
+- here (default): each fine-tune is the `finetune` flow, run as a subflow inside a task of a
+  `ProcessPoolTaskRunner` with `max_concurrency` worker processes. Separate processes keep each
+  fine-tune's seeded RNG and thread settings its own, so a suite's results match single runs.
+- `deployment="bertflow-finetune/on-demand"` (any deployment of the finetune flow): each fine-tune is a
+  run of that deployment, picked up by whichever worker polls its work pool; a thread per running
+  fine-tune waits for it. The summary comes back from the MLflow run tagged with its flow run id, so
+  workers on other machines need only the shared tracking server.
 
 A failed task does not stop the others; the suite fails at the end, naming the tasks that failed, after
-the leaderboard (with their errors) is written. Issue 6 extends this with concurrency and deployments.
+the leaderboard (with their errors) is published.
 """
 
 from __future__ import annotations
 
-from prefect import flow, get_run_logger
-from prefect.artifacts import create_table_artifact
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
 
-from flows.finetune import finetune
+from mlflow.tracking import MlflowClient
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.deployments import run_deployment
+from prefect.runtime import flow_run
+from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
+from pydantic import Field
+
+from bert_core.loading import ENV_DATA_DIR, has_local_data
+from bert_core.spec import builtin_specs, load_spec
 from flows.params import BuiltinTask, FinetuneParams
+from tasks import tracking
+from tasks.leaderboard import leaderboard_row, publish_leaderboard
+from tasks.registry import CHAMPION
 
-# One task per family, all with local data.
-DEFAULT_TASKS = ["sst2", "mrpc", "stsb", "conll2003_ner", "squad"]
+GLUE = ["cola", "sst2", "mrpc", "rte", "stsb", "mnli"]
+ALSO = ["conll2003_ner", "squad"]
+
+
+def default_tasks(data_dir: str | None = None) -> list[str]:
+    """The GLUE tasks whose files are under the data root (all of them when there is no data root: the
+    hub serves them), then conll2003_ner and squad."""
+    root = data_dir or os.environ.get(ENV_DATA_DIR)
+    glue = [name for name in GLUE if name in builtin_specs() and (root is None or has_local_data(name, root))]
+    return glue + ALSO
 
 
 @flow(name="bertflow-suite")
-def suite(tasks: list[BuiltinTask | str] = DEFAULT_TASKS,  # noqa: B006 (Prefect reads the default for the UI)
-          params: FinetuneParams = FinetuneParams()) -> list[dict]:  # noqa: B008
+def suite(
+    tasks: Annotated[list[BuiltinTask | str] | None, Field(
+        description="Task specs to fine-tune; empty = the GLUE tasks present, conll2003_ner and squad.")] = None,
+    params: FinetuneParams = FinetuneParams(),  # noqa: B008 (pydantic default = the UI form's)
+    max_concurrency: Annotated[int, Field(ge=1, description="Fine-tunes running at once.")] = 1,
+    deployment: Annotated[str | None, Field(
+        description="Run each fine-tune as a run of this finetune deployment (e.g. 'bertflow-finetune/on-demand'), "
+        "taken by any worker of its pool; empty = in processes here.")] = None,
+) -> list[dict]:
     """Fine-tune every task in `tasks` with the same `params` (its `task` field is replaced by each task;
-    training fields left unset still take each task's own spec defaults)."""
+    training fields left unset still take each task's own spec defaults); returns the leaderboard rows."""
     log = get_run_logger()
-    board = []
-    for name in tasks:
-        state = finetune(params.model_copy(update={"task": name}), return_state=True)
-        if state.is_completed():
-            s = state.result()
-            board.append({"task": s["task"], "family": s["family"], "primary_metric": s["primary_metric"],
-                          "score": round(s["score"], 4), "model": f"{s['model_name']} v{s['model_version']}",
-                          "alias": s["alias"], "train_seconds": round(s["train_seconds"], 1),
-                          "examples_per_second": round(s["examples_per_second"], 1), "error": ""})
-        else:
-            error = state.result(raise_on_failure=False)
-            log.error("%s failed: %s", name, error)
-            board.append({"task": name, "family": "", "primary_metric": "", "score": None, "model": "",
-                          "alias": "", "train_seconds": None, "examples_per_second": None, "error": str(error)[:300]})
-    create_table_artifact(board, key="suite-leaderboard", description=f"bertflow suite over {len(tasks)} task(s)")
-    failed = [row["task"] for row in board if row["error"]]
+    names = list(tasks or default_tasks(params.data_dir))
+    runs = [params.model_copy(update={"task": name}) for name in names]
+    log.info("suite over %s, %d at once, %s", names, max_concurrency, deployment or "in processes here")
+    if deployment:
+        with ThreadPoolTaskRunner(max_workers=max_concurrency) as runner:
+            futures = [runner.submit(finetune_on_worker, {"deployment": deployment, "params": p}) for p in runs]
+            rows = [_row(name, future) for name, future in zip(names, futures, strict=True)]
+    else:
+        with ProcessPoolTaskRunner(max_workers=max_concurrency) as runner:
+            futures = [runner.submit(finetune_here, {"params": p}) for p in runs]
+            rows = [_row(name, future) for name, future in zip(names, futures, strict=True)]
+
+    started = flow_run.scheduled_start_time or datetime.now(UTC)
+    folder = _suite_root(params) / f"{started:%Y%m%d-%H%M%S}-{flow_run.name or 'local'}"
+    published = publish_leaderboard(rows, str(folder), params.tracking_uri,
+                                    {"prefect.flow_run_id": flow_run.id or "none", "max_concurrency": str(max_concurrency),
+                                     "fan_out": deployment or "processes"})
+    log.info("leaderboard: %s (MLflow run %s)", published["markdown"], published["mlflow_run_id"])
+    failed = [row["task"] for row in rows if row["error"]]
     if failed:
-        raise RuntimeError(f"{len(failed)} of {len(tasks)} task(s) failed: {failed}; see the suite-leaderboard artifact")
-    return board
+        raise RuntimeError(f"{len(failed)} of {len(rows)} task(s) failed: {failed}; see {published['markdown']}")
+    return rows
+
+
+@task(cache_policy=NO_CACHE, task_run_name="finetune-{params.task}")
+def finetune_here(params: FinetuneParams) -> dict:
+    """The finetune flow as a subflow of this task, in a worker process of the suite's pool."""
+    # Imported here, in the worker process: cloudpickle ships this function by value (the module attribute
+    # is the Task, not the function), and a flow shipped by value loses the globals that resolve its
+    # parameter annotations.
+    from flows.finetune import finetune
+
+    return finetune(params)
+
+
+@task(cache_policy=NO_CACHE, task_run_name="finetune-{params.task}-on-worker")
+def finetune_on_worker(deployment: str, params: FinetuneParams) -> dict:
+    """A run of `deployment` with `params`, waited for; its summary as the finetune flow returns it."""
+    run = run_deployment(deployment, parameters={"params": params.model_dump(mode="json")},
+                         flow_run_name=f"suite-{Path(params.task).stem}", timeout=None)
+    if not run.state or not run.state.is_completed():
+        state = run.state.name if run.state else "unknown"
+        raise RuntimeError(f"{deployment} flow run {run.name} ({run.id}) ended {state}: "
+                           f"{run.state.message if run.state else ''}")
+    return summary_from_mlflow(params, str(run.id))
+
+
+def summary_from_mlflow(params: FinetuneParams, flow_run_id: str) -> dict:
+    """Rebuild the finetune flow's summary from the FINISHED MLflow run tagged with `flow_run_id`."""
+    spec = load_spec(params.task)
+    tracking.configure_tracking(params.tracking_uri)
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(f"bertflow-{spec.name}")
+    found = client.search_runs(
+        [experiment.experiment_id] if experiment else [],
+        filter_string=f"tags.`prefect.flow_run_id` = '{flow_run_id}' and attributes.status = 'FINISHED'")
+    if not found:
+        raise RuntimeError(f"no FINISHED MLflow run of bertflow-{spec.name} is tagged with flow run {flow_run_id}")
+    run = found[0]
+    metrics, tags = run.data.metrics, run.data.tags
+    return {
+        "task": spec.name, "family": spec.family, "mlflow_run_id": run.info.run_id,
+        "model_name": tags["model_name"], "model_version": tags["model_version"], "alias": tags["model_alias"],
+        "champion": tags["model_alias"] == CHAMPION, "primary_metric": spec.primary_metric,
+        "score": metrics[f"eval_{spec.primary_metric}"],
+        "metrics": {k: v for k, v in metrics.items() if "/" not in k and k not in ("train_seconds", "examples_per_second")},
+        "train_seconds": metrics["train_seconds"], "examples_per_second": metrics["examples_per_second"],
+    }
+
+
+def _row(name: str, future) -> dict:
+    try:
+        name = load_spec(name).name  # a spec file's task name, not its path
+    except Exception:  # noqa: BLE001 (a bad spec: the fine-tune's own error says why)
+        pass
+    try:
+        return leaderboard_row(name, future.result())
+    except Exception as err:  # noqa: BLE001 (one failed task is a leaderboard row, not the suite's end)
+        get_run_logger().error("%s failed: %s", name, err)
+        return leaderboard_row(name, error=f"{type(err).__name__}: {err}")
+
+
+def _suite_root(params: FinetuneParams) -> Path:
+    root = Path(params.run_root).expanduser() if params.run_root else tracking.bertflow_home() / "runs"
+    return root / "_suites"

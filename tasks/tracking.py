@@ -2,6 +2,7 @@
 
 - ``default_tracking_uri()`` / ``configure_tracking(uri)``: an explicit URI beats ``MLFLOW_TRACKING_URI``,
   which beats ``sqlite:///$BERTFLOW_HOME/mlflow.db`` (BERTFLOW_HOME defaults to ``~/.bertflow``).
+- ``experiment_for(task, uri)``: the experiment ``bertflow-<task>``, artifacts beside a local database.
 - ``check_tracking(uri)``: fails in seconds, before any training, when the store is unreachable.
 - ``mask_secrets(text)`` / ``log_params_safely(params)``: nothing secret reaches a log line or a param.
 - ``code_version()``: the git commit (``+dirty`` with uncommitted changes) or the package version.
@@ -22,6 +23,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import mlflow
+from mlflow.exceptions import MlflowException
 from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -78,6 +80,26 @@ def split_credentials(uri: str) -> tuple[str, str | None, str | None]:
     user = unquote(parts.username) if parts.username is not None else None
     password = unquote(parts.password) if parts.password is not None else None
     return parts._replace(netloc=host).geturl(), user, password
+
+
+def experiment_for(task_name: str, uri: str) -> str:
+    """The MLflow experiment `bertflow-<task>`, created on first use. With a local store its artifacts go
+    next to the database (MLflow's default, ./mlruns, would follow the current directory)."""
+    name = f"bertflow-{task_name}"
+    found = mlflow.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    store = local_store_path(uri)
+    location = None
+    if store is not None and uri.startswith("sqlite:"):
+        location = (store.parent / "mlartifacts" / name).resolve().as_uri()
+    try:
+        return mlflow.create_experiment(name, artifact_location=location)
+    except MlflowException:  # created meanwhile by a concurrent flow run
+        found = mlflow.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
 
 
 def local_store_path(uri: str) -> Path | None:

@@ -3,7 +3,10 @@
 import os
 from pathlib import Path
 
+import mlflow
 import pytest
+from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
+from prefect.testing.utilities import prefect_test_harness
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Where the shared benchmark files sit next to this checkout (see shared/datasets/SOURCES.md).
@@ -25,3 +28,30 @@ def data_dir() -> Path:
         pytest.fail(f"real data not found at {path} but BERTFLOW_REQUIRE_DATA=1: "
                     "set BERTFLOW_DATA_DIR to the shared datasets folder")
     pytest.skip("real data not found: set BERTFLOW_DATA_DIR to the shared datasets folder")
+
+
+@pytest.fixture(scope="module")
+def flow_root(tmp_path_factory, request):
+    """For tests that run flows: a Prefect test server, an MLflow sqlite store, BERTFLOW_HOME and the
+    feature cache, all under one temporary folder (returned). Module-scoped, so a module's flows share
+    one store and two test servers never run at once; the global MLflow URIs are reset afterwards."""
+    root = tmp_path_factory.mktemp(request.module.__name__.rpartition(".")[2])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        mp.delenv("MLFLOW_REGISTRY_URI", raising=False)
+        mp.setenv("BERTFLOW_HOME", str(root / "home"))
+        mp.setenv("BERTFLOW_CACHE_DIR", str(root / "features"))
+        # A busy 2-core machine needs more than Prefect's default 30 s to start the test server.
+        with prefect_test_harness(server_startup_timeout=180), \
+                temporary_settings({PREFECT_LOCAL_STORAGE_PATH: root / "prefect-results"}):  # tokenize's cache
+            yield root
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
+
+
+@pytest.fixture(scope="module")
+def real_data_flow_root(flow_root, data_dir):
+    """`flow_root`, with BERTFLOW_DATA_DIR pointing at the real data."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BERTFLOW_DATA_DIR", str(data_dir))
+        yield flow_root

@@ -12,11 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
-from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
-from prefect.testing.utilities import prefect_test_harness
 
 from bert_core.loading import load_task_data
 from bert_core.spec import SpecError, load_spec
@@ -124,19 +121,9 @@ FLOW_CASES = ["cls_tsv_label_outside_set", "tag_conll_missing_tag", "qa_answer_n
 
 
 @pytest.fixture(scope="module")
-def flow_env(tmp_path_factory):
+def flow_env(flow_root):
     """Prefect test harness, a temporary MLflow sqlite store and BERTFLOW_HOME, a tiny random checkpoint."""
-    root = tmp_path_factory.mktemp("bad-flow")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-        mp.delenv("MLFLOW_REGISTRY_URI", raising=False)
-        mp.setenv("BERTFLOW_HOME", str(root / "home"))
-        mp.setenv("BERTFLOW_CACHE_DIR", str(root / "features"))
-        with prefect_test_harness(server_startup_timeout=180), \
-                temporary_settings({PREFECT_LOCAL_STORAGE_PATH: root / "prefect-results"}):
-            yield {"root": root, "pretrained": write_tiny_checkpoint(root / "tiny")}
-        mlflow.set_tracking_uri(None)
-        mlflow.set_registry_uri(None)
+    return {"root": flow_root, "pretrained": write_tiny_checkpoint(flow_root / "tiny")}
 
 
 @pytest.mark.parametrize("case", FLOW_CASES)

@@ -15,8 +15,6 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 from prefect.artifacts import Artifact
-from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
-from prefect.testing.utilities import prefect_test_harness
 
 from bert_core.training import TrainConfig
 from tasks.compare import NOT_COMPARABLE, compare_versions, display_rows, run_comparison
@@ -133,21 +131,9 @@ BUDGET = {"max_eval_samples": 400, "epochs": 2, "learning_rate": 1e-4, "batch_si
 
 
 @pytest.fixture(scope="module")
-def flow_env(tmp_path_factory, data_dir):
-    """Prefect test server + MLflow sqlite store, BERTFLOW_HOME and feature cache, all temporary.
-    Module-scoped (not shared with test_pipeline_e2e.py), so two test servers never run at once."""
-    root = tmp_path_factory.mktemp("compare")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-        mp.delenv("MLFLOW_REGISTRY_URI", raising=False)
-        mp.setenv("BERTFLOW_HOME", str(root / "home"))
-        mp.setenv("BERTFLOW_CACHE_DIR", str(root / "features"))
-        mp.setenv("BERTFLOW_DATA_DIR", str(data_dir))
-        with (prefect_test_harness(server_startup_timeout=120),
-              temporary_settings({PREFECT_LOCAL_STORAGE_PATH: root / "prefect-results"})):
-            yield root
-        mlflow.set_tracking_uri(None)
-        mlflow.set_registry_uri(None)
+def flow_env(real_data_flow_root):
+    """Prefect test server + MLflow sqlite store, BERTFLOW_HOME and feature cache, all temporary."""
+    return real_data_flow_root
 
 
 @pytest.fixture(scope="module")

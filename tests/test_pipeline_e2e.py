@@ -16,8 +16,6 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 from prefect import flow
-from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
-from prefect.testing.utilities import prefect_test_harness
 
 from bert_core.spec import load_spec
 from bert_core.training import TrainConfig
@@ -61,22 +59,10 @@ ARTIFACTS = {  # beyond what every run logs
 }
 
 
-@pytest.fixture(scope="session")
-def pipeline_env(tmp_path_factory, data_dir):
+@pytest.fixture(scope="module")
+def pipeline_env(real_data_flow_root):
     """Prefect test server + an MLflow SQLite store, BERTFLOW_HOME and feature cache, all temporary."""
-    root = tmp_path_factory.mktemp("pipeline")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-        mp.delenv("MLFLOW_REGISTRY_URI", raising=False)
-        mp.setenv("BERTFLOW_HOME", str(root / "home"))
-        mp.setenv("BERTFLOW_CACHE_DIR", str(root / "features"))
-        mp.setenv("BERTFLOW_DATA_DIR", str(data_dir))
-        # A busy 2-core machine needs more than Prefect's default 30 s to start the test server.
-        with prefect_test_harness(server_startup_timeout=120), \
-                temporary_settings({PREFECT_LOCAL_STORAGE_PATH: root / "prefect-results"}):  # tokenize's cache
-            yield root
-        mlflow.set_tracking_uri(None)
-        mlflow.set_registry_uri(None)
+    return real_data_flow_root
 
 
 def run_flow(task: str, **training) -> dict:

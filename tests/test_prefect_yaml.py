@@ -19,6 +19,8 @@ def test_every_builtin_task_has_a_deployment():
     tasks = {d["parameters"]["params"]["task"] for d in DEPLOYMENTS.values() if "params" in d["parameters"]}
     assert tasks == set(builtin_specs())
     assert "suite" in DEPLOYMENTS
+    assert DEPLOYMENTS["suite"]["parameters"]["deployment"] == "bertflow-finetune/on-demand"
+    assert DEPLOYMENTS["on-demand"]["entrypoint"] == "flows/finetune.py:finetune"
 
 
 @pytest.mark.parametrize("name", sorted(DEPLOYMENTS))
@@ -37,6 +39,9 @@ def test_deployment_parameters_validate_against_its_flow(name, monkeypatch):
 def test_deployment_schedules_and_pool(name):
     deployment = DEPLOYMENTS[name]
     assert deployment["work_pool"]["name"] == "bertflow-process"
+    if name == "on-demand":  # what the suite fans out to: it runs when asked, never on its own
+        assert not deployment.get("schedules") and deployment["parameters"] == {}
+        return
     assert deployment["schedules"], "every deployment retrains on a schedule"
     for schedule in deployment["schedules"]:
         CronSchedule(cron=schedule["cron"], timezone=schedule.get("timezone"))  # raises on a bad cron
