@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import base64
+import fcntl
 import os
 import re
 import socket
@@ -24,6 +25,7 @@ from urllib.parse import unquote, urlsplit
 
 import mlflow
 from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -133,6 +135,8 @@ def check_tracking(uri: str | None = None, timeout_s: float = 10) -> str:
             raise TrackingUnavailableError(f"MLflow tracking store {shown}: cannot create {folder}: {err}") from err
         if not os.access(folder, os.W_OK):
             raise TrackingUnavailableError(f"MLflow tracking store {shown}: folder {folder} is not writable")
+        if uri.startswith("sqlite:"):
+            _create_sqlite_store_once(uri, path)
         return uri
     parts = urlsplit(uri)
     if parts.scheme in ("http", "https"):
@@ -146,6 +150,18 @@ def check_tracking(uri: str | None = None, timeout_s: float = 10) -> str:
                 raise TrackingUnavailableError(
                     f"MLflow tracking store {shown} is unreachable ({parts.hostname}:{port}: {err})") from err
     return uri
+
+
+def _create_sqlite_store_once(uri: str, path: Path) -> None:
+    """Open the sqlite store under a file lock. Two processes opening a new store at once (a suite's
+    parallel fine-tunes on a fresh machine) would both run MLflow's schema migrations, and one fails
+    ("Online migration expected to match one row ..."); the first holder creates it, the rest find it."""
+    with open(path.with_name(path.name + ".init.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _check_http(uri: str, shown: str, timeout_s: float) -> None:

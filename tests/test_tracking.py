@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 import socket
+import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -22,6 +24,7 @@ from tasks.tracking import (
     log_params_safely,
     mask_secrets,
 )
+from tests.conftest import REPO_ROOT as PROJECT_ROOT
 
 
 @pytest.fixture
@@ -150,3 +153,21 @@ def test_code_version_is_a_commit_or_the_package_version(monkeypatch, tmp_path):
     assert re.fullmatch(r"[0-9a-f]{40}(\+dirty)?", version) or re.fullmatch(r"\d+\.\d+.*", version)
     monkeypatch.setattr(tracking, "PROJECT_ROOT", tmp_path)  # not a git checkout: an installed wheel
     assert re.fullmatch(r"\d+\.\d+.*|unknown", code_version())
+
+
+def test_processes_opening_a_new_sqlite_store_at_once_all_succeed(tmp_path):
+    """A suite's parallel fine-tunes on a fresh machine: without the creation lock, 2-4 of 4 processes
+    opening the same new store fail in MLflow's schema migration (measured: 10 of 12 in 3 trials)."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code = ("import mlflow; from tasks.tracking import check_tracking, configure_tracking, experiment_for; "
+            f"uri = configure_tracking(check_tracking({uri!r})); "
+            "mlflow.start_run(experiment_id=experiment_for('e', uri)); mlflow.end_run()")
+    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    outcomes = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-500:] for _, err in outcomes]
+    mlflow.set_tracking_uri(uri)
+    try:
+        assert len(mlflow.search_runs(experiment_names=["bertflow-e"])) == 4
+    finally:
+        mlflow.set_tracking_uri(None)
