@@ -114,6 +114,9 @@ def _run_flow(args, flow, **parameters):
     # With no Prefect server configured, Prefect starts a temporary one; its first start creates a database,
     # which takes longer than Prefect's default wait on a small, busy machine.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    # That temporary server's telemetry heartbeat races the flow for its sqlite database and prints a
+    # "database is locked" traceback; it also calls out to Prefect, which an offline machine cannot.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     if not args.verbose:
         _hide_tracebacks()
     state = flow(**parameters, return_state=True)

@@ -9,6 +9,8 @@ from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
 from prefect.testing.utilities import prefect_test_harness
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# Test servers' telemetry heartbeat races the flows for the server's sqlite database and logs tracebacks.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # Where the shared benchmark files sit next to this checkout (see shared/datasets/SOURCES.md).
 DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "datasets"
 

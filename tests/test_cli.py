@@ -49,3 +49,25 @@ def test_failing_flow_exits_non_zero_with_the_message_and_no_traceback(tmp_path)
     message = next(line for line in done.stderr.splitlines() if line.startswith("bertflow run: error:"))
     assert "local file not found" in message and str(empty) in message
     assert "Traceback" not in done.stderr
+
+
+def test_suite_checks_its_specs_first_and_reports_failed_tasks(tmp_path, capsys):
+    """A bad spec fails before anything starts; a task that fails inside a real `bertflow suite` process
+    (ephemeral Prefect, a worker process) gives exit 1, naming the task and the leaderboard written."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: broken\nfamily: poetry\nmetrics: [accuracy]\nprimary_metric: accuracy\n", encoding="utf-8")
+    assert main(["suite", "sst2", str(bad)]) == 1
+    assert "poetry" in capsys.readouterr().err
+
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "BERTFLOW_HOME": str(tmp_path / "home"),
+           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "PREFECT_API_URL": ""}
+    empty = tmp_path / "no-data"
+    empty.mkdir()
+    done = subprocess.run([sys.executable, "-m", "flows.cli", "suite", "conll2003_ner", "--data-dir", str(empty)],
+                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr[-3000:]
+    message = next(line for line in done.stderr.splitlines() if line.startswith("bertflow suite: error:"))
+    assert "1 of 1 task(s) failed: ['conll2003_ner']" in message
+    leaderboard = message.rsplit("see ", 1)[1]
+    assert leaderboard.startswith(str(tmp_path / "home" / "runs" / "_suites")) and "local file not found" in open(
+        leaderboard, encoding="utf-8").read()
