@@ -35,6 +35,7 @@ from flows.params import BuiltinTask, FinetuneParams
 from tasks import tracking
 from tasks.leaderboard import leaderboard_row, publish_leaderboard
 from tasks.registry import CHAMPION
+from tasks.train import TRAINING_METRICS
 
 GLUE = ["cola", "sst2", "mrpc", "rte", "stsb", "mnli"]
 ALSO = ["conll2003_ner", "squad"]
@@ -126,7 +127,9 @@ def summary_from_mlflow(params: FinetuneParams, flow_run_id: str) -> dict:
         "model_name": tags["model_name"], "model_version": tags["model_version"], "alias": tags["model_alias"],
         "champion": tags["model_alias"] == CHAMPION, "primary_metric": spec.primary_metric,
         "score": metrics[f"eval_{spec.primary_metric}"],
-        "metrics": {k: v for k, v in metrics.items() if "/" not in k and k not in ("train_seconds", "examples_per_second")},
+        # The evaluate task's `<split>_<metric>` scores: not per-step curves (`train/...`), system metrics
+        # or the training summary.
+        "metrics": {k: v for k, v in metrics.items() if "/" not in k and k not in TRAINING_METRICS},
         "train_seconds": metrics["train_seconds"], "examples_per_second": metrics["examples_per_second"],
     }
 

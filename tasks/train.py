@@ -19,6 +19,9 @@ from bert_core.spec import TaskSpec
 from bert_core.training import TrainConfig, TrainingDiverged, fit
 from tasks.data import DataInfo, load_split
 
+# Logged once per run, beside the evaluate task's `<split>_<metric>` scores.
+TRAINING_METRICS = ("train_seconds", "examples_per_second", "tokens_per_second", "best_step", "final_step")
+
 
 def artifact_key(task_name: str, what: str) -> str:
     """Prefect artifact keys allow only lowercase letters, digits and dashes."""
@@ -80,9 +83,7 @@ def fine_tune(spec: TaskSpec, cfg: TrainConfig, data: DataInfo, run_dir: str, ru
         get_run_logger().info("resumed from the checkpoint at step %d", result.resumed_from_step)
     history_path = Path(run_dir) / "history.json"
     history_path.write_text(json.dumps(result.history, indent=1), encoding="utf-8")
-    summary = {"train_seconds": result.train_seconds, "examples_per_second": result.examples_per_second,
-               "tokens_per_second": result.tokens_per_second, "best_step": result.best_step,
-               "final_step": result.final_step}
+    summary = {name: getattr(result, name) for name in TRAINING_METRICS}
     mlflow.log_metrics({k: float(v) for k, v in summary.items()}, run_id=run_id)
     return {
         "model_dir": str(result.model_dir), "primary_metric": result.primary_metric, "best_metric": result.best_metric,

@@ -83,3 +83,5 @@ def test_the_leaderboard_comes_from_the_workers_mlflow_runs(fanned_out):
         assert run.data.tags["prefect.deployment"] == "on-demand" and run.info.status == "FINISHED"
         assert row["score"] == pytest.approx(run.data.metrics[f"eval_{row['primary_metric']}"], abs=1e-4)
         assert row["model"] == f"bert-{row['task']} v1" and row["champion"] == "yes" and not row["error"]
+    # Secondary metrics as the in-process path gives them: the other dev scores, not training figures.
+    assert rows[0]["secondary_metrics"] == "" and rows[1]["secondary_metrics"].startswith("eval_spearman=")
