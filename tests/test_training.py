@@ -98,6 +98,19 @@ def test_resume_after_interruption_gives_the_same_final_weights(tmp_path, tiny):
     assert resumed.best_metric == whole.best_metric
 
 
+def test_checkpoints_of_another_fine_tune_are_never_resumed(tmp_path, tiny):
+    run(tmp_path, tiny, max_steps=4, checkpoint_every=2)
+    with pytest.raises(ValueError, match=r"another fine-tune \(it differs in learning_rate\)"):
+        run(tmp_path, tiny, max_steps=4, checkpoint_every=2, learning_rate=1e-3)
+    cfg = TrainConfig(learning_rate=3e-3, batch_size=16, epochs=4, seed=7, precision="fp32", progress_bar=False,
+                      max_steps=4, checkpoint_every=2)
+    with pytest.raises(ValueError, match=r"differs in data\)"):
+        fit(SPEC, cfg, tmp_path / "run", toy_rows(96, 1), toy_rows(48, 2), ["neg", "pos"], pretrained=tiny,
+            data_fingerprint="toy-v2", cache_dir=tmp_path / "cache")
+    # What may change between an interrupted run and its resumption: logging, batch size of evaluation, checkpoint cadence.
+    assert run(tmp_path, tiny, max_steps=4, checkpoint_every=3, log_every=2, eval_batch_size=8).resumed_from_step == 4
+
+
 def test_nan_loss_stops_with_the_step(tmp_path, tiny):
     spec = SPEC.model_copy(update={"family": "pair_regression", "labels": None, "metrics": ["pearson"],
                                    "primary_metric": "pearson"})

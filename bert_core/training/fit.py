@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import math
 import random
 import shutil
@@ -113,6 +114,23 @@ def _is_better(value: float, best: float | None, metric: str) -> bool:
     return value < best if metric in LOWER_IS_BETTER else value > best
 
 
+# TrainConfig fields that may change between an interrupted run and its resumption.
+RESUME_INDIFFERENT = {"checkpoint_every", "keep_checkpoints", "log_every", "progress_bar", "num_threads",
+                      "eval_batch_size"}
+
+
+def _check_resumable(checkpoint: Path, resume_key: dict) -> None:
+    """Refuse to resume a checkpoint written for other data or another recipe: the result would match
+    neither run."""
+    saved = json.loads((checkpoint / "state.json").read_text(encoding="utf-8")).get("resume_key")
+    if saved is None:  # written before checkpoints recorded what they belong to
+        return
+    differs = sorted(k for k in resume_key.keys() | saved.keys() if resume_key.get(k) != saved.get(k))
+    if differs:
+        raise ValueError(f"{checkpoint.parent} holds checkpoints of another fine-tune (it differs in "
+                         f"{', '.join(differs)}); use another output folder, or move that folder away to start over")
+
+
 def fit(spec: TaskSpec, cfg: TrainConfig, output_dir: str | Path, train_rows: list[dict], eval_rows: list[dict],
         label_names: list[str] | None, *, pretrained: str | Path | None = None, data_fingerprint: str = "",
         callbacks=(), cache_dir=None, extra_meta: dict | None = None) -> FitResult:
@@ -165,10 +183,14 @@ def fit(spec: TaskSpec, cfg: TrainConfig, output_dir: str | Path, train_rows: li
              "train_seconds": 0.0, "examples": 0, "tokens": 0}
     start_step = 0
     resumed_from = None
+    resume_key = json.loads(json.dumps({"data": subset, "pretrained": str(pretrained or ""), "settings": settings,
+                                        **cfg.model_dump(mode="json", exclude=RESUME_INDIFFERENT)}))  # as saved
     done = list_checkpoints(ckpt_dir)
     if done:
+        _check_resumable(done[-1], resume_key)
         state = load_checkpoint(done[-1], model, optimizer)
         start_step = resumed_from = state["step"]
+    state["resume_key"] = resume_key
     ddp_model = model
     if d.world_size > 1:
         ddp_model = torch.nn.parallel.DistributedDataParallel(model)
