@@ -2,7 +2,8 @@
 
 Runs the same with no Prefect server (ephemeral mode: `bertflow run sst2`) and as a
 deployment picked up by a worker (prefect.yaml). Everything a run produces sits in its run folder
-`<run_root>/<task>/<run name>` and in its MLflow run; a failed run ends FAILED in MLflow with the error
+`<run_root>/<task>/<run name>` (flows/run_folder.py: a new run with the parameters of an interrupted one takes
+its folder over and resumes) and in its MLflow run; a failed run ends FAILED in MLflow with the error
 as the `error` tag and `error.txt`, and registers no model version. A retry first closes the MLflow run
 (and retracts the model version) of an earlier attempt that lost the tracking server (tasks.lost_attempts).
 """
@@ -11,8 +12,6 @@ from __future__ import annotations
 
 import os
 import traceback
-from datetime import UTC, datetime
-from pathlib import Path
 
 import datasets
 import mlflow
@@ -22,6 +21,8 @@ from prefect.runtime import deployment, flow_run
 
 from bert_core.checkpoint import OFFLINE_DEFAULT
 from bert_core.spec import TaskSpec, load_spec
+from bert_core.training import TrainConfig
+from flows import run_folder
 from flows.params import FinetuneParams
 from tasks import tracking
 from tasks.data import download
@@ -35,13 +36,22 @@ from tasks.train import fine_tune
 @flow(name="bertflow-finetune")
 def finetune(params: FinetuneParams = FinetuneParams()) -> dict:  # noqa: B008 (pydantic default = the UI form's)
     """Fine-tune one task spec and register the model; returns the run's summary."""
-    log = get_run_logger()
     # Fail fast, before any data or training, when MLflow cannot be reached (the message names the URI).
     uri = tracking.configure_tracking(tracking.check_tracking(params.tracking_uri))
     datasets.disable_progress_bars()  # one bar per split saved would drown the flow's log
     spec = load_spec(params.task)
     cfg = params.training.with_defaults(spec.defaults)
-    run_dir = _run_dir(params, spec)
+    with run_folder.claim(params, spec) as folder:
+        summary = _tracked_run(params, spec, cfg, folder, uri)
+        folder.update(status=run_folder.FINISHED)
+    return summary
+
+
+def _tracked_run(params: FinetuneParams, spec: TaskSpec, cfg: TrainConfig, folder: run_folder.RunFolder,
+                 uri: str) -> dict:
+    """The five steps inside one MLflow run; a failure ends the run FAILED with the error recorded."""
+    log = get_run_logger()
+    run_dir = folder.path
     cache_dir = os.environ.get("BERTFLOW_CACHE_DIR") or str(tracking.bertflow_home() / "cache" / "features")
     pretrained_id = params.pretrained or OFFLINE_DEFAULT
     tags = {"task": spec.name, "family": spec.family, "pretrained": pretrained_id,
@@ -51,11 +61,17 @@ def finetune(params: FinetuneParams = FinetuneParams()) -> dict:  # noqa: B008 (
     log.info("%s: run folder %s, MLflow %s", spec.name, run_dir, tracking.mask_secrets(uri))
 
     experiment_id = tracking.experiment_for(spec.name, uri)
-    if flow_run.id:  # a retry: end what an attempt that lost the tracking server left open
-        close_lost_attempts(experiment_id, flow_run.id)
+    interrupted = folder.record.get("mlflow_run_id") if folder.taken_over else None
+    if interrupted:
+        log.warning("%s: taking over the unfinished run folder of MLflow run %s (same parameters): training "
+                    "resumes from its newest checkpoint", spec.name, interrupted)
+        tags["resumed_from_run"] = interrupted
+    # End what an earlier attempt of this flow run (a retry), or the interrupted run, left open.
+    close_lost_attempts(experiment_id, flow_run.id, interrupted)
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_dir.name, tags=tags,
                           log_system_metrics=True) as run:
         run_id = run.info.run_id
+        folder.update(mlflow_run_id=run_id, status="running")
         try:
             tracking.log_params_safely({
                 "task": spec.name, "spec": params.task, "pretrained": pretrained_id, "training": cfg.model_dump(),
@@ -66,6 +82,7 @@ def finetune(params: FinetuneParams = FinetuneParams()) -> dict:  # noqa: B008 (
 
             data = download(spec, str(run_dir), params.data_dir, params.drop_bad_rows)
             mlflow.set_tag("data_fingerprint", data.fingerprint)
+            _set_aside_if_data_changed(folder, data.fingerprint)
             tracking.log_params_safely({"data": {"source": data.source, "rows": data.rows, "dropped": data.dropped,
                                                  "carve": data.carve}})
             features = tokenize(spec, cfg, data, params.pretrained, cache_dir)
@@ -95,14 +112,14 @@ def finetune(params: FinetuneParams = FinetuneParams()) -> dict:  # noqa: B008 (
     }
 
 
-def _run_dir(params: FinetuneParams, spec: TaskSpec) -> Path:
-    """`<run_root>/<task>/<start time>-<flow run name>`: the same folder when Prefect retries the flow run,
-    so the fine-tune resumes from its checkpoints."""
-    root = Path(params.run_root).expanduser() if params.run_root else tracking.bertflow_home() / "runs"
-    if flow_run.id:
-        name = f"{flow_run.scheduled_start_time:%Y%m%d-%H%M%S}-{flow_run.name}"
-    else:  # called as plain Python (`finetune.fn(...)`): no flow run to name the folder after
-        name = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-%f")
-    folder = root / spec.name / name
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+def _set_aside_if_data_changed(folder: run_folder.RunFolder, fingerprint: str) -> None:
+    """A taken-over folder whose data changed since: its checkpoints belong to other data (fit would refuse
+    them), so they move to `training.stale-<old fingerprint>` and training starts over."""
+    before = folder.record.get("data_fingerprint")
+    training = folder.path / "training"
+    if before not in (None, fingerprint) and training.exists():
+        stale = folder.path / f"training.stale-{before[:12]}"
+        training.rename(stale)
+        get_run_logger().warning("the data changed since this folder's interrupted run: its checkpoints moved "
+                                 "to %s, training starts over", stale)
+    folder.update(data_fingerprint=fingerprint)

@@ -4,7 +4,9 @@ An attempt that loses MLflow for longer than the client's retries cannot end its
 RUNNING on the server, and a model version registered just before the loss stays half-registered (no
 decision tags, maybe no alias). Prefect's retry of the flow run calls ``close_lost_attempts`` first:
 every RUNNING run of this experiment tagged with this flow run's id belongs to a dead attempt (attempts
-of one flow run never overlap), so its versions are retracted and it ends FAILED with the reason.
+of one flow run never overlap), so its versions are retracted and it ends FAILED with the reason. The
+same goes for the MLflow run of an interrupted earlier flow run whose folder a new one took over
+(flows/run_folder.py).
 """
 
 from __future__ import annotations
@@ -17,22 +19,34 @@ from prefect.cache_policies import NO_CACHE
 from tasks.registry import retract_version
 
 LOST = "an earlier attempt of this flow run lost the tracking server; its retry superseded this run"
+INTERRUPTED = "interrupted (killed or crashed); a new flow run with the same parameters resumed its folder"
 
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10)
-def close_lost_attempts(experiment_id: str, flow_run_id: str) -> list[str]:
-    """End the RUNNING runs of earlier attempts of ``flow_run_id`` as FAILED, retracting their model
-    versions; returns their run ids."""
+def close_lost_attempts(experiment_id: str, flow_run_id: str | None, interrupted_run_id: str | None = None,
+                        ) -> list[str]:
+    """End the RUNNING runs of earlier attempts of ``flow_run_id``, and ``interrupted_run_id`` (the MLflow
+    run of an earlier flow run whose folder this one took over) if still RUNNING or FAILED, retracting their
+    model versions; returns their run ids."""
     client = MlflowClient()
-    lost = client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.`prefect.flow_run_id` = '{flow_run_id}' and attributes.status = 'RUNNING'")
+    lost = []
+    if flow_run_id:  # None: called as plain Python, with no flow run whose attempts could be told apart
+        lost = client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`prefect.flow_run_id` = '{flow_run_id}' and attributes.status = 'RUNNING'")
+    if interrupted_run_id and interrupted_run_id not in {r.info.run_id for r in lost}:
+        # A killed process leaves its run RUNNING; one that failed (e.g. tracking lost) may hold a version.
+        # FINISHED: it died after MLflow had everything; its version stands.
+        interrupted = client.get_run(interrupted_run_id)
+        if interrupted.info.status != "FINISHED":
+            lost.append(interrupted)
     for run in lost:
         run_id = run.info.run_id
         for version in client.search_model_versions(f"run_id = '{run_id}'"):
             retract_version(client, version.name, version.version)
             get_run_logger().warning("retracted %s v%s, registered by lost run %s", version.name, version.version,
                                      run_id)
-        client.set_tag(run_id, "error", LOST)
-        client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+        if run.info.status == "RUNNING":
+            client.set_tag(run_id, "error", LOST if run_id != interrupted_run_id else INTERRUPTED)
+            client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
     return [run.info.run_id for run in lost]

@@ -70,3 +70,59 @@ def test_sigkill_mid_epoch_then_restart_matches_uninterrupted(tmp_path):
     a = load_file(str(list_checkpoints(tmp_path / "whole" / "checkpoints")[-1] / "model.safetensors"))
     b = load_file(str(list_checkpoints(cut_dir / "checkpoints")[-1] / "model.safetensors"))
     assert all((a[k] == b[k]).all() for k in a)
+
+
+@pytest.mark.slow
+def test_the_flow_killed_then_run_again_with_the_same_parameters_resumes(flow_root):
+    """`bertflow run` killed mid-training, then the same parameters again (a new flow run, not a retry):
+    the new run takes over the killed run's folder, resumes from its newest checkpoint, ends the killed
+    MLflow run FAILED, and ends with the metrics of an uninterrupted run."""
+    from mlflow.tracking import MlflowClient
+    from prefect.settings import PREFECT_API_URL
+
+    from bert_core.training import TrainConfig
+    from flows.finetune import finetune
+    from flows.params import FinetuneParams
+
+    spec, tiny = _write_toy_task(flow_root / "data"), write_tiny_checkpoint(flow_root / "tiny")
+    training = TrainConfig(batch_size=8, epochs=12, learning_rate=3e-3, precision="fp32", progress_bar=False,
+                           seed=5, log_every=1, checkpoint_every=4, keep_checkpoints=2)
+
+    def params(run_root: str) -> FinetuneParams:
+        return FinetuneParams(task=str(spec), data_dir=str(flow_root / "data"), pretrained=str(tiny),
+                              run_root=str(flow_root / run_root), training=training)
+
+    code = ("import sys; from flows.finetune import finetune; from flows.params import FinetuneParams; "
+            "finetune(FinetuneParams.model_validate_json(sys.argv[1]))")
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}  # the test server, not an ephemeral one
+    proc = subprocess.Popen([sys.executable, "-c", code, params("runs").model_dump_json()], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not list((flow_root / "runs").glob("*/*/training/checkpoints/step-*[0-9]")):
+        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    (killed_dir,) = (flow_root / "runs").glob("*/*")
+    killed_at = list_checkpoints(killed_dir / "training" / "checkpoints")[-1]
+    killed_step = json.loads((killed_at / "state.json").read_text())["step"]
+    killed_run = json.loads((killed_dir / "run.json").read_text())["mlflow_run_id"]
+    client = MlflowClient()
+    assert client.get_run(killed_run).info.status == "RUNNING", "a killed process cannot end its MLflow run"
+
+    resumed = finetune(params("runs"))
+    assert resumed["run_dir"] == str(killed_dir) and len(list((flow_root / "runs").glob("*/*"))) == 1
+    run = client.get_run(resumed["mlflow_run_id"])
+    assert run.data.tags["resumed_from_run"] == killed_run
+    steps = [m.step for m in client.get_metric_history(resumed["mlflow_run_id"], "train/loss")]
+    assert steps[0] == killed_step + 1 and steps[-1] == 96, (killed_step, steps[:3])
+    killed = client.get_run(killed_run)
+    assert killed.info.status == "FAILED" and "interrupted" in killed.data.tags["error"]
+    assert json.loads((killed_dir / "run.json").read_text())["status"] == "finished"
+
+    # The same parameters once more: the folder is finished, so this run trains afresh in a new folder,
+    # uninterrupted, and ends with the same metrics.
+    whole = finetune(params("runs"))
+    assert whole["run_dir"] != resumed["run_dir"]
+    assert "resumed_from_run" not in client.get_run(whole["mlflow_run_id"]).data.tags
+    assert resumed["metrics"] == whole["metrics"], "the resumed run ends as an uninterrupted one"
