@@ -19,7 +19,7 @@ from prefect.artifacts import Artifact
 from bert_core.training import TrainConfig
 from tasks.compare import NOT_COMPARABLE, compare_versions, display_rows, run_comparison
 from tasks.registry import PREDICTIONS_ARTIFACT, register_version
-from tasks.tracking import configure_tracking
+from tasks.tracking import configure_tracking, experiment_for
 
 LABELS = ["0", "1"]
 DEV = [{"text_a": f"dev sentence {i}", "text_b": None, "label": LABELS[i % 2], "_source": f"SST-2/dev.tsv:{i + 2}"}
@@ -34,8 +34,7 @@ def store(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("MLFLOW_REGISTRY_URI", raising=False)
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path_factory.mktemp('mlruns') / 'mlflow.db'}")
-        configure_tracking()
-        yield mlflow.create_experiment("compare-test")
+        yield experiment_for("compare-test", configure_tracking())  # artifacts beside the db, not in ./mlruns
         mlflow.set_tracking_uri(None)
         mlflow.set_registry_uri(None)
 

@@ -24,7 +24,7 @@ from mlflow.exceptions import MlflowException
 from bert_core import BertConfig, BertEncoder, BertTokenizer, get_family, save_finetuned
 from tasks.pyfunc_model import MAX_TEXT_CHARS, log_model
 from tasks.registry import register_version
-from tasks.tracking import configure_tracking
+from tasks.tracking import configure_tracking, experiment_for
 from tests.tiny_models import TINY, VOCAB
 
 LABELS = {
@@ -62,7 +62,9 @@ def store(tmp_path_factory):
         mp.delenv("MLFLOW_REGISTRY_URI", raising=False)
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path_factory.mktemp('mlruns') / 'mlflow.db'}")
         uri = configure_tracking()
-        mlflow.set_experiment("pyfunc-test")
+        # Not mlflow.set_experiment: it would leave its experiment active for later tests, on other stores.
+        # experiment_for keeps the artifacts beside the database, not in ./mlruns of the current folder.
+        mp.setenv("MLFLOW_EXPERIMENT_ID", experiment_for("pyfunc", uri))
         yield uri
         mlflow.set_tracking_uri(None)
         mlflow.set_registry_uri(None)

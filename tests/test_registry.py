@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from tasks import registry
 from tasks.registry import RegistryDecision, decision_markdown, describe_versions, register_version
-from tasks.tracking import configure_tracking
+from tasks.tracking import configure_tracking, experiment_for
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,9 @@ def store(tmp_path_factory):
         mp.delenv("MLFLOW_REGISTRY_URI", raising=False)
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path_factory.mktemp('mlruns') / 'mlflow.db'}")
         uri = configure_tracking()
-        mlflow.set_experiment("registry-test")
+        # Not mlflow.set_experiment: it would leave its experiment active for later tests, on other stores.
+        # experiment_for keeps the artifacts beside the database, not in ./mlruns of the current folder.
+        mp.setenv("MLFLOW_EXPERIMENT_ID", experiment_for("registry", uri))
         yield uri
         mlflow.set_tracking_uri(None)
         mlflow.set_registry_uri(None)

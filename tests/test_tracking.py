@@ -128,8 +128,7 @@ def test_mask_secrets_hides_uri_passwords_and_secret_env_values(monkeypatch):
 
 def test_log_params_safely_flattens_masks_and_truncates(clean_env, monkeypatch):
     monkeypatch.setenv("MY_API_KEY", "sk-verysecretvalue")
-    configure_tracking(f"sqlite:///{clean_env / 'mlflow.db'}")
-    mlflow.set_experiment("params")  # not the active experiment id an earlier test left, unknown to this store
+    uri = configure_tracking(f"sqlite:///{clean_env / 'mlflow.db'}")
     params = {
         "train": {"learning_rate": 5e-5, "optim": {"betas": (0.9, 0.999)}},
         "data_uri": "s3://bucket/x?token=abc",
@@ -138,7 +137,7 @@ def test_log_params_safely_flattens_masks_and_truncates(clean_env, monkeypatch):
         "many": {f"p{i}": i for i in range(150)},  # over MLflow's 100 per batch
         "unset": None,
     }
-    with mlflow.start_run() as run:
+    with mlflow.start_run(experiment_id=tracking.experiment_for("params", uri)) as run:
         logged = log_params_safely(params)
     stored = mlflow.get_run(run.info.run_id).data.params
     assert stored == logged
