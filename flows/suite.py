@@ -3,8 +3,9 @@ then publish a leaderboard (tasks.leaderboard).
 
 Two ways to fan out, both Prefect's own machinery:
 - here (default): each fine-tune is the `finetune` flow, run as a subflow inside a task of a
-  `ProcessPoolTaskRunner` with `max_concurrency` worker processes. Separate processes keep each
-  fine-tune's seeded RNG and thread settings its own, so a suite's results match single runs.
+  `ProcessPoolTaskRunner` with `max_concurrency` worker processes, which share the machine's cores.
+  Separate processes keep each fine-tune's seeded RNG and thread settings its own, so a suite's results
+  match single runs with the same threads.
 - `deployment="bertflow-finetune/on-demand"` (any deployment of the finetune flow): each fine-tune is a
   run of that deployment, picked up by whichever worker polls its work pool; a thread per running
   fine-tune waits for it. The summary comes back from the MLflow run tagged with its flow run id, so
@@ -70,7 +71,8 @@ def suite(
             futures = [runner.submit(finetune_on_worker, {"deployment": deployment, "params": p}) for p in runs]
             rows = [_row(name, future) for name, future in zip(names, futures, strict=True)]
     else:
-        with ProcessPoolTaskRunner(max_workers=max_concurrency) as runner:
+        with ProcessPoolTaskRunner(max_workers=max_concurrency, initializer=share_cores,
+                                   initargs=(max_concurrency,)) as runner:
             futures = [runner.submit(finetune_here, {"params": p}) for p in runs]
             rows = [_row(name, future) for name, future in zip(names, futures, strict=True)]
 
@@ -84,6 +86,14 @@ def suite(
     if failed:
         raise RuntimeError(f"{len(failed)} of {len(rows)} task(s) failed: {failed}; see {published['markdown']}")
     return rows
+
+
+def share_cores(workers: int) -> None:
+    """Worker-process initializer: the machine's cores split among the suite's concurrent fine-tunes, so
+    they do not oversubscribe it (`training.num_threads`, when set, still wins inside `fit`)."""
+    import torch
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
 @task(cache_policy=NO_CACHE, task_run_name="finetune-{params.task}")
