@@ -36,18 +36,24 @@ def test_run_with_a_missing_spec_file_or_bad_option_exits_non_zero(tmp_path, cap
     assert "epochs" in capsys.readouterr().err
 
 
-def test_failing_flow_exits_non_zero_with_the_message_and_no_traceback(tmp_path):
-    """The flow itself fails (CoNLL has no hub fallback, the data folder is empty): a real `bertflow run`
-    process in Prefect's ephemeral mode, with its own Prefect home and MLflow store."""
+def bertflow_without_data(tmp_path, command: str) -> tuple[subprocess.CompletedProcess, str]:
+    """`bertflow <command> conll2003_ner` with an empty data folder (CoNLL has no hub fallback, so its flow
+    fails), as a real process in Prefect's ephemeral mode with its own Prefect home and MLflow store;
+    returns the process and its one `bertflow <command>: error:` line, after checking it exited with 1."""
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "BERTFLOW_HOME": str(tmp_path / "home"),
            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "PREFECT_API_URL": ""}
-    empty = tmp_path / "no-data"
-    empty.mkdir()
-    done = subprocess.run([sys.executable, "-m", "flows.cli", "run", "conll2003_ner", "--data-dir", str(empty)],
-                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    (tmp_path / "no-data").mkdir()
+    done = subprocess.run([sys.executable, "-m", "flows.cli", command, "conll2003_ner", "--data-dir",
+                           str(tmp_path / "no-data")], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
     assert done.returncode == 1, done.stderr[-3000:]
-    message = next(line for line in done.stderr.splitlines() if line.startswith("bertflow run: error:"))
-    assert "local file not found" in message and str(empty) in message
+    return done, next(line for line in done.stderr.splitlines() if line.startswith(f"bertflow {command}: error:"))
+
+
+def test_failing_flow_exits_non_zero_with_the_message_and_no_traceback(tmp_path):
+    """The flow itself fails in a real `bertflow run` process."""
+    done, message = bertflow_without_data(tmp_path, "run")
+    assert "local file not found" in message and str(tmp_path / "no-data") in message
     assert "Traceback" not in done.stderr
 
 
@@ -59,14 +65,7 @@ def test_suite_checks_its_specs_first_and_reports_failed_tasks(tmp_path, capsys)
     assert main(["suite", "sst2", str(bad)]) == 1
     assert "poetry" in capsys.readouterr().err
 
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "BERTFLOW_HOME": str(tmp_path / "home"),
-           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "PREFECT_API_URL": ""}
-    empty = tmp_path / "no-data"
-    empty.mkdir()
-    done = subprocess.run([sys.executable, "-m", "flows.cli", "suite", "conll2003_ner", "--data-dir", str(empty)],
-                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 1, done.stderr[-3000:]
-    message = next(line for line in done.stderr.splitlines() if line.startswith("bertflow suite: error:"))
+    _, message = bertflow_without_data(tmp_path, "suite")
     assert "1 of 1 task(s) failed: ['conll2003_ner']" in message
     leaderboard = message.rsplit("see ", 1)[1]
     assert leaderboard.startswith(str(tmp_path / "home" / "runs" / "_suites")) and "local file not found" in open(
