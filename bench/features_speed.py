@@ -39,6 +39,14 @@ def timed(fn):
     return time.perf_counter() - start, value
 
 
+def first_then_cached(times: dict[str, list[float]], label: str, build, count: int) -> None:
+    """Time `build` (which returns (features, cache hit)) into an empty cache, then again from it."""
+    for run, expect_hit in (("first run", False), ("cached run", True)):
+        seconds, (features, hit) = timed(build)
+        assert hit == expect_hit and len(features) == count
+        times.setdefault(f"{label}: {run}", []).append(seconds)
+
+
 def bench_task(name: str, repeats: int) -> list[tuple[str, list[float], int]]:
     """(what, seconds per repeat, number of features) rows for one task."""
     from bert_core.checkpoint import resolve_source
@@ -70,22 +78,12 @@ def bench_task(name: str, repeats: int) -> list[tuple[str, list[float], int]]:
             def via_cache(cache=cache):
                 return cached_features(family, data.fingerprint, tokenizer, labels, settings, "train", build, cache)
 
-            seconds, (ds, hit) = timed(via_cache)
-            assert not hit and len(ds) == count
-            times.setdefault("cached_features: first run", []).append(seconds)
-            seconds, (ds, hit) = timed(via_cache)
-            assert hit and len(ds) == count
-            times.setdefault("cached_features: cached run", []).append(seconds)
+            first_then_cached(times, "cached_features", via_cache, count)
         with tempfile.TemporaryDirectory() as cache:
             def via_fit(cache=cache):
                 return build_split_features(family, tokenizer, rows, labels, settings, data.fingerprint, "train", cache)
 
-            seconds, (feats, hit) = timed(via_fit)
-            assert not hit and len(feats) == count
-            times.setdefault("build_split_features: first run", []).append(seconds)
-            seconds, (feats, hit) = timed(via_fit)
-            assert hit and len(feats) == count
-            times.setdefault("build_split_features: cached run", []).append(seconds)
+            first_then_cached(times, "build_split_features", via_fit, count)
     print(f"{name}: {len(rows)} train rows -> {count} features; settings {settings}", flush=True)
     return [(what, secs, count) for what, secs in times.items()]
 

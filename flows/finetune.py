@@ -10,7 +10,6 @@ as the `error` tag and `error.txt`, and registers no model version. A retry firs
 
 from __future__ import annotations
 
-import os
 import traceback
 
 import datasets
@@ -20,6 +19,7 @@ from prefect import flow, get_run_logger
 from prefect.runtime import deployment, flow_run
 
 from bert_core.checkpoint import OFFLINE_DEFAULT
+from bert_core.feature_cache import default_cache_dir
 from bert_core.spec import TaskSpec, load_spec
 from bert_core.training import TrainConfig
 from flows import run_folder
@@ -52,7 +52,7 @@ def _tracked_run(params: FinetuneParams, spec: TaskSpec, cfg: TrainConfig, folde
     """The five steps inside one MLflow run; a failure ends the run FAILED with the error recorded."""
     log = get_run_logger()
     run_dir = folder.path
-    cache_dir = os.environ.get("BERTFLOW_CACHE_DIR") or str(tracking.bertflow_home() / "cache" / "features")
+    cache_dir = str(default_cache_dir())
     pretrained_id = params.pretrained or OFFLINE_DEFAULT
     tags = {"task": spec.name, "family": spec.family, "pretrained": pretrained_id,
             "code_version": tracking.code_version(),

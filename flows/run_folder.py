@@ -26,9 +26,9 @@ from typing import IO
 
 from prefect.runtime import flow_run
 
+from bert_core.home import runs_root
 from bert_core.spec import TaskSpec
 from flows.params import FinetuneParams
-from tasks import tracking
 
 RECORD = "run.json"
 FINISHED = "finished"
@@ -56,7 +56,7 @@ def params_key(params: FinetuneParams) -> str:
 @contextlib.contextmanager
 def claim(params: FinetuneParams, spec: TaskSpec) -> Iterator[RunFolder]:
     """The folder this flow run works in, locked until the block ends."""
-    root = Path(params.run_root).expanduser() if params.run_root else tracking.bertflow_home() / "runs"
+    root = runs_root(params.run_root)
     task_root = root / spec.name
     key = params_key(params)
     if flow_run.id:
@@ -73,7 +73,7 @@ def claim(params: FinetuneParams, spec: TaskSpec) -> Iterator[RunFolder]:
             lock.close()
             continue
         record = _read(path) or {"params_key": key}
-        folder = RunFolder(path, record, taken_over=path != own and bool(record.get("mlflow_run_id")), _lock=lock)
+        folder = RunFolder(path, record, taken_over=path != own, _lock=lock)
         try:
             yield folder
         finally:

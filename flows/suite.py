@@ -30,6 +30,7 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 from pydantic import Field
 
+from bert_core.home import runs_root
 from bert_core.loading import ENV_DATA_DIR, has_local_data
 from bert_core.spec import builtin_specs, load_spec
 from flows.params import BuiltinTask, FinetuneParams
@@ -77,7 +78,7 @@ def suite(
             rows = [_row(name, future) for name, future in zip(names, futures, strict=True)]
 
     started = flow_run.scheduled_start_time or datetime.now(UTC)
-    folder = _suite_root(params) / f"{started:%Y%m%d-%H%M%S}-{flow_run.name or 'local'}"
+    folder = runs_root(params.run_root) / "_suites" / f"{started:%Y%m%d-%H%M%S}-{flow_run.name or 'local'}"
     published = publish_leaderboard(rows, str(folder), params.tracking_uri,
                                     {"prefect.flow_run_id": flow_run.id or "none", "max_concurrency": str(max_concurrency),
                                      "fan_out": deployment or "processes"})
@@ -154,8 +155,3 @@ def _row(name: str, future) -> dict:
     except Exception as err:  # noqa: BLE001 (one failed task is a leaderboard row, not the suite's end)
         get_run_logger().error("%s failed: %s", name, err)
         return leaderboard_row(name, error=f"{type(err).__name__}: {err}")
-
-
-def _suite_root(params: FinetuneParams) -> Path:
-    root = Path(params.run_root).expanduser() if params.run_root else tracking.bertflow_home() / "runs"
-    return root / "_suites"

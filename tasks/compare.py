@@ -27,8 +27,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from bert_core.bootstrap import bootstrap_interval, paired_bootstrap
+from bert_core.home import runs_root
 from bert_core.spec import load_spec
-from tasks import tracking
 from tasks.registry import CHAMPION, N_RESAMPLES, describe_versions, model_name, pair_on_rows, run_predictions
 
 # Run params (dotted, as tasks.tracking.log_params_safely logs them) shown per version.
@@ -240,7 +240,7 @@ def run_comparison(task: str, confidence: float = 0.95, n_resamples: int = N_RES
     name = name or model_name(spec.name)
     rows = compare_versions(task, confidence, n_resamples, name=name)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-%f")
-    root = Path(run_root).expanduser() if run_root else tracking.bertflow_home() / "runs"
+    root = runs_root(run_root)
     folder = root / spec.name / f"compare-{stamp}"
     title = f"{name}: {spec.primary_metric}, {confidence:.0%} bootstrap intervals"
     chart = interval_chart_png(rows, folder / "comparison.png", title)

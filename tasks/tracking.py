@@ -28,6 +28,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
 
+from bert_core.home import bertflow_home
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SECRET_NAME_PARTS = ("TOKEN", "SECRET", "PASSWORD", "KEY")
 # Env values that are flags or numbers, not secrets: replacing every "true" or "1" in a text would garble it.
@@ -40,19 +42,15 @@ class TrackingUnavailableError(RuntimeError):
     """The MLflow tracking store cannot be reached or written; raised before any training starts."""
 
 
-def bertflow_home() -> Path:
-    home = Path(os.environ.get("BERTFLOW_HOME") or "~/.bertflow").expanduser()
-    home.mkdir(parents=True, exist_ok=True)
-    return home
-
-
 def default_tracking_uri(uri: str | None = None) -> str:
     """``uri`` if given, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///$BERTFLOW_HOME/mlflow.db``."""
     if uri:
         return str(uri)
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
-    return f"sqlite:///{bertflow_home() / 'mlflow.db'}"
+    home = bertflow_home()
+    home.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{home / 'mlflow.db'}"
 
 
 def configure_tracking(uri: str | None = None) -> str:
