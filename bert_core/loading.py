@@ -19,9 +19,10 @@ from pathlib import Path
 import datasets
 from datasets import Dataset, Features, List, Value
 
+from bert_core.families import get_family
 from bert_core.readers import READERS, Problems
 from bert_core.spec import ROW_INDEX, CarveRule, TaskSpec, load_spec
-from bert_core.validation import DataError, validate_rows
+from bert_core.validation import DataError, SourceUnavailable, validate_rows
 
 ENV_DATA_DIR = "BERTFLOW_DATA_DIR"
 HUB_PROBE_TIMEOUT_S = 3.0
@@ -38,6 +39,8 @@ class TaskData:
     source: str  # "local:<data dir>" or "hub:<path>"
     carve: dict | None = None  # the carve rule and its outcome, for run logs
     dropped: list[str] = field(default_factory=list)  # one message per dropped bad row
+    warnings: list[str] = field(default_factory=list)  # the family's checks: worth a log line, not an error
+    origins: dict[str, str] = field(default_factory=dict)  # split name -> its file (or hub split), for messages
 
 
 def load_task_data(
@@ -116,20 +119,25 @@ def _load_local(spec: TaskSpec, root: Path, drop_bad_rows: bool, max_rows: dict 
     else:
         raw = {split: rows_of(rel) for split, (_, rel) in files.items()}
     origins = {split: rel for split, (_, rel) in files.items()}
-    splits, label_names = _finish(spec, raw, origins, drop_bad_rows, max_rows, dropped)
+    splits, label_names, warnings = _finish(spec, raw, origins, drop_bad_rows, max_rows, dropped)
     return TaskData(splits, label_names, _local_fingerprint(spec, files, contents, drop_bad_rows, max_rows),
-                    f"local:{root}", carve, dropped)
+                    f"local:{root}", carve, dropped, warnings, origins)
 
 
 def _local_fingerprint(spec, files, contents, drop_bad_rows, max_rows) -> str:
     # Everything that can change the rows goes in; the spec's name and metrics do not, so two
     # specs reading the same data the same way share cached features.
     settings = {"family": spec.family, "local": spec.local.model_dump(), "columns": spec.column_map("local"),
-                "labels": spec.labels, "drop_bad_rows": drop_bad_rows, "max_rows": max_rows}
+                "labels": spec.labels, "drop_bad_rows": drop_bad_rows, "max_rows": max_rows, **_row_rules(spec)}
     h = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     for split, (_, rel) in sorted(files.items()):
         h.update(f"\n{split}={rel}:{hashlib.sha256(contents[rel]).hexdigest()}".encode())
     return h.hexdigest()
+
+
+def _row_rules(spec: TaskSpec) -> dict:
+    """Spec fields besides the source that can change the rows (tag repairs), for the fingerprint."""
+    return {"tag_scheme": spec.tag_scheme, "repair_tags": spec.repair_tags} if spec.repair_tags else {}
 
 
 def carve_rows(rows: list[dict], rule: CarveRule, rel: str) -> tuple[list[dict], list[dict], dict]:
@@ -161,11 +169,14 @@ def _load_hub(spec: TaskSpec, drop_bad_rows: bool, max_rows: dict | None, why_no
               "folder (or pass data_dir), or set HF_HUB_OFFLINE=1 to read the datasets cache.")
     unreachable = _hub_unreachable()
     if unreachable:
-        raise DataError(f"{spec.name}: cannot load {where} from the Hugging Face hub: {unreachable}. {advice}")
+        raise SourceUnavailable(f"{spec.name}: cannot load {where} from the Hugging Face hub: {unreachable}. {advice}")
     try:
         loaded = datasets.load_dataset(hub.path, hub.config, revision=hub.revision)
     except Exception as e:  # network, auth, missing config, offline cache miss: all end here
-        raise DataError(f"{spec.name}: loading {where} from the hub failed: {type(e).__name__}: {e}. {advice}") from e
+        # A lost connection may come back; an unknown dataset or config will not.
+        lost = isinstance(e, ConnectionError | TimeoutError) or type(e).__name__ in ("ReadTimeout", "ConnectTimeout")
+        error = SourceUnavailable if lost else DataError
+        raise error(f"{spec.name}: loading {where} from the hub failed: {type(e).__name__}: {e}. {advice}") from e
     wanted = {"train": hub.splits.train, "eval": hub.splits.eval, **hub.eval_extra}
     absent = [s for s in wanted.values() if s not in loaded]
     if absent:
@@ -174,13 +185,13 @@ def _load_hub(spec: TaskSpec, drop_bad_rows: bool, max_rows: dict | None, why_no
     dropped: list[str] = []
     raw = {split: _hub_rows(spec, loaded[name], f"{hub.path}[{name}]", dropped) for split, name in wanted.items()}
     origins = {split: f"{hub.path}[{name}]" for split, name in wanted.items()}
-    splits, label_names = _finish(spec, raw, origins, drop_bad_rows, max_rows, dropped)
+    splits, label_names, warnings = _finish(spec, raw, origins, drop_bad_rows, max_rows, dropped)
     settings = json.dumps({"family": spec.family, "hub": hub.model_dump(), "columns": spec.column_map("hub"),
-                           "labels": spec.labels, "drop_bad_rows": drop_bad_rows, "max_rows": max_rows},
-                          sort_keys=True)
+                           "labels": spec.labels, "drop_bad_rows": drop_bad_rows, "max_rows": max_rows,
+                           **_row_rules(spec)}, sort_keys=True)
     config = f":{hub.config}" if hub.config else ""
     fingerprint = f"hub:{hub.path}{config}@{hub.revision}/{hashlib.sha256(settings.encode()).hexdigest()[:16]}"
-    return TaskData(splits, label_names, fingerprint, f"hub:{hub.path}", None, dropped)
+    return TaskData(splits, label_names, fingerprint, f"hub:{hub.path}", None, dropped, warnings, origins)
 
 
 def _hub_unreachable() -> str | None:
@@ -245,26 +256,32 @@ def _normalise_labels(rows: list[dict], family: str, label_map: dict[str, str] |
     return rows
 
 
-def _finish(spec, raw, origins, drop_bad_rows, max_rows, dropped) -> tuple[dict[str, Dataset], list[str] | None]:
+def _finish(spec, raw, origins, drop_bad_rows, max_rows, dropped) -> tuple[dict[str, Dataset], list[str] | None, list[str]]:
+    """Validate every row of every split, then the whole data (the family's checks); (splits, labels, warnings)."""
     label_names = spec.labels if spec.labels is not None else _infer_labels(spec.family, raw["train"])
     unknown = set(max_rows or {}) - set(raw)
     if unknown:
         raise ValueError(f"max_rows names unknown split(s) {sorted(unknown)}; splits: {list(raw)}")
-    splits = {}
+    validated = {}
     for split, rows in raw.items():
         rows = rows[: (max_rows or {}).get(split, len(rows))]
         before = len(dropped)
-        good, bad = validate_rows(rows, spec.family, label_names, drop_bad_rows)
+        good, bad = validate_rows(rows, spec.family, label_names, drop_bad_rows,
+                                  labels_from_train=spec.labels is None and split != "train")
         dropped.extend(bad)
         if not good:
             why = f" after dropping {len(dropped) - before} bad row(s)" if len(dropped) > before else ""
             raise DataError(f"{origins[split]}: split {split!r} is empty{why}; expected at least one row")
-        features = _features(spec.family)
+        validated[split] = good
+    warnings = get_family(spec.family).check_data(spec, validated, label_names, origins)
+    features = _features(spec.family)
+    splits = {}
+    for split, good in validated.items():
         if spec.family == "single_classification":
             for row in good:
                 row["text_b"] = None
         splits[split] = Dataset.from_dict({k: [row[k] for row in good] for k in features}, features=features)
-    return splits, label_names
+    return splits, label_names, warnings
 
 
 def _infer_labels(family: str, train: list[dict]) -> list[str] | None:

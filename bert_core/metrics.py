@@ -3,6 +3,7 @@
 - GLUE (Wang et al., 2018, "GLUE: A Multi-Task Benchmark and Analysis Platform for NLU"):
   accuracy, Matthews correlation (CoLA), F1 of the positive class (MRPC, QQP),
   Pearson / Spearman correlation (STS-B). Thin wrappers over scikit-learn and scipy.
+- Multi-class: macro / micro / weighted F1, macro precision and recall (scikit-learn's definitions).
 - Tagging: token accuracy (POS) and entity-level precision / recall / F1 exactly as CoNLL's
   `conlleval.pl` (version 2004-01-26) counts them, via seqeval's default (non-strict) mode.
 - Extractive QA: exact match and token F1 exactly as the official SQuAD v1.1 `evaluate-v1.1.py`.
@@ -20,7 +21,7 @@ from collections.abc import Callable, Sequence
 
 from scipy.stats import pearsonr, spearmanr
 from seqeval.metrics.sequence_labeling import get_entities, precision_recall_fscore_support
-from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef, precision_score, recall_score
 
 # ---------------------------------------------------------------- classification / regression
 
@@ -38,6 +39,31 @@ def matthews_corr(preds, labels) -> float:
 def f1_binary(preds, labels, positive=1) -> float:
     """F1 of the `positive` class only (MRPC / QQP), not an average over classes."""
     return float(f1_score(labels, preds, pos_label=positive, average="binary", zero_division=0))
+
+
+def f1_macro(preds, labels) -> float:
+    """Unweighted mean over classes of per-class F1: every class counts the same, however rare."""
+    return float(f1_score(labels, preds, average="macro", zero_division=0))
+
+
+def f1_micro(preds, labels) -> float:
+    """F1 of the pooled counts of all classes; equals accuracy when every example has exactly one label."""
+    return float(f1_score(labels, preds, average="micro", zero_division=0))
+
+
+def f1_weighted(preds, labels) -> float:
+    """Mean over classes of per-class F1, weighted by each class's number of gold examples."""
+    return float(f1_score(labels, preds, average="weighted", zero_division=0))
+
+
+def precision_macro(preds, labels) -> float:
+    """Unweighted mean over classes of per-class precision."""
+    return float(precision_score(labels, preds, average="macro", zero_division=0))
+
+
+def recall_macro(preds, labels) -> float:
+    """Unweighted mean over classes of per-class recall (balanced accuracy)."""
+    return float(recall_score(labels, preds, average="macro", zero_division=0))
 
 
 def pearson(preds, labels) -> float:
@@ -59,6 +85,11 @@ METRICS: dict[str, Callable[..., float]] = {
     "accuracy": accuracy,
     "matthews_corr": matthews_corr,
     "f1": f1_binary,
+    "f1_macro": f1_macro,
+    "f1_micro": f1_micro,
+    "f1_weighted": f1_weighted,
+    "precision_macro": precision_macro,
+    "recall_macro": recall_macro,
     "pearson": pearson,
     "spearman": spearman,
 }

@@ -25,6 +25,8 @@ from pydantic import (
     model_validator,
 )
 
+from bert_core import tag_schemes
+
 Family = Literal[
     "single_classification", "pair_classification", "pair_regression", "token_tagging", "extractive_qa"
 ]
@@ -39,13 +41,20 @@ FAMILY_FIELDS: dict[str, tuple[str, ...]] = {
 }
 
 # Metric names a spec may ask for; bert_core/metrics.py computes them under these names.
+CLASSIFICATION_METRICS = ("accuracy", "f1", "matthews_corr", "f1_macro", "f1_micro", "f1_weighted",
+                          "precision_macro", "recall_macro")
+# Scores of one positive class, label_names[1]: defined for two labels only.
+BINARY_METRICS = ("f1",)
 FAMILY_METRICS: dict[str, tuple[str, ...]] = {
-    "single_classification": ("accuracy", "f1", "matthews_corr"),
-    "pair_classification": ("accuracy", "f1", "matthews_corr"),
+    "single_classification": CLASSIFICATION_METRICS,
+    "pair_classification": CLASSIFICATION_METRICS,
     "pair_regression": ("pearson", "spearman"),
     "token_tagging": ("token_accuracy", "entity_f1", "entity_precision", "entity_recall"),
     "extractive_qa": ("exact_match", "f1"),
 }
+
+# QA windows hold the question (at most 64 tokens) and [CLS] [SEP] [SEP] beside the passage.
+QA_QUERY_ROOM = 64 + 3
 
 # Carving by row index instead of by a field's value.
 ROW_INDEX = "row_index"
@@ -183,13 +192,20 @@ class TaskSpec(_Strict):
     labels: list[str] | None = Field(
         None, description="Label (or tag) names in index order; null = inferred from train, sorted."
     )
-    tag_scheme: Literal["IOB1", "IOB2"] | None = Field(
-        None, description="Entity tagging scheme (token_tagging); loading does not convert it."
+    tag_scheme: str | None = Field(
+        None, description="token_tagging: how the tags spell entities: IOB1, IOB2 (BIO), IOE1, IOE2, IOBES "
+        "(BIOES) or BILOU; null for plain tags (POS, chunks), which get token accuracy only. Every tag "
+        "sequence is checked against it when the data loads."
+    )
+    repair_tags: bool = Field(
+        False, description="token_tagging: rewrite a tag sequence that breaks tag_scheme into the scheme's own "
+        "spelling of the same entities (each repair is reported), instead of failing on it."
     )
     metrics: list[str] = Field(min_length=1, description="Metrics to report, see FAMILY_METRICS.")
     primary_metric: str = Field(description="Metric for model selection; must be one of `metrics`.")
     max_seq_length: int = Field(128, gt=8, le=4096, description="Max tokens per feature, [CLS]/[SEP] included.")
-    doc_stride: int | None = Field(None, gt=0, description="QA only: token overlap between context windows.")
+    doc_stride: int | None = Field(None, gt=0, description="QA only: token overlap between context windows; default "
+                                   "128, or half the passage room of shorter windows.")
     max_answer_length: int | None = Field(None, gt=0, description="QA only: longest answer span in tokens.")
     defaults: dict[str, int | float] = Field(
         default_factory=dict, description="Default hyperparameters (learning_rate, batch_size, epochs, ...)."
@@ -205,6 +221,27 @@ class TaskSpec(_Strict):
             if unknown:
                 raise ValueError(f"{unknown} not allowed for family {family!r}; allowed: {list(allowed)}")
         return metrics
+
+    @field_validator("tag_scheme")
+    @classmethod
+    def _known_scheme(cls, scheme: str | None) -> str | None:
+        return None if scheme is None else tag_schemes.canonical(scheme)
+
+    @field_validator("defaults")
+    @classmethod
+    def _defaults_are_training_fields(cls, defaults: dict) -> dict:
+        # Imported here: bert_core.training imports this module.
+        from bert_core.training.config import TrainConfig
+
+        unknown = sorted(set(defaults) - set(TrainConfig.model_fields))
+        if unknown:
+            raise ValueError(f"{unknown} are not training fields; known: {sorted(TrainConfig.model_fields)}")
+        try:
+            TrainConfig(**defaults)
+        except ValidationError as err:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+            raise ValueError(problems) from None
+        return defaults
 
     @field_validator("primary_metric")
     @classmethod
@@ -255,13 +292,27 @@ class TaskSpec(_Strict):
                 raise ValueError(f"hub.columns: {unknown} are not fields of {self.family!r}")
         qa_only = {"doc_stride": self.doc_stride, "max_answer_length": self.max_answer_length}
         if self.family == "extractive_qa":
-            # BERT's SQuAD defaults: windows overlap by 128 tokens, answers of at most 30 tokens.
-            self.doc_stride = 128 if self.doc_stride is None else self.doc_stride
+            # BERT's SQuAD defaults: windows overlap by 128 tokens, answers of at most 30 tokens. Shorter
+            # windows than SQuAD's 384 overlap by half their passage room instead.
+            if self.doc_stride is None:
+                self.doc_stride = min(128, (self.max_seq_length - QA_QUERY_ROOM) // 2)
             self.max_answer_length = 30 if self.max_answer_length is None else self.max_answer_length
         elif any(v is not None for v in qa_only.values()):
             raise ValueError(f"doc_stride / max_answer_length are for extractive_qa, not {self.family!r}")
-        if self.tag_scheme is not None and self.family != "token_tagging":
-            raise ValueError("tag_scheme is only for token_tagging")
+        if (self.tag_scheme is not None or self.repair_tags) and self.family != "token_tagging":
+            raise ValueError("tag_scheme and repair_tags are only for token_tagging")
+        entity_metrics = [m for m in self.metrics if m.startswith("entity_")]
+        if entity_metrics and self.tag_scheme is None:
+            raise ValueError(f"metrics {entity_metrics} count entities, which needs a tag_scheme (IOB1, IOB2, IOE1, "
+                             "IOE2, IOBES or BILOU); plain tags (POS) get token_accuracy only")
+        binary = [m for m in self.metrics if m in BINARY_METRICS]
+        if binary and self.labels is not None and len(self.labels) != 2:
+            raise ValueError(f"metrics {binary}: the F1 of the positive class needs exactly two labels, and "
+                             f"`labels` has {len(self.labels)}; use f1_macro (or f1_micro, f1_weighted)")
+        if self.family == "extractive_qa" and self.doc_stride >= self.max_seq_length - QA_QUERY_ROOM:
+            raise ValueError(f"doc_stride {self.doc_stride} leaves no new passage tokens per window: it must be "
+                             f"below max_seq_length - {QA_QUERY_ROOM} = {self.max_seq_length - QA_QUERY_ROOM} "
+                             "(room for a 64-token question and [CLS]/[SEP]/[SEP])")
         for name, bad in (("local.eval_extra", self.local and self.local.eval_extra),
                           ("hub.eval_extra", self.hub and self.hub.eval_extra)):
             if bad and {"train", "eval"} & set(bad):

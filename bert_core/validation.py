@@ -19,6 +19,10 @@ class DataError(ValueError):
     """Task data that cannot be used; the message names file, line/row, field, value, expectation."""
 
 
+class SourceUnavailable(DataError):
+    """The data source could not be reached (the Hugging Face hub): unlike bad data, this may heal by itself."""
+
+
 def show(value: Any, limit: int = VALUE_LIMIT) -> str:
     """repr(value), cut to `limit` characters so one long passage does not flood a log."""
     text = repr(value)
@@ -32,9 +36,10 @@ def expected_one_of(names: Iterable[str], limit: int = 20) -> str:
     return f"one of [{listed}{more}]"
 
 
-# Each check returns None for a good row, else "field 'x': got ..., expected ...".
-# Checks may normalise a row in place (regression labels become floats).
-Check = Callable[[dict, set[str] | None, list[str] | None], str | None]
+# Each check gets the row, the label (tag) set or None, and how to word an expected label; it returns None
+# for a good row, else "field 'x': got ..., expected ...". Checks may normalise a row in place
+# (regression labels become floats).
+Check = Callable[[dict, set[str] | None, str], str | None]
 
 
 def _problem(field: str, value: Any, expected: str) -> str:
@@ -48,24 +53,24 @@ def _text(row: dict, field: str) -> str | None:
     return None
 
 
-def _label(row: dict, label_set: set[str] | None, label_names: list[str] | None) -> str | None:
+def _label(row: dict, label_set: set[str] | None, expected: str) -> str | None:
     value = row.get("label")
     if not isinstance(value, str) or not value:
         return _problem("label", value, "a label name (string)")
     if label_set is not None and value not in label_set:
-        return _problem("label", value, expected_one_of(label_names or []))
+        return _problem("label", value, expected)
     return None
 
 
-def _check_single(row: dict, label_set, label_names) -> str | None:
-    return _text(row, "text_a") or _label(row, label_set, label_names)
+def _check_single(row: dict, label_set, expected) -> str | None:
+    return _text(row, "text_a") or _label(row, label_set, expected)
 
 
-def _check_pair(row: dict, label_set, label_names) -> str | None:
-    return _text(row, "text_a") or _text(row, "text_b") or _label(row, label_set, label_names)
+def _check_pair(row: dict, label_set, expected) -> str | None:
+    return _text(row, "text_a") or _text(row, "text_b") or _label(row, label_set, expected)
 
 
-def _check_regression(row: dict, label_set, label_names) -> str | None:
+def _check_regression(row: dict, label_set, expected) -> str | None:
     problem = _text(row, "text_a") or _text(row, "text_b")
     if problem:
         return problem
@@ -84,7 +89,7 @@ def _check_regression(row: dict, label_set, label_names) -> str | None:
     return None
 
 
-def _check_tagging(row: dict, label_set, label_names) -> str | None:
+def _check_tagging(row: dict, label_set, expected) -> str | None:
     tokens, tags = row.get("tokens"), row.get("tags")
     if not isinstance(tokens, list) or not tokens:
         return _problem("tokens", tokens, "a non-empty list of tokens")
@@ -95,12 +100,12 @@ def _check_tagging(row: dict, label_set, label_names) -> str | None:
         if not isinstance(token, str) or not token.strip():
             return _problem(f"tokens[{i}]", token, f"non-empty text (token {i + 1} of the sentence)")
         if not isinstance(tag, str) or not tag or (label_set is not None and tag not in label_set):
-            expected = expected_one_of(label_names or []) if label_set is not None else "a tag name"
-            return _problem(f"tags[{i}]", tag, f"{expected} (token {i + 1} of the sentence)")
+            wanted = expected if label_set is not None else "a tag name"
+            return _problem(f"tags[{i}]", tag, f"{wanted} (token {i + 1} of the sentence)")
     return None
 
 
-def _check_qa(row: dict, label_set, label_names) -> str | None:
+def _check_qa(row: dict, label_set, expected) -> str | None:
     problem = _text(row, "id") or _text(row, "question") or _text(row, "context")
     if problem:
         return problem
@@ -138,19 +143,26 @@ CHECKS: dict[str, Check] = {
 
 
 def validate_rows(
-    rows: Iterable[dict], family: str, label_names: list[str] | None, drop_bad_rows: bool = False
+    rows: Iterable[dict], family: str, label_names: list[str] | None, drop_bad_rows: bool = False,
+    labels_from_train: bool = False,
 ) -> tuple[list[dict], list[str]]:
     """Check every row of one split; return (good rows, one message per dropped row).
 
     `label_names`: the label set (tag set for tagging); None skips the membership check.
+    `labels_from_train`: the set was inferred from the training split (the spec lists none), so a label
+    outside it is one the training split lacks, and the message says so.
     Regression labels come back as floats. Raises DataError on the first bad row unless
     `drop_bad_rows`.
     """
     check = CHECKS[family]
     label_set = set(label_names) if label_names is not None else None
+    expected = expected_one_of(label_names or [])
+    if labels_from_train:
+        expected += (", the labels found in the training split (a label it lacks cannot be learned: list every "
+                     "label in the spec's `labels`, or fix the row)")
     good, dropped = [], []
     for row in rows:
-        problem = check(row, label_set, label_names)
+        problem = check(row, label_set, expected)
         if problem is None:
             good.append(row)
             continue

@@ -1,7 +1,9 @@
 """The `bertflow` command.
 
     bertflow tasks                                   # the built-in task specs
+    bertflow check my_task.yaml --data-dir D         # dry run: every check, data report, time estimate
     bertflow run sst2 --max-train-samples 2000       # the finetune flow, here, with no Prefect server
+    bertflow runs --status failed interrupted        # run folders; add --prune to delete them
     bertflow suite sst2 stsb squad --max-train-samples 500 --max-concurrency 2   # many tasks, a leaderboard
     bertflow predict models:/bert-sst2@champion --text "a gripping film"
     echo '{"text": "a gripping film"}' | bertflow predict models:/bert-sst2@champion
@@ -17,12 +19,7 @@ import json
 import logging
 import os
 import sys
-
-# Only the options given on the command line reach TrainConfig, so the spec's defaults fill the rest.
-TRAINING_OPTIONS = {
-    "max_train_samples": int, "max_eval_samples": int, "epochs": float, "max_steps": int, "learning_rate": float,
-    "batch_size": int, "seed": int, "max_seq_length": int, "eval_every": int,
-}
+import typing
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,10 +43,38 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tasks", help="list the built-in task specs")
     p.set_defaults(command=cmd_tasks, name="tasks")
 
+    p = sub.add_parser("check", help="dry run: load and check a task's data, build its features, estimate the "
+                       "training time; trains nothing and writes nothing",
+                       description="Everything `bertflow run` does before its first training step, in seconds: "
+                       "every split loaded and validated, the spec's metrics checked against the labels, tags "
+                       "against tag_scheme, features built, settings checked against the checkpoint; then rows, "
+                       "label distribution, token lengths and truncation per split, and a training time "
+                       "estimated from a few timed steps here. Exit status 0 when everything passes, else 1.")
+    p.add_argument("task", help="built-in task name (see `bertflow tasks`) or a spec YAML path")
+    _training_options(p)
+    p.set_defaults(command=cmd_check, name="check")
+
     p = sub.add_parser("run", help="fine-tune a task with the finetune flow, locally")
     p.add_argument("task", help="built-in task name (see `bertflow tasks`) or a spec YAML path")
     _finetune_options(p)
+    p.add_argument("--retries", type=int, default=0, metavar="N",
+                   help="retry the flow run N times after a failure that may heal (tracking server or hub "
+                   "unreachable, I/O), 60 s apart; errors of the input are never retried. Default 0: a run "
+                   "here fails at once, and the same command again resumes from its newest checkpoint")
     p.set_defaults(command=cmd_run, name="run")
+
+    p = sub.add_parser("runs", help="list run folders (status, size, MLflow run); prune them",
+                       description="Run folders under the runs root ($BERTFLOW_HOME/runs, or --run-root), oldest "
+                       "first. Status: running (a flow works there now), finished, failed, or interrupted "
+                       "(killed or crashed: a new run with the same task, data and recipe resumes it). With "
+                       "--prune the listed folders are deleted, never a running one.")
+    p.add_argument("--task", help="only this task's folders")
+    p.add_argument("--status", nargs="+", choices=["running", "finished", "failed", "interrupted"],
+                   help="only folders with these statuses")
+    p.add_argument("--older-than", type=float, metavar="DAYS", help="only folders created more than DAYS ago")
+    p.add_argument("--prune", action="store_true", help="delete the listed folders (needs --status or --older-than)")
+    p.add_argument("--run-root", help="where run folders are; default: $BERTFLOW_HOME/runs")
+    p.set_defaults(command=cmd_runs, name="runs")
 
     p = sub.add_parser("suite", help="fine-tune many tasks (the suite flow), then a leaderboard")
     p.add_argument("tasks", nargs="*", help="task names or spec paths; default: the GLUE tasks present, "
@@ -83,27 +108,61 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _finetune_options(p: argparse.ArgumentParser) -> None:
-    """The options of `run` and `suite`: FinetuneParams' fields."""
-    for option, kind in TRAINING_OPTIONS.items():
-        p.add_argument(f"--{option.replace('_', '-')}", type=kind, metavar="N" if kind is int else "X")
+def _training_options(p: argparse.ArgumentParser) -> None:
+    """What shapes a fine-tune: every TrainConfig field, checkpoint, data (the options of `check`, `run`, `suite`).
+    Only the options given reach TrainConfig, so the task spec's defaults fill the rest."""
+    from bert_core.training import TrainConfig
+
+    group = p.add_argument_group("training (TrainConfig; unset fields take the task spec's defaults)")
+    for name, field in TrainConfig.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        text = f"{field.description} Default: {field.default}, unless the task spec sets it."
+        kind = _flag_type(field.annotation)
+        if kind is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
+        elif isinstance(kind, tuple):  # a Literal: its values are the choices
+            group.add_argument(flag, choices=kind, default=None, help=text)
+        else:
+            group.add_argument(flag, type=kind, default=None, metavar="N" if kind is int else "X", help=text)
     p.add_argument("--pretrained", help="checkpoint folder or hub id; default: the packaged all-MiniLM-L6-v2")
     p.add_argument("--data-dir", help="folder holding the task's files; default: $BERTFLOW_DATA_DIR")
+    p.add_argument("--drop-bad-rows", action="store_true", help="skip malformed rows instead of failing")
+    p.add_argument("--verbose", action="store_true", help="show tracebacks")
+
+
+def _finetune_options(p: argparse.ArgumentParser) -> None:
+    """The options of `run` and `suite`: FinetuneParams' fields."""
+    _training_options(p)
     p.add_argument("--tracking-uri", help="MLflow URI; default: $MLFLOW_TRACKING_URI, else $BERTFLOW_HOME/mlflow.db")
     p.add_argument("--run-root", help="where run folders go; default: $BERTFLOW_HOME/runs")
-    p.add_argument("--drop-bad-rows", action="store_true", help="skip malformed rows instead of failing")
     p.add_argument("--registry-policy", choices=["better", "significant"], default="better",
                    help="when the new version becomes champion (default: better)")
     p.add_argument("--registry-confidence", type=float, default=0.95, metavar="X",
                    help="policy significant: confidence of the bootstrap interval (default 0.95)")
-    p.add_argument("--verbose", action="store_true", help="show tracebacks")
+
+
+def _flag_type(annotation):
+    """int, float, bool or str for a TrainConfig field's type (``X | None`` -> X); a tuple of a Literal's values."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) is typing.Literal:
+        return tuple(typing.get_args(annotation))
+    if args:  # X | None
+        return _flag_type(args[0])
+    return annotation
+
+
+def _training_config(args):
+    """TrainConfig of the training options given (the rest stays unset, so the spec's defaults fill it)."""
+    from bert_core.training import TrainConfig
+
+    given = {k: getattr(args, k) for k in TrainConfig.model_fields if getattr(args, k, None) is not None}
+    return TrainConfig(**given)
 
 
 def _finetune_params(args, task: str):
-    from bert_core.training import TrainConfig
     from flows.params import FinetuneParams
 
-    training = TrainConfig(**{k: getattr(args, k) for k in TRAINING_OPTIONS if getattr(args, k) is not None})
+    training = _training_config(args)
     return FinetuneParams(task=task, training=training, pretrained=args.pretrained, data_dir=args.data_dir,
                           tracking_uri=args.tracking_uri, run_root=args.run_root, drop_bad_rows=args.drop_bad_rows,
                           registry_policy=args.registry_policy, registry_confidence=args.registry_confidence)
@@ -119,6 +178,8 @@ def _run_flow(args, flow, **parameters):
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     if not args.verbose:
         _hide_tracebacks()
+    if getattr(args, "retries", None) is not None:
+        flow = flow.with_options(retries=args.retries)
     state = flow(**parameters, return_state=True)
     if not state.is_completed():
         error = state.result(raise_on_failure=False)
@@ -136,6 +197,54 @@ def cmd_tasks(args) -> None:
         rows.append({"task": name, "family": spec.family, "primary metric": spec.primary_metric,
                      "data": source, "description": spec.description})
     print(_table(rows))
+
+
+def cmd_check(args) -> int:
+    from bert_core.dry_run import dry_run, report
+    from bert_core.spec import load_spec
+
+    spec = load_spec(args.task)
+    cfg = _training_config(args).with_defaults(spec.defaults)
+    print(report(dry_run(spec, cfg, args.data_dir, args.pretrained, args.drop_bad_rows)))
+    return 0
+
+
+def cmd_runs(args) -> int:
+    from datetime import UTC, datetime, timedelta
+
+    from bert_core.home import runs_root
+    from flows.run_folder import list_runs, prune
+
+    if args.prune and not (args.status or args.older_than is not None):
+        raise ValueError("--prune deletes the listed folders: say which with --status (e.g. failed interrupted) "
+                         "and/or --older-than DAYS")
+    runs = list_runs(args.run_root, args.task)
+    if args.status:
+        runs = [r for r in runs if r.status in args.status]
+    if args.older_than is not None:
+        cutoff = (datetime.now(UTC) - timedelta(days=args.older_than)).isoformat(timespec="seconds")
+        runs = [r for r in runs if (r.created or "") < cutoff]
+    root = runs_root(args.run_root)
+    if not runs:
+        print(f"no run folders under {root}" + (" match" if args.status or args.older_than is not None else ""))
+        return 0
+    print(_table([{"folder": str(r.path.relative_to(root)), "status": r.status, "size": _megabytes(r.size_bytes),
+                   "mlflow run": r.mlflow_run_id or "-", "created": r.created or "-",
+                   "error": (r.error or "")[:70] or "-"} for r in runs]))
+    total = sum(r.size_bytes for r in runs)
+    if args.prune:
+        deleted = prune(runs)
+        skipped = len(runs) - len(deleted)
+        print(f"deleted {len(deleted)} folder(s), {_megabytes(sum(r.size_bytes for r in runs if r.path in deleted))}"
+              + (f"; kept {skipped} that a flow run works in now" if skipped else ""))
+    else:
+        print(f"{len(runs)} folder(s), {_megabytes(total)} under {root}; delete some with e.g. "
+              "`bertflow runs --status failed interrupted --prune`")
+    return 0
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e6:,.1f} MB"
 
 
 def cmd_run(args) -> int:

@@ -4,8 +4,11 @@ Runs the same with no Prefect server (ephemeral mode: `bertflow run sst2`) and a
 deployment picked up by a worker (prefect.yaml). Everything a run produces sits in its run folder
 `<run_root>/<task>/<run name>` (flows/run_folder.py: a new run with the parameters of an interrupted one takes
 its folder over and resumes) and in its MLflow run; a failed run ends FAILED in MLflow with the error
-as the `error` tag and `error.txt`, and registers no model version. A retry first closes the MLflow run
-(and retracts the model version) of an earlier attempt that lost the tracking server (tasks.lost_attempts).
+as the `error` tag and `error.txt`, records `failed` and the error in its folder's `run.json`, and
+registers no model version. Errors of the input (spec, data, metric vs labels) fail at once; only what
+may heal (tracking server or hub unreachable, I/O) is retried (tasks/retry_policy.py). A retry first
+closes the MLflow run (and retracts the model version) of an earlier attempt that lost the tracking
+server (tasks.lost_attempts).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from bert_core.checkpoint import OFFLINE_DEFAULT
 from bert_core.feature_cache import default_cache_dir
 from bert_core.spec import TaskSpec, load_spec
 from bert_core.training import TrainConfig
+from bert_core.training.state import list_checkpoints
 from flows import run_folder
 from flows.params import FinetuneParams
 from tasks import tracking
@@ -29,22 +33,34 @@ from tasks.data import download
 from tasks.evaluate import evaluate
 from tasks.lost_attempts import close_lost_attempts
 from tasks.register import register
+from tasks.retry_policy import give_up_unless_transient
 from tasks.tokenize import tokenize
 from tasks.train import fine_tune
 
 
-@flow(name="bertflow-finetune")
+# A retry heals what was briefly wrong (tracking server or hub unreachable, an I/O error, a lost worker),
+# after a pause long enough for a restart; errors of the input fail at once (tasks/retry_policy.py).
+@flow(name="bertflow-finetune", retries=1, retry_delay_seconds=60)
 def finetune(params: FinetuneParams = FinetuneParams()) -> dict:  # noqa: B008 (pydantic default = the UI form's)
     """Fine-tune one task spec and register the model; returns the run's summary."""
-    # Fail fast, before any data or training, when MLflow cannot be reached (the message names the URI).
-    uri = tracking.configure_tracking(tracking.check_tracking(params.tracking_uri))
-    datasets.disable_progress_bars()  # one bar per split saved would drown the flow's log
-    spec = load_spec(params.task)
-    cfg = params.training.with_defaults(spec.defaults)
-    with run_folder.claim(params, spec) as folder:
-        summary = _tracked_run(params, spec, cfg, folder, uri)
-        folder.update(status=run_folder.FINISHED)
-    return summary
+    try:
+        # Fail fast, before any data or training, when MLflow cannot be reached (the message names the URI).
+        uri = tracking.configure_tracking(tracking.check_tracking(params.tracking_uri))
+        datasets.disable_progress_bars()  # one bar per split saved would drown the flow's log
+        spec = load_spec(params.task)
+        cfg = params.training.with_defaults(spec.defaults)
+        with run_folder.claim(params, spec, cfg) as folder:
+            try:
+                summary = _tracked_run(params, spec, cfg, folder, uri)
+            except BaseException as err:
+                folder.update(status=run_folder.FAILED, ended=run_folder.now(),
+                              error=tracking.mask_secrets(f"{type(err).__name__}: {err}")[:2000])
+                raise
+            folder.update(status=run_folder.FINISHED, ended=run_folder.now())
+        return summary
+    except Exception as err:
+        give_up_unless_transient(err)
+        raise
 
 
 def _tracked_run(params: FinetuneParams, spec: TaskSpec, cfg: TrainConfig, folder: run_folder.RunFolder,
@@ -62,16 +78,23 @@ def _tracked_run(params: FinetuneParams, spec: TaskSpec, cfg: TrainConfig, folde
 
     experiment_id = tracking.experiment_for(spec.name, uri)
     interrupted = folder.record.get("mlflow_run_id") if folder.taken_over else None
-    if interrupted:
-        log.warning("%s: taking over the unfinished run folder of MLflow run %s (same parameters): training "
-                    "resumes from its newest checkpoint", spec.name, interrupted)
-        tags["resumed_from_run"] = interrupted
+    if folder.taken_over:
+        was = run_folder.FAILED if folder.record.get("status") == run_folder.FAILED else run_folder.INTERRUPTED
+        done = list_checkpoints(run_dir / "training" / "checkpoints")
+        log.warning("%s: taking over the %s run folder %s (same task, data root, checkpoint and recipe): %s",
+                    spec.name, was, run_dir, f"training resumes from its checkpoint {done[-1].name}" if done
+                    else "it holds no checkpoint, so training starts from the beginning")
+        folder.update(earlier=[*folder.record.get("earlier", []), {
+            k: folder.record.get(k) for k in ("mlflow_run_id", "tracking_uri", "status", "error", "started", "ended")}])
+        if interrupted:
+            tags["resumed_from_run"] = interrupted
     # End what an earlier attempt of this flow run (a retry), or the interrupted run, left open.
-    close_lost_attempts(experiment_id, flow_run.id, interrupted)
+    close_lost_attempts(experiment_id, flow_run.id, interrupted, folder.record.get("tracking_uri"))
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_dir.name, tags=tags,
                           log_system_metrics=True) as run:
         run_id = run.info.run_id
-        folder.update(mlflow_run_id=run_id, status="running")
+        folder.update(mlflow_run_id=run_id, tracking_uri=tracking.mask_secrets(uri), status=run_folder.RUNNING,
+                      started=run_folder.now(), error=None)
         try:
             tracking.log_params_safely({
                 "task": spec.name, "spec": params.task, "pretrained": pretrained_id, "training": cfg.model_dump(),
@@ -82,7 +105,7 @@ def _tracked_run(params: FinetuneParams, spec: TaskSpec, cfg: TrainConfig, folde
 
             data = download(spec, str(run_dir), params.data_dir, params.drop_bad_rows)
             mlflow.set_tag("data_fingerprint", data.fingerprint)
-            _set_aside_if_data_changed(folder, data.fingerprint)
+            _set_aside_if_changed(folder, data.fingerprint, tags["code_version"])
             tracking.log_params_safely({"data": {"source": data.source, "rows": data.rows, "dropped": data.dropped,
                                                  "carve": data.carve}})
             features = tokenize(spec, cfg, data, params.pretrained, cache_dir)
@@ -112,14 +135,16 @@ def _tracked_run(params: FinetuneParams, spec: TaskSpec, cfg: TrainConfig, folde
     }
 
 
-def _set_aside_if_data_changed(folder: run_folder.RunFolder, fingerprint: str) -> None:
-    """A taken-over folder whose data changed since: its checkpoints belong to other data (fit would refuse
-    them), so they move to `training.stale-<old fingerprint>` and training starts over."""
-    before = folder.record.get("data_fingerprint")
-    training = folder.path / "training"
-    if before not in (None, fingerprint) and training.exists():
-        stale = folder.path / f"training.stale-{before[:12]}"
-        training.rename(stale)
-        get_run_logger().warning("the data changed since this folder's interrupted run: its checkpoints moved "
-                                 "to %s, training starts over", stale)
-    folder.update(data_fingerprint=fingerprint)
+def _set_aside_if_changed(folder: run_folder.RunFolder, fingerprint: str, code_version: str) -> None:
+    """A taken-over folder whose data or code changed since: its checkpoints belong to another fine-tune
+    (fit would refuse them, or resume a recipe that no longer exists), so they are set aside and training
+    starts over."""
+    changed = [f"{what} changed ({before[:12]} -> {now[:12]})"
+               for what, key, now in (("the data", "data_fingerprint", fingerprint), ("the code", "code_version", code_version))
+               if (before := folder.record.get(key)) not in (None, now)]
+    if changed:
+        stale = folder.set_aside("; ".join(changed))
+        if stale is not None:
+            get_run_logger().warning("%s since this folder's earlier run: its checkpoints moved to %s, training "
+                                     "starts over", " and ".join(changed), stale)
+    folder.update(data_fingerprint=fingerprint, code_version=code_version)

@@ -7,7 +7,6 @@ stays next to its model, and no task passes rows between processes.
 from __future__ import annotations
 
 import dataclasses
-import re
 from pathlib import Path
 
 from datasets import Dataset, load_from_disk
@@ -17,10 +16,7 @@ from prefect.tasks import exponential_backoff
 
 from bert_core.loading import load_task_data
 from bert_core.spec import TaskSpec
-
-# loading.py words every hub-side failure "... from the (Hugging Face) hub ..."; bad rows and missing
-# local files never are. Only the former can go away by waiting.
-_HUB_FAILURE = re.compile(r"from the (Hugging Face )?hub")
+from tasks.retry_policy import retry_if_transient
 
 
 @dataclasses.dataclass
@@ -35,15 +31,11 @@ class DataInfo:
     carve: dict | None  # how train/eval were carved out of one file, when they were
     dropped: int  # bad rows skipped (only with drop_bad_rows)
     dropped_path: str | None  # one message per dropped row
+    warnings: list[str] = dataclasses.field(default_factory=list)  # the data checks' warnings (e.g. tag repairs)
 
 
-def _hub_failure(task, task_run, state) -> bool:
-    """Retry only what waiting can fix: the hub being unreachable, not bad data."""
-    error = state.result(raise_on_failure=False)
-    return isinstance(error, Exception) and bool(_HUB_FAILURE.search(str(error)))
-
-
-@task(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=10), retry_condition_fn=_hub_failure,
+# Retried only when the hub was unreachable: bad rows and missing files stay bad (tasks/retry_policy.py).
+@task(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=10), retry_condition_fn=retry_if_transient,
       cache_policy=NO_CACHE)
 def download(spec: TaskSpec, run_dir: str, data_dir: str | None = None, drop_bad_rows: bool = False) -> DataInfo:
     """Load and validate `spec`'s splits (local files under `data_dir` / $BERTFLOW_DATA_DIR, else the
@@ -59,9 +51,11 @@ def download(spec: TaskSpec, run_dir: str, data_dir: str | None = None, drop_bad
         dropped_path = str(folder / "dropped_rows.txt")
         Path(dropped_path).write_text("\n".join(data.dropped) + "\n", encoding="utf-8")
         get_run_logger().warning("%s: dropped %d bad row(s), listed in %s", spec.name, len(data.dropped), dropped_path)
+    for warning in data.warnings[:20]:
+        get_run_logger().warning("%s: %s", spec.name, warning)
     return DataInfo(split_paths=paths, rows={s: len(r) for s, r in data.splits.items()}, fingerprint=data.fingerprint,
                     label_names=data.label_names, source=data.source, carve=data.carve, dropped=len(data.dropped),
-                    dropped_path=dropped_path)
+                    dropped_path=dropped_path, warnings=data.warnings)
 
 
 def load_split(data: DataInfo, split: str, limit: int | None = None) -> list[dict]:

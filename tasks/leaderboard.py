@@ -16,6 +16,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from tasks import tracking
+from tasks.retry_policy import retry_if_transient
 
 COLUMNS = ["task", "family", "primary_metric", "score", "secondary_metrics", "train_seconds",
            "examples_per_second", "model", "alias", "champion", "mlflow_run_id", "error"]
@@ -55,7 +56,7 @@ def write_csv(rows: list[dict], path: Path) -> Path:
     return path
 
 
-@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10)
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10, retry_condition_fn=retry_if_transient)
 def publish_leaderboard(rows: list[dict], folder: str, tracking_uri: str | None, tags: dict[str, str]) -> dict:
     """Write `leaderboard.md` and `leaderboard.csv` to `folder`, log both to a new MLflow run of the
     `bertflow-suite` experiment (each task's primary score as a metric), and create the Prefect table

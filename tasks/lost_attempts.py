@@ -11,23 +11,28 @@ same goes for the MLflow run of an interrupted earlier flow run whose folder a n
 
 from __future__ import annotations
 
+import mlflow
 from mlflow.entities import RunStatus
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.registry import retract_version
+from tasks.retry_policy import retry_if_transient
+from tasks.tracking import mask_secrets
 
 LOST = "an earlier attempt of this flow run lost the tracking server; its retry superseded this run"
 INTERRUPTED = "interrupted (killed or crashed); a new flow run with the same parameters resumed its folder"
 
 
-@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10)
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10, retry_condition_fn=retry_if_transient)
 def close_lost_attempts(experiment_id: str, flow_run_id: str | None, interrupted_run_id: str | None = None,
-                        ) -> list[str]:
+                        interrupted_store: str | None = None) -> list[str]:
     """End the RUNNING runs of earlier attempts of ``flow_run_id``, and ``interrupted_run_id`` (the MLflow
-    run of an earlier flow run whose folder this one took over) if still RUNNING or FAILED, retracting their
-    model versions; returns their run ids."""
+    run of an earlier flow run whose folder this one took over, recorded in ``interrupted_store``) if still
+    RUNNING or FAILED, retracting their model versions; returns their run ids. An interrupted run that the
+    current store does not hold (deleted, or kept by another store) is only reported."""
     client = MlflowClient()
     lost = []
     if flow_run_id:  # None: called as plain Python, with no flow run whose attempts could be told apart
@@ -37,8 +42,18 @@ def close_lost_attempts(experiment_id: str, flow_run_id: str | None, interrupted
     if interrupted_run_id and interrupted_run_id not in {r.info.run_id for r in lost}:
         # A killed process leaves its run RUNNING; one that failed (e.g. tracking lost) may hold a version.
         # FINISHED: it died after MLflow had everything; its version stands.
-        interrupted = client.get_run(interrupted_run_id)
-        if interrupted.info.status != "FINISHED":
+        try:
+            interrupted = client.get_run(interrupted_run_id)
+        except MlflowException as err:
+            if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            current = mask_secrets(mlflow.get_tracking_uri())
+            where = ("deleted from it" if interrupted_store in (None, current)
+                     else f"it was recorded in {interrupted_store}")
+            get_run_logger().warning("the earlier run's MLflow run %s is not in the tracking store %s (%s); going on "
+                                     "without closing it", interrupted_run_id, current, where)
+            interrupted = None
+        if interrupted is not None and interrupted.info.status != "FINISHED":
             lost.append(interrupted)
     for run in lost:
         run_id = run.info.run_id

@@ -42,6 +42,10 @@ class TrackingUnavailableError(RuntimeError):
     """The MLflow tracking store cannot be reached or written; raised before any training starts."""
 
 
+class TrackingRefusedError(TrackingUnavailableError):
+    """The store is there but refuses us (credentials) or cannot be written: waiting will not help."""
+
+
 def default_tracking_uri(uri: str | None = None) -> str:
     """``uri`` if given, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///$BERTFLOW_HOME/mlflow.db``."""
     if uri:
@@ -130,9 +134,9 @@ def check_tracking(uri: str | None = None, timeout_s: float = 10) -> str:
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise TrackingUnavailableError(f"MLflow tracking store {shown}: cannot create {folder}: {err}") from err
+            raise TrackingRefusedError(f"MLflow tracking store {shown}: cannot create {folder}: {err}") from err
         if not os.access(folder, os.W_OK):
-            raise TrackingUnavailableError(f"MLflow tracking store {shown}: folder {folder} is not writable")
+            raise TrackingRefusedError(f"MLflow tracking store {shown}: folder {folder} is not writable")
         if uri.startswith("sqlite:"):
             _create_sqlite_store_once(uri, path)
         return uri
@@ -175,7 +179,7 @@ def _check_http(uri: str, shown: str, timeout_s: float) -> None:
                 return
         except urllib.error.HTTPError as err:
             if err.code in (401, 403):
-                raise TrackingUnavailableError(
+                raise TrackingRefusedError(
                     f"MLflow tracking server {shown} refused the credentials (HTTP {err.code}); set "
                     "MLFLOW_TRACKING_TOKEN or MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD") from err
             last = err  # e.g. a proxy without /health: try the API itself

@@ -16,8 +16,9 @@ from prefect.cache_policies import NO_CACHE
 
 from bert_core.checkpoint import OFFLINE_DEFAULT
 from bert_core.spec import TaskSpec
-from bert_core.training import TrainConfig, TrainingDiverged, fit
+from bert_core.training import TrainConfig, fit
 from tasks.data import DataInfo, load_split
+from tasks.retry_policy import retry_if_transient
 
 # Logged once per run, beside the evaluate task's `<split>_<metric>` scores.
 TRAINING_METRICS = ("train_seconds", "examples_per_second", "tokens_per_second", "best_step", "final_step")
@@ -57,12 +58,9 @@ class TrackingCallback:
         mlflow.log_metrics({f"dev_curve/{k}": float(v) for k, v in metrics.items()}, step=step, run_id=self.run_id)
 
 
-def _worth_retrying(task, task_run, state) -> bool:
-    # A diverged loss diverges again from the same checkpoint: retrying only wastes the time.
-    return not isinstance(state.result(raise_on_failure=False), TrainingDiverged)
-
-
-@task(retries=1, retry_condition_fn=_worth_retrying, cache_policy=NO_CACHE)
+# An immediate retry resumes from the newest checkpoint after a crash of unknown cause; a diverged loss or
+# bad settings fail at once (tasks/retry_policy.py).
+@task(retries=1, retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
 def fine_tune(spec: TaskSpec, cfg: TrainConfig, data: DataInfo, run_dir: str, run_id: str,
               pretrained: str | None = None, cache_dir: str | None = None) -> dict:
     """Fine-tune on the saved train split, select on the eval split; returns paths and numbers only.

@@ -4,16 +4,19 @@ Each case is a folder holding `spec.yaml` and, unless the spec itself is the pro
 the case folder is the data root. `EXPECTED` says, per case, which error and which substrings: the file
 (and line, record or JSON path), the field, and what was expected. Problems of a whole file (empty,
 missing, not parquet, not the SQuAD layout) have no line or field: the message names the file and
-the spec field or layout instead. A few cases also run through the whole `finetune` flow, which must
-fail, end its MLflow run FAILED with the error as the `error` tag, and register nothing.
+the spec field or layout instead. Every data case also runs through the whole `finetune` flow, all of
+them sharing one BERTFLOW_HOME, which must fail at once, record the error in its run folder, end its
+MLflow run FAILED with the error as the `error` tag, and register nothing.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+from prefect import get_client
 
 from bert_core.loading import load_task_data
 from bert_core.spec import SpecError, load_spec
@@ -21,6 +24,7 @@ from bert_core.training import TrainConfig
 from bert_core.validation import DataError
 from flows.finetune import finetune
 from flows.params import FinetuneParams
+from flows.run_folder import read_record
 from tests.tiny_models import write_tiny_checkpoint
 
 CORPUS = Path(__file__).parent / "data" / "bad"
@@ -116,36 +120,49 @@ def test_bad_input_fails_at_loading_naming_where_and_what(case):
 
 # ---------------------------------------------------------------- the whole flow
 
-FLOW_CASES = ["cls_tsv_label_outside_set", "tag_conll_missing_tag", "qa_answer_not_at_offset", "reg_csv_nan_score",
-              "spec_unknown_family"]
+# Every data case through the whole flow, the way one user meets them: all cases share one BERTFLOW_HOME
+# (runs root, feature cache), each gets a fresh MLflow store, and the data root comes from
+# BERTFLOW_DATA_DIR, which is not a flow parameter. Each must still fail with its own clear error, at once
+# (the flow allows a retry, which must not be used), record it in its run folder and register nothing.
+FLOW_CASES = [case for case in CASES if EXPECTED[case][0] is DataError] + ["spec_unknown_family"]
 
 
 @pytest.fixture(scope="module")
 def flow_env(flow_root):
-    """Prefect test harness, a temporary MLflow sqlite store and BERTFLOW_HOME, a tiny random checkpoint."""
+    """Prefect test harness, BERTFLOW_HOME shared by every case, a tiny random checkpoint."""
     return {"root": flow_root, "pretrained": write_tiny_checkpoint(flow_root / "tiny")}
 
 
 @pytest.mark.parametrize("case", FLOW_CASES)
-def test_the_flow_fails_records_the_error_and_registers_nothing(flow_env, case):
+def test_the_flow_fails_at_once_records_the_error_and_registers_nothing(flow_env, case, monkeypatch):
     error, substrings = EXPECTED[case]
-    folder, run_root = CORPUS / case, flow_env["root"] / "runs" / case
-    params = FinetuneParams(task=str(folder / "spec.yaml"), data_dir=str(folder), pretrained=str(flow_env["pretrained"]),
-                            run_root=str(run_root), training=TrainConfig(epochs=1, progress_bar=False))
+    folder = CORPUS / case
+    monkeypatch.setenv("BERTFLOW_DATA_DIR", str(folder))
+    store = f"sqlite:///{flow_env['root'] / 'stores' / case}.db"
+    params = FinetuneParams(task=str(folder / "spec.yaml"), pretrained=str(flow_env["pretrained"]), tracking_uri=store,
+                            training=TrainConfig(epochs=1, progress_bar=False))
     state = finetune(params, return_state=True)
     assert state.is_failed()
     raised = state.result(raise_on_failure=False)
     assert isinstance(raised, error) and all(s in str(raised) for s in substrings), raised
+    with get_client(sync_client=True) as prefect:
+        assert prefect.read_flow_run(state.state_details.flow_run_id).run_count == 1, "an input error is not retried"
 
-    client = MlflowClient()
-    assert not list(run_root.rglob("checkpoints")) and not list(run_root.rglob("best")), "nothing was trained"
+    client = MlflowClient(store)
     assert client.search_model_versions() == [], "a failed run registers no model version"
-    if error is SpecError:  # the spec is read before the MLflow run starts: there is no run to fail
-        assert not run_root.exists()
+    runs_root = Path(os.environ["BERTFLOW_HOME"]) / "runs"
+    mine = [p for p in runs_root.glob("*/*") if (read_record(p) or {}).get("identity", {}).get("data_root")
+            == str(folder.resolve())]
+    if error is SpecError:  # the spec is read before the run folder and the MLflow run: neither exists
+        assert not mine and client.search_experiments(filter_string="name LIKE 'bertflow-%'") == []
         return
+    (run_folder,) = mine
+    record = read_record(run_folder)
+    assert record["status"] == "failed" and all(s in record["error"] for s in substrings), record
+    assert not (run_folder / "training").exists(), "nothing was trained"
     experiment = client.get_experiment_by_name(f"bertflow-{load_spec(folder / 'spec.yaml').name}")
     runs = client.search_runs([experiment.experiment_id])
-    assert [r.info.status for r in runs] == ["FAILED"]
+    assert [r.info.status for r in runs] == ["FAILED"] and runs[0].info.run_id == record["mlflow_run_id"]
     tag = runs[0].data.tags["error"]
     assert tag.startswith("DataError: ") and all(s in tag for s in substrings), tag
     assert "error.txt" in {a.path for a in client.list_artifacts(runs[0].info.run_id)}

@@ -11,9 +11,14 @@ from bert_core.metrics import (
     accuracy,
     entity_prf,
     f1_binary,
+    f1_macro,
+    f1_micro,
+    f1_weighted,
     matthews_corr,
     normalize_answer,
     pearson,
+    precision_macro,
+    recall_macro,
     spearman,
     squad_em_f1,
     token_accuracy,
@@ -70,9 +75,27 @@ def test_registry_maps_spec_names_to_functions():
         "accuracy": accuracy,
         "matthews_corr": matthews_corr,
         "f1": f1_binary,
+        "f1_macro": f1_macro,
+        "f1_micro": f1_micro,
+        "f1_weighted": f1_weighted,
+        "precision_macro": precision_macro,
+        "recall_macro": recall_macro,
         "pearson": pearson,
         "spearman": spearman,
     }
+
+
+def test_multiclass_averages_on_a_worked_example():
+    gold = [0, 0, 0, 1, 1, 2]
+    pred = [0, 0, 1, 1, 2, 2]
+    # class 0: tp 2, fp 0, fn 1 -> P 1, R 2/3, F1 0.8 (support 3)
+    # class 1: tp 1, fp 1, fn 1 -> P 1/2, R 1/2, F1 1/2 (support 2)
+    # class 2: tp 1, fp 1, fn 0 -> P 1/2, R 1, F1 2/3 (support 1)
+    assert f1_macro(pred, gold) == approx((0.8 + 0.5 + 2 / 3) / 3)
+    assert f1_weighted(pred, gold) == approx((3 * 0.8 + 2 * 0.5 + 1 * 2 / 3) / 6)
+    assert f1_micro(pred, gold) == approx(4 / 6)  # pooled: tp 4, fp 2, fn 2 = accuracy
+    assert precision_macro(pred, gold) == approx((1 + 0.5 + 0.5) / 3)
+    assert recall_macro(pred, gold) == approx((2 / 3 + 0.5 + 1) / 3)
 
 
 def test_metrics_module_imports_no_framework():

@@ -176,7 +176,8 @@ def test_unreachable_at_start_fails_fast_naming_the_uri_before_any_work(env, tmp
     # From the environment: the flow's tracking_uri parameter refuses passwords (Prefect stores it in the clear).
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     start = time.monotonic()
-    state = finetune(params(env, tmp_path / "runs", None), return_state=True)
+    # As `bertflow run` runs it (no flow retry); a deployment retries once after 60 s (tests/test_retry_policy.py).
+    state = finetune.with_options(retries=0)(params(env, tmp_path / "runs", None), return_state=True)
     seconds = time.monotonic() - start
     error = state.result(raise_on_failure=False)
     assert state.is_failed() and isinstance(error, TrackingUnavailableError), error

@@ -70,6 +70,16 @@ class Family:
         """The encoder under ``.bert`` plus this family's head."""
         raise NotImplementedError
 
+    def check_data(self, spec, splits: dict[str, list[dict]], label_names: list[str] | None,
+                   origins: dict[str, str]) -> list[str]:
+        """Checks of a task's whole data that no single row shows, run when it loads (before any training).
+
+        ``splits``: split name -> validated canonical rows (may be repaired in place, when the spec asks);
+        ``origins``: split name -> its file (or hub split), for messages. Raises ``DataError`` naming the
+        file, the field and what to change; returns warnings worth a log line that do not stop a run.
+        """
+        return []
+
     def build_features(self, rows, tokenizer: BertTokenizer, label_names: list[str] | None, settings: dict) -> list[dict]:
         """Canonical rows (see docs/design.md) -> feature rows, in row order.
 
@@ -79,6 +89,10 @@ class Family:
         are present only when the rows carry gold labels. Values are flat lists of numbers (one per
         token, so ``collate`` pads them to (B, T)), ints, floats or strings, so features store in Arrow.
         """
+        raise NotImplementedError
+
+    def token_lengths(self, rows, tokenizer: BertTokenizer) -> list[int]:
+        """Tokens per row before any truncation, ``[CLS]``/``[SEP]`` included (for reports on the data)."""
         raise NotImplementedError
 
     def postprocess(self, logits: list[np.ndarray], features: list[dict], rows, label_names, settings: dict) -> list[dict]:

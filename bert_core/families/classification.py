@@ -14,6 +14,8 @@ Metrics: GLUE's, from ``bert_core.metrics.METRICS``; F1 is the F1 of the positiv
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import torch.nn.functional as F
 from torch import nn
@@ -21,9 +23,10 @@ from torch import nn
 from bert_core import metrics
 from bert_core.families.base import Family, Output
 from bert_core.model import BertEncoder
+from bert_core.spec import BINARY_METRICS, CLASSIFICATION_METRICS
 from bert_core.tokenizer import BertTokenizer
+from bert_core.validation import DataError, expected_one_of
 
-CLASSIFICATION_METRICS = ("accuracy", "matthews_corr", "f1")
 REGRESSION_METRICS = ("pearson", "spearman")
 
 
@@ -67,14 +70,19 @@ def _is_labelled(rows: list[dict]) -> bool:
     return any(labelled)
 
 
-def _encode(rows: list[dict], tokenizer: BertTokenizer, max_length: int) -> list[dict]:
-    """Model inputs shared by classification and regression; a pair when ``text_b`` is present."""
+def _encode_untruncated(rows: list[dict], tokenizer: BertTokenizer, max_length: int | None = None):
+    """Encodings of ``[CLS] a [SEP]`` or, when ``text_b`` is present, ``[CLS] a [SEP] b [SEP]``."""
     texts_b = [row.get("text_b") for row in rows]
     is_pair = any(b is not None for b in texts_b)
     if is_pair and not all(b is not None for b in texts_b):
         row = rows[texts_b.index(None)]
         raise ValueError(f"{row.get('_source', '?')}: field 'text_b' is None, while other rows of the split are pairs")
-    encodings = tokenizer.encode_batch([row["text_a"] for row in rows], texts_b if is_pair else None, max_length)
+    return tokenizer.encode_batch([row["text_a"] for row in rows], texts_b if is_pair else None, max_length)
+
+
+def _encode(rows: list[dict], tokenizer: BertTokenizer, max_length: int) -> list[dict]:
+    """Model inputs shared by classification and regression; a pair when ``text_b`` is present."""
+    encodings = _encode_untruncated(rows, tokenizer, max_length)
     return [
         {"input_ids": enc.input_ids, "token_type_ids": enc.token_type_ids, "example_index": i}
         for i, enc in enumerate(encodings)
@@ -99,6 +107,20 @@ class ClassificationFamily(Family):
             raise ValueError(f"classification needs at least two label names, got {label_names}")
         return SequenceClassifier(encoder, len(label_names))
 
+    def check_data(self, spec, splits, label_names, origins) -> list[str]:
+        """At least two labels; binary-only metrics on two labels; a warning per label train never shows."""
+        if len(label_names) < 2:
+            raise DataError(f"{origins['train']}: the training split holds only the label(s) {label_names}; a "
+                            "classifier needs at least two (list them in the spec's `labels`)")
+        binary = [m for m in spec.metrics if m in BINARY_METRICS]
+        if binary and len(label_names) != 2:
+            raise DataError(f"{spec.name}: metrics {binary} (spec field `metrics`) score the positive class of a binary "
+                            f"task, but the data has {len(label_names)} labels, {expected_one_of(label_names)}; use "
+                            "f1_macro (or f1_micro, f1_weighted)")
+        seen = Counter(row["label"] for row in splits["train"])
+        return [f"{origins['train']}: label {name!r} never occurs in the training split; the model cannot learn it"
+                for name in label_names if not seen[name]]
+
     def build_features(self, rows, tokenizer: BertTokenizer, label_names: list[str] | None, settings: dict) -> list[dict]:
         rows = _as_list(rows)
         features = _encode(rows, tokenizer, settings["max_seq_length"])
@@ -106,6 +128,9 @@ class ClassificationFamily(Family):
             for feature, row in zip(features, rows, strict=True):
                 feature["labels"] = self._target(row, label_names)
         return features
+
+    def token_lengths(self, rows, tokenizer: BertTokenizer) -> list[int]:
+        return [len(enc) for enc in _encode_untruncated(_as_list(rows), tokenizer)]
 
     def _target(self, row: dict, label_names: list[str]) -> int:
         """The training target of a row: the index of its label name."""
@@ -153,6 +178,15 @@ class RegressionFamily(ClassificationFamily):
 
     def build_model(self, encoder: BertEncoder, label_names: list[str] | None) -> nn.Module:
         return SequenceClassifier(encoder, 1)
+
+    def check_data(self, spec, splits, label_names, origins) -> list[str]:
+        """Correlations are undefined on a constant gold score: every scored split needs two different ones."""
+        for split, rows in splits.items():
+            scores = {row["label"] for row in rows}
+            if split != "train" and len(scores) < 2:
+                raise DataError(f"{origins[split]}: every score of split {split!r} is {scores.pop()}; Pearson and "
+                                "Spearman correlations need at least two different gold scores")
+        return []
 
     def _target(self, row: dict, label_names: list[str] | None) -> float:
         try:

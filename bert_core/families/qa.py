@@ -203,6 +203,12 @@ class QAFamily(Family):
                 features.append(feature)
         return features
 
+    def token_lengths(self, rows, tokenizer: BertTokenizer) -> list[int]:
+        """Question + whole passage: longer than max_seq_length means several windows."""
+        rows = _as_list(rows)
+        encodings = tokenizer.encode_batch([r["question"] for r in rows], [r["context"] for r in rows], max_length=None)
+        return [len(enc) for enc in encodings]
+
     def postprocess(self, logits, features, rows, label_names, settings: dict) -> list[dict]:
         """logits[k]: (T, 2) -> per question {"id", "answer", "start", "end", "score"}: the best span over
         all its windows; ``answer = context[start:end]`` (characters), ``score`` = start + end logit.

@@ -23,10 +23,11 @@ import numpy as np
 import torch.nn.functional as F
 from torch import nn
 
-from bert_core import metrics
+from bert_core import metrics, tag_schemes
 from bert_core.families.base import IGNORE_INDEX, Family, Output
 from bert_core.model import BertEncoder
 from bert_core.tokenizer import BertTokenizer
+from bert_core.validation import DataError, show
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,30 @@ class TaggingFamily(Family):
             raise ValueError("token tagging needs the tag names")
         return TokenTagger(encoder, len(label_names))
 
+    def check_data(self, spec, splits, label_names, origins) -> list[str]:
+        """Every sentence obeys the spec's ``tag_scheme``; with ``repair_tags`` a sentence that does not is
+        rewritten into the scheme's spelling of the same entities, and each repair is reported."""
+        if spec.tag_scheme is None:
+            return []
+        repairs = []
+        for rows in splits.values():
+            for row in rows:
+                problem = tag_schemes.first_violation(row["tags"], spec.tag_scheme)
+                if problem is None:
+                    continue
+                i, why = problem
+                where = f"{row['_source']}: field 'tags[{i}]' (token {i + 1} of the sentence, {show(row['tokens'][i])})"
+                if not spec.repair_tags or why.startswith("tag "):  # a tag the scheme cannot hold has no repair
+                    raise DataError(f"{where}: {why}; fix the file, set the spec's tag_scheme to the one the file "
+                                    "uses, or set repair_tags: true to rewrite such sentences")
+                fixed = tag_schemes.repair(row["tags"], spec.tag_scheme)
+                new = sorted(set(fixed) - set(label_names))
+                if new:
+                    raise DataError(f"{where}: {why}; the repair needs tag(s) {new}, which are not among the labels")
+                row["tags"] = fixed
+                repairs.append(f"{where}: {why}; repaired")
+        return repairs
+
     def build_features(self, rows, tokenizer: BertTokenizer, label_names: list[str] | None, settings: dict) -> list[dict]:
         rows = _as_list(rows)
         encodings = tokenizer.encode_batch(
@@ -130,6 +155,10 @@ class TaggingFamily(Family):
                 truncated, rows_hit, len(rows), settings["max_seq_length"],
             )
         return features
+
+    def token_lengths(self, rows, tokenizer: BertTokenizer) -> list[int]:
+        words = [list(row["tokens"]) for row in _as_list(rows)]
+        return [len(enc) for enc in tokenizer.encode_batch(words, max_length=None, is_pretokenized=True)]
 
     def postprocess(self, logits, features, rows, label_names, settings: dict) -> list[dict]:
         """logits[k]: (T, C) -> {"tokens", "tags", "words_truncated"}: the first sub-token's argmax tag for

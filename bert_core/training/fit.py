@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from bert_core.checkpoint import load_finetuned, load_pretrained, save_finetuned
+from bert_core.checkpoint import OFFLINE_DEFAULT, load_finetuned, load_pretrained, save_finetuned
 from bert_core.families import get_family
 from bert_core.families.base import MODEL_INPUTS, Family
 from bert_core.feature_cache import cached_features
@@ -81,6 +81,14 @@ def feature_settings(spec: TaskSpec, cfg: TrainConfig) -> dict:
     if spec.family == "extractive_qa":
         settings.update(doc_stride=spec.doc_stride, max_answer_length=spec.max_answer_length)
     return settings
+
+
+def check_fits_checkpoint(settings: dict, config, pretrained) -> None:
+    """Features longer than the checkpoint's position table would fail deep inside the embedding lookup."""
+    if settings["max_seq_length"] > config.max_position_embeddings:
+        raise ValueError(f"max_seq_length {settings['max_seq_length']} is longer than the {config.max_position_embeddings} "
+                         f"positions of the pretrained checkpoint {pretrained or OFFLINE_DEFAULT}; set max_seq_length "
+                         f"(in the spec or the training config) to at most {config.max_position_embeddings}")
 
 
 def build_split_features(family: Family, tokenizer, rows, label_names, settings: dict, fingerprint: str,
@@ -155,6 +163,7 @@ def fit(spec: TaskSpec, cfg: TrainConfig, output_dir: str | Path, train_rows: li
     seed_everything(cfg.seed)
     encoder, tokenizer = load_pretrained(pretrained)
     settings = feature_settings(spec, cfg)
+    check_fits_checkpoint(settings, encoder.config, pretrained)
     subset = f"{data_fingerprint}|train[:{cfg.max_train_samples}]|eval[:{cfg.max_eval_samples}]"
     train_features, train_hit = build_split_features(family, tokenizer, train_rows, label_names, settings, subset, "train", cache_dir)
     eval_features, eval_hit = build_split_features(family, tokenizer, eval_rows, label_names, settings, subset, "eval", cache_dir)

@@ -1,0 +1,57 @@
+"""Which failures a Prefect retry can heal, and failing at once on the rest.
+
+A retry helps when the world was briefly wrong: the tracking server or the hub unreachable, an I/O error,
+a lost connection, a crash of unknown cause. It cannot help when the input is wrong: a spec or data error,
+a metric that does not fit the labels, a diverged loss, a missing checkpoint folder. Those fail the first
+time, with their message, and are never retried:
+- tasks: ``retry_condition_fn=retry_if_transient``;
+- flows (Prefect flows have no retry condition): ``give_up_unless_transient(err)`` before re-raising sets
+  the flow run's remaining retries to 0, so the server lets the failure stand.
+"""
+
+from __future__ import annotations
+
+from mlflow.exceptions import MlflowException
+from prefect import get_client, get_run_logger
+from prefect.runtime import flow_run
+
+from bert_core.validation import SourceUnavailable
+from tasks.tracking import TrackingRefusedError, TrackingUnavailableError
+
+# MLflow error codes of a request that was understood and refused: asking again gets the same answer.
+REFUSED = {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS", "PERMISSION_DENIED",
+           "UNAUTHENTICATED", "BAD_REQUEST", "INVALID_STATE", "FEATURE_DISABLED", "ENDPOINT_NOT_FOUND"}
+# Errors of the input or of the program: the same input fails the same way. (ValueError covers DataError,
+# SpecError and pydantic's ValidationError; ArithmeticError covers a diverged loss.)
+PERMANENT = (ValueError, TypeError, LookupError, ArithmeticError, NotImplementedError, ImportError, AssertionError,
+             FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+
+
+def is_transient(err: BaseException) -> bool:
+    """Whether running the same thing again later may succeed."""
+    if isinstance(err, SourceUnavailable | TrackingUnavailableError):
+        return not isinstance(err, TrackingRefusedError)
+    if isinstance(err, MlflowException):
+        return err.error_code not in REFUSED
+    return not isinstance(err, PERMANENT)
+
+
+def retry_if_transient(task, task_run, state) -> bool:
+    """A task's ``retry_condition_fn``: retry only what may heal."""
+    return is_transient(state.result(raise_on_failure=False))
+
+
+def give_up_unless_transient(err: BaseException) -> None:
+    """Called by a flow that is about to fail with ``err``: when no retry can heal it, turn the flow run's
+    retries off, so it fails now with this message instead of running again to the same end."""
+    if is_transient(err) or not flow_run.id:
+        return
+    try:
+        with get_client(sync_client=True) as client:
+            run = client.read_flow_run(flow_run.id)
+            if run.empirical_policy.retries:
+                client.update_flow_run(flow_run.id,
+                                       empirical_policy=run.empirical_policy.model_copy(update={"retries": 0}))
+                get_run_logger().info("not retrying: %s is not a failure that a retry can heal", type(err).__name__)
+    except Exception as api_error:  # noqa: BLE001 (the flow's own error matters more than this bookkeeping)
+        get_run_logger().warning("could not turn this flow run's retries off (%s); it may be retried", api_error)
