@@ -47,6 +47,12 @@ EXPECTED: dict[str, tuple[type[Exception], list[str]]] = {
     "cls_csv_empty_file": (D, ["data/train.csv", "the file is empty", "expected a header line", "local.header"]),
     "cls_missing_file": (D, ["local file not found", "cls_missing_file/data/dev.tsv", "spec field local.files.eval"]),
     "cls_parquet_damaged": (D, ["data/train.parquet", "not a readable parquet file"]),
+    "cls_tsv_label_only_in_eval": (D, ["data/dev.tsv:4", "field 'label'", "got '2'", "expected one of ['0', '1']",
+                                       "the labels found in the training split", "spec's `labels`"]),
+    "cls_tsv_binary_metric_on_three_labels": (D, ["metrics ['f1']", "spec field `metrics`", "3 labels",
+                                                  "['neg', 'neutral', 'pos']", "use f1_macro"]),
+    "cls_tsv_extra_split_missing_column": (D, ["data/test.tsv:1", "column 'sentence'", "columns.text_a",
+                                               "the header has ['text', 'label']"]),
     # text-pair classification
     "pair_jsonl_missing_field": (D, ["data/train.jsonl:2", "'hypothesis' (columns.text_b)", "not found",
                                      "the record has ['premise', 'label']"]),
@@ -58,6 +64,8 @@ EXPECTED: dict[str, tuple[type[Exception], list[str]]] = {
     # pair regression
     "reg_csv_nan_score": (D, ["data/train.csv:4", "field 'label'", "got 'nan'", "expected a finite number"]),
     "reg_tsv_text_score": (D, ["data/dev.tsv:3", "field 'label'", "got 'high'", "expected a finite number"]),
+    "reg_tsv_constant_eval_scores": (D, ["data/dev.tsv", "every score of split 'eval' is 3.0",
+                                         "at least two different gold scores"]),
     "reg_jsonl_nan_literal": (D, ["data/train.jsonl:2", "field 'label'", "got nan", "expected a finite number"]),
     # token tagging
     "tag_conll_missing_tag": (D, ["data/train.txt:11", "found 1 space-separated column(s) in 'Paris'",
@@ -67,6 +75,8 @@ EXPECTED: dict[str, tuple[type[Exception], list[str]]] = {
     "tag_jsonl_unequal_length": (D, ["data/train.jsonl:2", "field 'tags'", "one tag per token",
                                      "3 tokens but 2 tags"]),
     "tag_jsonl_empty_tokens": (D, ["data/dev.jsonl:2", "field 'tokens'", "got []", "a non-empty list of tokens"]),
+    "tag_conll_breaks_iob2": (D, ["data/train.txt:6", "field 'tags[2]'", "token 3 of the sentence, 'Paris'",
+                                  "'I-LOC' after 'O' breaks tag_scheme IOB2", "'B-LOC'", "repair_tags: true"]),
     "tag_jsonl_tokens_not_a_list": (D, ["data/train.jsonl:1", "field 'tokens'", "got 'Ann visited Paris'",
                                         "a non-empty list of tokens"]),
     # extractive QA (rows are named by their JSON path)
@@ -91,6 +101,8 @@ EXPECTED: dict[str, tuple[type[Exception], list[str]]] = {
     "spec_absolute_path": (S, ["spec_absolute_path/spec.yaml", "field 'local.files.eval'", "'/etc/passwd' is absolute",
                                "give a path relative to the data root"]),
     "spec_broken_yaml": (S, ["spec_broken_yaml/spec.yaml:9:1", "not valid YAML", "expected ',' or ']'"]),
+    "spec_unknown_training_field": (S, ["spec_unknown_training_field/spec.yaml", "field 'defaults'",
+                                        "['lr'] are not training fields", "'learning_rate'"]),
     "spec_column_not_a_field": (S, ["spec_column_not_a_field/spec.yaml", "field 'columns'",
                                     "['sentence'] are not fields of 'single_classification'",
                                     "fields: ['text_a', 'label']"]),
