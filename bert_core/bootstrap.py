@@ -35,8 +35,8 @@ class PairedComparison:
     n_rows: int
 
 
-def _score(family, predictions, rows, metric: str, label_names) -> float:
-    value = family.compute_metrics(predictions, rows, [metric], label_names)[metric]
+def _score(family, predictions, rows, metric: str, label_names, settings) -> float:
+    value = family.compute_metrics(predictions, rows, [metric], label_names, settings)[metric]
     return float(value) if value is not None and not math.isnan(value) else 0.0
 
 
@@ -54,21 +54,23 @@ def _resamples(n_rows: int, n_resamples: int, seed: int) -> np.ndarray:
 
 
 def bootstrap_interval(family_name: str, predictions: list[dict], rows: list[dict], metric: str,
-                       label_names=None, n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0) -> Interval:
-    """Percentile bootstrap interval of ``metric`` over the rows."""
+                       label_names=None, n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0,
+                       settings: dict | None = None) -> Interval:
+    """Percentile bootstrap interval of ``metric`` over the rows (``settings``: the task's, e.g. its tag scheme)."""
     if not rows or len(rows) != len(predictions):
         raise ValueError(f"need one prediction per row, got {len(predictions)} predictions for {len(rows)} rows")
     family = get_family(family_name)
-    scores = [_score(family, _take(predictions, idx), _take(rows, idx), metric, label_names)
+    scores = [_score(family, _take(predictions, idx), _take(rows, idx), metric, label_names, settings)
               for idx in _resamples(len(rows), n_resamples, seed)]
     alpha = (1 - confidence) / 2
     low, high = np.quantile(scores, [alpha, 1 - alpha])
-    return Interval(_score(family, predictions, rows, metric, label_names), float(low), float(high), confidence)
+    return Interval(_score(family, predictions, rows, metric, label_names, settings), float(low), float(high),
+                    confidence)
 
 
 def paired_bootstrap(family_name: str, candidate: list[dict], baseline: list[dict], rows: list[dict], metric: str,
                      label_names=None, n_resamples: int = 1000, confidence: float = 0.95,
-                     seed: int = 0) -> PairedComparison:
+                     seed: int = 0, settings: dict | None = None) -> PairedComparison:
     """Difference candidate - baseline, both resampled on the same rows each time."""
     if not (len(candidate) == len(baseline) == len(rows)) or not rows:
         raise ValueError(f"paired bootstrap needs both models' predictions on the same rows "
@@ -77,9 +79,10 @@ def paired_bootstrap(family_name: str, candidate: list[dict], baseline: list[dic
     deltas = []
     for idx in _resamples(len(rows), n_resamples, seed):
         sample = _take(rows, idx)
-        deltas.append(_score(family, _take(candidate, idx), sample, metric, label_names)
-                      - _score(family, _take(baseline, idx), sample, metric, label_names))
+        deltas.append(_score(family, _take(candidate, idx), sample, metric, label_names, settings)
+                      - _score(family, _take(baseline, idx), sample, metric, label_names, settings))
     alpha = (1 - confidence) / 2
     low, high = np.quantile(deltas, [alpha, 1 - alpha])
-    delta = _score(family, candidate, rows, metric, label_names) - _score(family, baseline, rows, metric, label_names)
+    delta = (_score(family, candidate, rows, metric, label_names, settings)
+             - _score(family, baseline, rows, metric, label_names, settings))
     return PairedComparison(delta, float(low), float(high), float(np.mean(np.array(deltas) > 0)), confidence, len(rows))

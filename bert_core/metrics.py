@@ -4,8 +4,9 @@
   accuracy, Matthews correlation (CoLA), F1 of the positive class (MRPC, QQP),
   Pearson / Spearman correlation (STS-B). Thin wrappers over scikit-learn and scipy.
 - Multi-class: macro / micro / weighted F1, macro precision and recall (scikit-learn's definitions).
-- Tagging: token accuracy (POS) and entity-level precision / recall / F1 exactly as CoNLL's
-  `conlleval.pl` (version 2004-01-26) counts them, via seqeval's default (non-strict) mode.
+- Tagging: token accuracy (POS) and entity-level precision / recall / F1: seqeval's strict mode for
+  the task's tag scheme, or, with no scheme given, exactly as CoNLL's `conlleval.pl` (version
+  2004-01-26) counts IOB tags, via seqeval's default (non-strict) mode.
 - Extractive QA: exact match and token F1 exactly as the official SQuAD v1.1 `evaluate-v1.1.py`.
 
 Every score is a fraction in [0, 1], never a percentage (conlleval and the SQuAD script print
@@ -20,8 +21,11 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 
 from scipy.stats import pearsonr, spearmanr
+from seqeval.metrics import v1 as strict
 from seqeval.metrics.sequence_labeling import get_entities, precision_recall_fscore_support
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef, precision_score, recall_score
+
+from bert_core import tag_schemes
 
 # ---------------------------------------------------------------- classification / regression
 
@@ -111,25 +115,29 @@ def token_accuracy(pred_tags: Sequence[Sequence[str]], gold_tags: Sequence[Seque
 _IOB_TAG = re.compile(r"O|[BI]-.+")
 
 
-def entity_prf(pred_tags: Sequence[Sequence[str]], gold_tags: Sequence[Sequence[str]]) -> dict:
-    """Entity-level micro precision / recall / F1, counted exactly as conlleval.pl counts them.
+def entity_prf(pred_tags: Sequence[Sequence[str]], gold_tags: Sequence[Sequence[str]], scheme: str | None = None) -> dict:
+    """Entity-level micro precision / recall / F1. A predicted entity is correct only when type, first
+    word and last word all match a gold entity.
 
-    Input: one list of IOB1 or IOB2 (BIO) tags per sentence, e.g. `["B-PER", "I-PER", "O"]`.
-    A chunk starts at every B-, and at an I- that follows O, the sentence start or another type;
-    both encodings of the same entities therefore give the same numbers. A predicted entity is
-    correct only when type, first word and last word all match a gold entity.
+    With ``scheme`` (a task's ``tag_scheme``: IOB1, IOB2, IOE1, IOE2, IOBES, BILOU): seqeval's strict
+    mode for that scheme, where an entity counts only when it is spelled the way the scheme spells
+    entities (in IOB2 a predicted ``O I-PER`` is no entity). Without: conlleval.pl's reading
+    (seqeval's default mode), IOB1 or IOB2 only: a chunk starts at every B-, and at an I- that follows
+    O, the sentence start or another type, so both IOB encodings of the same entities score the same.
 
     Returns `{"precision", "recall", "f1", "per_type": {TYPE: {"precision", "recall", "f1",
     "support"}}}`, fractions in [0, 1]; `support` is the number of gold entities of that type.
     Precision (recall) is 0 when nothing was predicted (nothing is gold), F1 is 0 when both are 0.
     """
     _check_same_shape(pred_tags, gold_tags)
-    for tag in {tag for sentences in (pred_tags, gold_tags) for sentence in sentences for tag in sentence}:
-        if not _IOB_TAG.fullmatch(tag):
-            raise ValueError(f"entity_prf: tag {tag!r} is not O, B-TYPE or I-TYPE (IOB1/IOB2 only)")
     # seqeval wants list-of-lists (tuples are silently read as one flat sentence).
     pred = [list(sentence) for sentence in pred_tags]
     gold = [list(sentence) for sentence in gold_tags]
+    if scheme is not None:
+        return _entity_prf_strict(pred, gold, tag_schemes.SEQEVAL[tag_schemes.canonical(scheme)])
+    for tag in {tag for sentences in (pred_tags, gold_tags) for sentence in sentences for tag in sentence}:
+        if not _IOB_TAG.fullmatch(tag):
+            raise ValueError(f"entity_prf: tag {tag!r} is not O, B-TYPE or I-TYPE (IOB1/IOB2 only)")
 
     # Same type-name order seqeval uses for its per-type arrays.
     types = sorted({t for t, _, _ in get_entities(gold)} | {t for t, _, _ in get_entities(pred)})
@@ -142,6 +150,17 @@ def entity_prf(pred_tags: Sequence[Sequence[str]], gold_tags: Sequence[Sequence[
     micro_p, micro_r, micro_f, _ = precision_recall_fscore_support(
         gold, pred, average="micro", zero_division=0
     )
+    return {"precision": float(micro_p), "recall": float(micro_r), "f1": float(micro_f), "per_type": per_type}
+
+
+def _entity_prf_strict(pred: list[list[str]], gold: list[list[str]], scheme) -> dict:
+    types = sorted(strict.unique_labels(gold, pred, scheme))
+    p, r, f, support = strict.precision_recall_fscore_support(gold, pred, average=None, zero_division=0,
+                                                              scheme=scheme)
+    per_type = {name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(support[i])}
+                for i, name in enumerate(types)}
+    micro_p, micro_r, micro_f, _ = strict.precision_recall_fscore_support(gold, pred, average="micro",
+                                                                          zero_division=0, scheme=scheme)
     return {"precision": float(micro_p), "recall": float(micro_r), "f1": float(micro_f), "per_type": per_type}
 
 

@@ -1,7 +1,7 @@
 """People-ready predictions from a saved fine-tuned model, for any family.
 
     Predictor(model_dir).predict([{"text_a": "a gripping film"}])
-    -> [{"label": "1", "score": 0.97, "probabilities": {...}}]
+    -> [{"label": "1", "label_name": "positive", "score": 0.97, "probabilities": {...}}]
 
 Input rows use the canonical fields of docs/design.md without gold labels: ``text_a``/``text_b``
 (classification, regression), ``tokens`` (tagging), ``question``/``context`` (+ optional ``id``, QA).
@@ -16,6 +16,7 @@ import torch
 from bert_core.checkpoint import load_finetuned
 from bert_core.families import get_family
 from bert_core.training.evaluate import predict_logits
+from bert_core.training.fit import TASK_SETTINGS
 
 # What each family needs in a row; checked before any tokenization so errors name the field.
 REQUIRED_FIELDS = {
@@ -35,7 +36,7 @@ class Predictor:
         self.family_name = self.meta["family"]
         self.family = get_family(self.family_name)
         self.label_names = self.meta.get("label_names")
-        self.settings = {k: self.meta[k] for k in ("max_seq_length", "doc_stride", "max_answer_length") if k in self.meta}
+        self.settings = {k: self.meta[k] for k in TASK_SETTINGS if k in self.meta}
         self.batch_size = batch_size
         self.precision = precision
 

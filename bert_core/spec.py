@@ -192,6 +192,11 @@ class TaskSpec(_Strict):
     labels: list[str] | None = Field(
         None, description="Label (or tag) names in index order; null = inferred from train, sorted."
     )
+    display_names: dict[str, str] | None = Field(
+        None, description="Classification: names people read for label values, e.g. {'0': negative, '1': "
+        "positive}; predictions, reports, the served model and `bertflow predict` show them, while data, "
+        "metrics and the registry keep the values."
+    )
     tag_scheme: str | None = Field(
         None, description="token_tagging: how the tags spell entities: IOB1, IOB2 (BIO), IOE1, IOE2, IOBES "
         "(BIOES) or BILOU; null for plain tags (POS, chunks), which get token accuracy only. Every tag "
@@ -221,6 +226,11 @@ class TaskSpec(_Strict):
             if unknown:
                 raise ValueError(f"{unknown} not allowed for family {family!r}; allowed: {list(allowed)}")
         return metrics
+
+    @field_validator("display_names", mode="before")
+    @classmethod
+    def _display_names_as_strings(cls, names: Any) -> Any:
+        return _names_as_strings(names)
 
     @field_validator("tag_scheme")
     @classmethod
@@ -301,6 +311,15 @@ class TaskSpec(_Strict):
             raise ValueError(f"doc_stride / max_answer_length are for extractive_qa, not {self.family!r}")
         if (self.tag_scheme is not None or self.repair_tags) and self.family != "token_tagging":
             raise ValueError("tag_scheme and repair_tags are only for token_tagging")
+        if self.display_names is not None:
+            if self.family not in ("single_classification", "pair_classification"):
+                raise ValueError("display_names are for single_classification and pair_classification")
+            unknown = sorted(set(self.display_names) - set(self.labels or self.display_names))
+            if unknown:
+                raise ValueError(f"display_names: {unknown} are not among the labels {self.labels}")
+            shown = list(self.display_names.values())
+            if len(set(shown)) != len(shown):
+                raise ValueError(f"display_names must show distinct names, got {shown}")
         entity_metrics = [m for m in self.metrics if m.startswith("entity_")]
         if entity_metrics and self.tag_scheme is None:
             raise ValueError(f"metrics {entity_metrics} count entities, which needs a tag_scheme (IOB1, IOB2, IOE1, "
@@ -338,6 +357,14 @@ class TaskSpec(_Strict):
         if local.carve is not None and local.carve.by not in (ROW_INDEX, *FAMILY_FIELDS[self.family]):
             raise ValueError(f"local.carve.by {local.carve.by!r}: use {ROW_INDEX!r} or a field of "
                              f"{self.family!r}: {list(FAMILY_FIELDS[self.family])}")
+
+    def metric_settings(self) -> dict:
+        """What scoring needs besides predictions and gold rows: how tags spell entities, when they do."""
+        return {"tag_scheme": self.tag_scheme} if self.tag_scheme is not None else {}
+
+    def display_name(self, label: str) -> str:
+        """The name people read for a label value (the value itself when the spec names none)."""
+        return (self.display_names or {}).get(label, label)
 
     def column_map(self, source: Literal["local", "hub"]) -> dict[str, str | int]:
         """Canonical field -> source column, defaults applied (identity for unnamed fields)."""

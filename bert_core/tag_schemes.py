@@ -18,12 +18,21 @@ Plain tags with no scheme (POS, chunks) are not entity tags and are never checke
 
 from __future__ import annotations
 
-from seqeval.scheme import BILOU, IOB1, IOB2, IOBES, IOE1, IOE2
+from seqeval.scheme import BILOU, IOB1, IOB2, IOBES, IOE1, IOE2, Prefix, Tag
 
 SCHEMES = ("IOB1", "IOB2", "IOE1", "IOE2", "IOBES", "BILOU")
 ALIASES = {"BIO": "IOB2", "BIOES": "IOBES"}
+
+
+class _IOE1(IOE1):
+    """seqeval 1.2.2's IOE1 never starts an entity at an E- word after O or another type, so it misses a
+    one-word entity right before another of its type (``E-PER I-PER`` at a sentence's start): valid IOE1."""
+
+    start_patterns = IOE1.start_patterns | {(Prefix.O, Prefix.E, Tag.ANY), (Prefix.I, Prefix.E, Tag.DIFF)}
+
+
 # seqeval's token classes, for its strict mode.
-SEQEVAL = {"IOB1": IOB1, "IOB2": IOB2, "IOE1": IOE1, "IOE2": IOE2, "IOBES": IOBES, "BILOU": BILOU}
+SEQEVAL = {"IOB1": IOB1, "IOB2": IOB2, "IOE1": _IOE1, "IOE2": IOE2, "IOBES": IOBES, "BILOU": BILOU}
 # Per scheme: (begin, inside, end, single) prefix letters; None where the scheme has no such prefix.
 _LETTERS = {
     "IOB1": (None, "I", None, None), "IOB2": ("B", "I", None, None),

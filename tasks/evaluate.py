@@ -46,8 +46,9 @@ def evaluate(spec: TaskSpec, cfg: TrainConfig, data: DataInfo, trained: dict, ru
             files[f"report_{split}"] = _write_json(out / f"per_class_report_{split}.json", report)
         if spec.family in _CLASSIFICATION and split == "eval":
             gold, pred = [r["label"] for r in rows], [p["label"] for p in predictions]
-            files["confusion_matrix"] = str(confusion_matrix_png(gold, pred, data.label_names,
-                                                                 out / "confusion_matrix.png"))
+            files["confusion_matrix"] = str(confusion_matrix_png(
+                [spec.display_name(g) for g in gold], [spec.display_name(p) for p in pred],
+                [spec.display_name(n) for n in data.label_names], out / "confusion_matrix.png"))
     history = json.loads(Path(trained["history_path"]).read_text(encoding="utf-8"))
     files["learning_curve"] = str(learning_curve_png(history, out / "learning_curve.png"))
 
@@ -60,14 +61,15 @@ def evaluate(spec: TaskSpec, cfg: TrainConfig, data: DataInfo, trained: dict, ru
 def per_class_report(spec: TaskSpec, rows: list[dict], predictions: list[dict], label_names) -> dict | None:
     """Precision/recall/F1 per class: labels (classification), entity types (NER), tags (other tagging);
     None for regression and QA, which have no classes."""
-    if spec.family in _CLASSIFICATION:
+    if spec.family in _CLASSIFICATION:  # keyed by the names people read (the spec's display names)
         return classification_report([r["label"] for r in rows], [p["label"] for p in predictions],
-                                     labels=label_names, output_dict=True, zero_division=0)
+                                     labels=label_names, target_names=[spec.display_name(n) for n in label_names],
+                                     output_dict=True, zero_division=0)
     if spec.family != "token_tagging":
         return None
     gold, pred = [list(r["tags"]) for r in rows], [list(p["tags"]) for p in predictions]
-    if spec.tag_scheme is not None:  # entity tags (IOB): score entities the conlleval way, per type
-        return official.entity_prf(pred, gold)
+    if spec.tag_scheme is not None:  # entity tags: score entities per type, as the entity metrics do
+        return official.entity_prf(pred, gold, spec.tag_scheme)
     flat_gold = [t for sentence in gold for t in sentence]
     flat_pred = [t for sentence in pred for t in sentence]
     return classification_report(flat_gold, flat_pred, labels=label_names, output_dict=True, zero_division=0)

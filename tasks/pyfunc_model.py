@@ -9,8 +9,8 @@ Input columns (one request row per DataFrame row; positions in error messages ar
 
 | family | input columns | output columns |
 |---|---|---|
-| single_classification | ``text`` (or ``text_a``) | ``label``, ``score`` (its probability) |
-| pair_classification | ``text_a``, ``text_b`` (or ``text``, ``text_pair``) | ``label``, ``score`` |
+| single_classification | ``text`` (or ``text_a``) | ``label`` (display name), ``label_value``, ``score`` (its probability) |
+| pair_classification | ``text_a``, ``text_b`` (or ``text``, ``text_pair``) | ``label``, ``label_value``, ``score`` |
 | pair_regression | ``text_a``, ``text_b`` (or ``text``, ``text_pair``) | ``score`` |
 | token_tagging | ``tokens`` (list of words) or ``text`` (split on whitespace) | ``tags`` (one per word) |
 | extractive_qa | ``question``, ``context`` (``id`` optional) | ``answer``, ``start``, ``end``, ``score`` |
@@ -49,12 +49,14 @@ FIELDS = {
     "token_tagging": {"tokens": ("tokens", "text")},
     "extractive_qa": {"question": ("question",), "context": ("context",)},
 }
+# Output column -> the prediction field it shows. A classifier's `label` is the name people read (the spec's
+# display name), `label_value` the label as the data stores it.
 OUTPUTS = {
-    "single_classification": ("label", "score"),
-    "pair_classification": ("label", "score"),
-    "pair_regression": ("score",),
-    "token_tagging": ("tags",),
-    "extractive_qa": ("answer", "start", "end", "score"),
+    "single_classification": {"label": "label_name", "label_value": "label", "score": "score"},
+    "pair_classification": {"label": "label_name", "label_value": "label", "score": "score"},
+    "pair_regression": {"score": "score"},
+    "token_tagging": {"tags": "tags"},
+    "extractive_qa": {"answer": "answer", "start": "start", "end": "end", "score": "score"},
 }
 # What `bert_core.predict` imports at serving time (not Prefect, not matplotlib), pinned to this machine's.
 SERVING_REQUIREMENTS = (
@@ -94,8 +96,9 @@ class BertPyfunc(mlflow.pyfunc.PythonModel):
             raise MlflowException("BertPyfunc.predict before load_context: load it with mlflow.pyfunc.load_model")
         rows = frame_to_rows(self.family, model_input)
         predictions = self.predictor.predict(rows)
-        return pd.DataFrame([{k: p[k] for k in OUTPUTS[self.family]} for p in predictions],
-                            columns=list(OUTPUTS[self.family]))
+        columns = OUTPUTS[self.family]
+        return pd.DataFrame([{column: p[key] for column, key in columns.items()} for p in predictions],
+                            columns=list(columns))
 
 
 def frame_to_rows(family: str, frame: pd.DataFrame) -> list[dict]:

@@ -32,7 +32,7 @@ def register(spec: TaskSpec, data: DataInfo, trained: dict, evaluation: dict, ru
     name = model_name(spec.name)
     decision = register_version(info.model_uri, name, run_id, evaluation["splits"]["eval"], spec.primary_metric,
                                 dev_fingerprint, policy=policy, confidence=confidence, family=spec.family,
-                                label_names=data.label_names)
+                                label_names=data.label_names, settings=spec.metric_settings())
     client = MlflowClient()
     try:
         for key, value in {"model_name": name, "model_version": decision.version,

@@ -94,13 +94,14 @@ def model_name(task: str) -> str:
 def register_version(
     model_uri: str, name: str, run_id: str, metrics: dict, primary_metric: str, data_fingerprint: str,
     higher_is_better: bool = True, policy: str = "better", confidence: float = 0.95, family: str | None = None,
-    label_names: list[str] | None = None, n_resamples: int = N_RESAMPLES,
+    label_names: list[str] | None = None, n_resamples: int = N_RESAMPLES, settings: dict | None = None,
 ) -> RegistryDecision:
     """Register ``model_uri`` (``models:/<model_id>`` or ``runs:/<run>/<name>``) as a new version of
     ``name``, tag it, and give it ``champion`` or ``challenger`` (see the module docstring).
 
     Policy ``significant`` only: ``confidence`` of the interval that must clear 0; ``family`` (default: the
-    run's ``family`` tag) and ``label_names`` (default: read from the predictions) recompute the metric.
+    run's ``family`` tag), ``label_names`` (default: read from the predictions) and ``settings`` (the task's,
+    e.g. its tag scheme) recompute the metric.
     """
     if policy not in POLICIES:
         raise ValueError(f"unknown promotion policy {policy!r}; expected one of {POLICIES}")
@@ -117,7 +118,8 @@ def register_version(
             raise ValueError(f"policy 'significant' needs the task family to recompute {primary_metric!r}: "
                              f"pass family= or tag run {run_id} with 'family'")
         evidence_args = dict(candidate=run_predictions(run_id), family=family, metric=primary_metric,
-                             label_names=label_names, confidence=confidence, n_resamples=n_resamples)
+                             label_names=label_names, confidence=confidence, n_resamples=n_resamples,
+                             settings=settings)
     tags = {f"metric.{k}": _number(v) for k, v in metrics.items()}
     tags |= {"primary_metric": primary_metric, "data_fingerprint": str(data_fingerprint), "run_id": run_id}
     # register_model creates the registered model when absent (tolerating a concurrent creator) and
@@ -221,7 +223,7 @@ def _decide_significant(primary_metric, new_score, champion_version, evidence: P
 
 def _evidence(client: MlflowClient, name: str, champion_version: str | None, candidate: list[dict] | None,
               family: str, metric: str, label_names, confidence: float,
-              n_resamples: int) -> tuple[PairedComparison | None, str]:
+              n_resamples: int, settings: dict | None) -> tuple[PairedComparison | None, str]:
     """The paired bootstrap of the new version against ``champion_version``, or (None, why there is none)."""
     if champion_version is None:
         return None, ""
@@ -236,7 +238,7 @@ def _evidence(client: MlflowClient, name: str, champion_version: str | None, can
         return None, f"not comparable with champion v{champion_version}: different dev rows"
     rows, new, old = paired
     return paired_bootstrap(family, new, old, rows, metric, label_names, n_resamples=n_resamples,
-                            confidence=confidence), ""
+                            confidence=confidence, settings=settings), ""
 
 
 # ---- dev predictions of a run, paired on the same rows ---------------------------------------------------

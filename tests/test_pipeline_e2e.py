@@ -13,6 +13,7 @@ import shutil
 import time
 
 import mlflow
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 from prefect import flow
@@ -112,6 +113,12 @@ def test_sst2_champion_then_a_worse_challenger(pipeline_env):
     assert first["alias"] == "champion" and first["champion"]
     # tokenize built the features, and fit found exactly those (a miss there = mismatched cache keys).
     assert first["feature_cache"] == {"tokenize_hit": False, "fit_hit": True}
+    # The spec's display names reach what people read; the data's 0/1 stay underneath.
+    report = mlflow.artifacts.load_dict(f"runs:/{first['mlflow_run_id']}/evaluation/per_class_report_eval.json")
+    assert {"negative", "positive"} <= set(report) and not {"0", "1"} & set(report)
+    served = mlflow.pyfunc.load_model(first["model_uri"]).predict(
+        pd.DataFrame({"text": ["a gripping , funny film", "a dull , tedious mess"]}))
+    assert set(served["label"]) <= {"negative", "positive"} and set(served["label_value"]) <= {"0", "1"}
 
     # 1/10 of the rows for one epoch: clearly worse, so it must not take the alias.
     second = run_flow("sst2", **{**budget, "max_train_samples": 40, "epochs": 1})

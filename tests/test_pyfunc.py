@@ -34,6 +34,7 @@ LABELS = {
     "token_tagging": ["O", "B-PER", "B-LOC"],
     "extractive_qa": None,
 }
+DISPLAY = {"neg": "negative", "pos": "positive"}
 EXAMPLE_ROWS = {
     "single_classification": [{"text_a": "the movie was good", "text_b": None, "label": "pos", "_source": "x:1"}],
     "pair_classification": [{"text_a": "john visited paris", "text_b": "john played", "label": "neutral"}],
@@ -50,7 +51,7 @@ REQUESTS = {
     "extractive_qa": pd.DataFrame({"question": ["who played ?"], "context": ["john played in the city of paris ."]}),
 }
 OUTPUT_COLUMNS = {
-    "single_classification": ["label", "score"], "pair_classification": ["label", "score"],
+    "single_classification": ["label", "label_value", "score"], "pair_classification": ["label", "label_value", "score"],
     "pair_regression": ["score"], "token_tagging": ["tags"], "extractive_qa": ["answer", "start", "end", "score"],
 }
 
@@ -83,6 +84,8 @@ def logged(store, tmp_path_factory):
         meta = {"family": family, "label_names": labels, "task": "demo", "max_seq_length": 128}
         if family == "extractive_qa":  # windows must hold the default 64-token question budget
             meta |= {"doc_stride": 32, "max_answer_length": 10}
+        if family == "single_classification":  # what a spec's display_names become in the model's meta
+            meta |= {"display_names": DISPLAY}
         folder = save_finetuned(model, tokenizer, root / family, meta)
         with mlflow.start_run(run_name=family):
             info = log_model(folder, family, EXAMPLE_ROWS[family])
@@ -98,7 +101,10 @@ def test_predicts_a_dataframe_per_family(logged, family):
     assert isinstance(result, pd.DataFrame) and list(result.columns) == OUTPUT_COLUMNS[family]
     assert len(result) == len(request)
     if family in ("single_classification", "pair_classification"):
-        assert set(result["label"]) <= set(LABELS[family]) and result["score"].between(0, 1).all()
+        assert set(result["label_value"]) <= set(LABELS[family]) and result["score"].between(0, 1).all()
+        shown = {value: DISPLAY.get(value, value) if family == "single_classification" else value
+                 for value in LABELS[family]}
+        assert list(result["label"]) == [shown[value] for value in result["label_value"]], "people read display names"
     if family == "token_tagging":
         assert [len(t) for t in result["tags"]] == [3, 2] and set(result["tags"][0]) <= set(LABELS[family])
     if family == "extractive_qa":
@@ -187,7 +193,7 @@ def test_served_champion_answers_400_on_bad_input_and_stays_up(logged, store, tm
         status, body = _post(base, {"dataframe_records": [{"text_a": "john"}]})
         assert status == 400 and "'text_b'" in body["message"]
         status, body = _post(base, good)
-        assert status == 200 and set(body["predictions"][0]) == {"label", "score"}
+        assert status == 200 and set(body["predictions"][0]) == {"label", "label_value", "score"}
     finally:
         os.killpg(server.pid, signal.SIGTERM)  # the server and its uvicorn child, started above
         server.wait(30)

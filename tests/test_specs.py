@@ -70,3 +70,43 @@ def test_load_spec_by_path_and_unknown_name(tmp_path):
         load_spec("nope")
     with pytest.raises(SpecError, match="spec file not found"):
         load_spec(tmp_path / "absent.yaml")
+
+
+BASE = {"name": "t", "local": {"format": "tsv", "files": {"train": "a.tsv", "eval": "b.tsv"}}, "primary_metric": "accuracy",
+        "metrics": ["accuracy"]}
+
+
+@pytest.mark.parametrize("fields, problem", [
+    ({"family": "single_classification", "labels": ["a", "b", "c"], "metrics": ["accuracy", "f1"]},
+     "`labels` has 3; use f1_macro"),
+    ({"family": "token_tagging", "metrics": ["entity_f1"], "primary_metric": "entity_f1"},
+     "metrics ['entity_f1'] count entities, which needs a tag_scheme"),
+    ({"family": "token_tagging", "tag_scheme": "IOX", "metrics": ["token_accuracy"], "primary_metric": "token_accuracy"},
+     "unknown tag scheme 'IOX'"),
+    ({"family": "single_classification", "tag_scheme": "IOB2"}, "tag_scheme and repair_tags are only for token_tagging"),
+    ({"family": "single_classification", "defaults": {"lr": 1e-4}}, "['lr'] are not training fields"),
+    ({"family": "single_classification", "defaults": {"epochs": -1}}, "epochs: Input should be greater than 0"),
+    ({"family": "extractive_qa", "max_seq_length": 128, "doc_stride": 100, "metrics": ["f1"], "primary_metric": "f1"},
+     "doc_stride 100 leaves no new passage tokens per window: it must be below max_seq_length - 67 = 61"),
+    ({"family": "single_classification", "labels": ["0", "1"], "display_names": {"2": "maybe"}},
+     "display_names: ['2'] are not among the labels"),
+    ({"family": "single_classification", "display_names": {"0": "same", "1": "same"}}, "distinct names"),
+    ({"family": "pair_regression", "metrics": ["pearson"], "primary_metric": "pearson", "display_names": {"0": "x"}},
+     "display_names are for single_classification and pair_classification"),
+])
+def test_spec_problems_that_need_no_data_fail_when_the_spec_loads(tmp_path, fields, problem):
+    import json
+
+    path = tmp_path / "spec.yaml"
+    path.write_text(json.dumps({**BASE, **fields}), encoding="utf-8")
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    assert problem in str(info.value), str(info.value)
+
+
+def test_short_qa_windows_get_a_stride_that_fits_and_display_names_map_labels():
+    qa = TaskSpec(**{**BASE, "family": "extractive_qa", "max_seq_length": 128, "metrics": ["f1"], "primary_metric": "f1"})
+    assert qa.doc_stride == (128 - 67) // 2
+    spec = load_spec("sst2")
+    assert (spec.display_name("1"), spec.display_name("0"), spec.display_name("x")) == ("positive", "negative", "x")
+    assert load_spec("conll2003_ner").repair_tags and load_spec("conll2003_ner").metric_settings() == {"tag_scheme": "IOB1"}

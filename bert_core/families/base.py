@@ -104,8 +104,10 @@ class Family:
         raise NotImplementedError
 
     def compute_metrics(
-        self, predictions: list[dict], rows, metric_names: list[str], label_names: list[str] | None = None
+        self, predictions: list[dict], rows, metric_names: list[str], label_names: list[str] | None = None,
+        settings: dict | None = None,
     ) -> dict[str, float]:
         """Predictions (from ``postprocess``) vs the gold fields of ``rows``, by the official definition
-        of each metric named in the spec; fractions in [0, 1] (correlations in [-1, 1])."""
+        of each metric named in the spec; fractions in [0, 1] (correlations in [-1, 1]). ``settings``: the
+        task's settings (``feature_settings``), e.g. tagging's ``tag_scheme``."""
         raise NotImplementedError

@@ -7,7 +7,8 @@ two-layer MLP on ``[CLS]``. With one output it scores a pair and trains with mea
 Features: ``[CLS] a [SEP]`` or ``[CLS] a [SEP] b [SEP]`` (pair when ``text_b`` is not None), longest-first
 truncated to ``max_seq_length``; keys ``input_ids``, ``token_type_ids``, ``example_index`` and, when
 the rows are labelled, ``labels`` (index into the label names; a float score for regression).
-Predictions: ``{"label", "score", "probabilities"}`` for classification, ``{"score"}`` for regression.
+Predictions: ``{"label", "label_name", "score", "probabilities"}`` for classification (``label_name``: the
+spec's display name of the label value, or the value), ``{"score"}`` for regression.
 Metrics: GLUE's, from ``bert_core.metrics.METRICS``; F1 is the F1 of the positive class, which is
 ``label_names[1]`` (so a spec lists the negative label first, e.g. MRPC's ``["0", "1"]``).
 """
@@ -139,7 +140,9 @@ class ClassificationFamily(Family):
         return label_names.index(row["label"])
 
     def postprocess(self, logits, features, rows, label_names, settings: dict) -> list[dict]:
-        """logits[k]: (C,) -> {"label": name, "score": its softmax probability, "probabilities": {name: p}}."""
+        """logits[k]: (C,) -> {"label": value, "label_name": its display name, "score": its softmax probability,
+        "probabilities": {value: p}}."""
+        display = settings.get("display_names") or {}
         predictions = []
         for row_logits in _by_row(logits, features, len(rows)):
             probs = np.exp(row_logits - row_logits.max())
@@ -147,12 +150,13 @@ class ClassificationFamily(Family):
             best = int(probs.argmax())
             predictions.append({
                 "label": label_names[best],
+                "label_name": display.get(label_names[best], label_names[best]),
                 "score": float(probs[best]),
                 "probabilities": {name: float(p) for name, p in zip(label_names, probs, strict=True)},
             })
         return predictions
 
-    def compute_metrics(self, predictions, rows, metric_names, label_names=None) -> dict[str, float]:
+    def compute_metrics(self, predictions, rows, metric_names, label_names=None, settings=None) -> dict[str, float]:
         """Metrics on label indices. Without ``label_names``, their order is read from the
         ``probabilities`` of the predictions, which ``postprocess`` writes in label order."""
         label_names = list(label_names or predictions[0]["probabilities"])
@@ -198,7 +202,7 @@ class RegressionFamily(ClassificationFamily):
         """logits[k]: () -> {"score": float}, on the scale of the training labels (0-5 for STS-B)."""
         return [{"score": float(x)} for x in _by_row(logits, features, len(rows))]
 
-    def compute_metrics(self, predictions, rows, metric_names, label_names=None) -> dict[str, float]:
+    def compute_metrics(self, predictions, rows, metric_names, label_names=None, settings=None) -> dict[str, float]:
         _check_metric_names(metric_names, REGRESSION_METRICS, self.name)
         rows = _as_list(rows)
         if not _is_labelled(rows):

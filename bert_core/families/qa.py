@@ -229,7 +229,7 @@ class QAFamily(Family):
             predictions.append({"id": row["id"], "answer": row["context"][start:end], "start": start, "end": end, "score": score})
         return predictions
 
-    def compute_metrics(self, predictions, rows, metric_names, label_names=None) -> dict[str, float]:
+    def compute_metrics(self, predictions, rows, metric_names, label_names=None, settings=None) -> dict[str, float]:
         """SQuAD v1.1 exact match and token F1, each the best over all gold answers of a question."""
         unknown = [n for n in metric_names if n not in QA_METRICS]
         if unknown:

@@ -12,7 +12,8 @@ feature cache: ``sum(features["words_truncated"])`` is the split's total; buildi
 
 Predictions: ``{"tokens": words, "tags": one tag per word, "words_truncated": n}``; every input word
 gets a tag, the ones without a token the fallback tag (``"O"``, or the first tag name without one).
-Metrics: ``token_accuracy``, ``entity_f1``, ``entity_precision``, ``entity_recall`` (conlleval).
+Metrics: ``token_accuracy``, ``entity_f1``, ``entity_precision``, ``entity_recall`` (seqeval's strict mode for
+the spec's ``tag_scheme``, whose sequences ``check_data`` validates when the data loads).
 """
 
 from __future__ import annotations
@@ -184,7 +185,9 @@ class TaggingFamily(Family):
             raise ValueError("postprocess: some rows have no feature/logits; features and rows do not match")
         return predictions
 
-    def compute_metrics(self, predictions, rows, metric_names, label_names=None) -> dict[str, float]:
+    def compute_metrics(self, predictions, rows, metric_names, label_names=None, settings=None) -> dict[str, float]:
+        """Token accuracy over words; entity scores in seqeval's strict mode for ``settings["tag_scheme"]``
+        (conlleval's IOB reading when no scheme is given)."""
         unknown = [n for n in metric_names if n not in TAGGING_METRICS]
         if unknown:
             raise ValueError(f"metrics {unknown} are not defined for token tagging; expected some of {list(TAGGING_METRICS)}")
@@ -193,8 +196,9 @@ class TaggingFamily(Family):
             raise ValueError("compute_metrics: the rows carry no gold tags")
         gold = [list(row["tags"]) for row in rows]
         pred = [list(p["tags"]) for p in predictions]
-        # entity_prf rejects non-IOB tag sets (POS), so it runs only when an entity metric is asked for.
-        entities = metrics.entity_prf(pred, gold) if any(n.startswith("entity_") for n in metric_names) else {}
+        # Plain tags (POS) spell no entities, so entity_prf runs only when an entity metric is asked for.
+        scheme = (settings or {}).get("tag_scheme")
+        entities = metrics.entity_prf(pred, gold, scheme) if any(n.startswith("entity_") for n in metric_names) else {}
         return {
             name: metrics.token_accuracy(pred, gold) if name == "token_accuracy" else entities[name.removeprefix("entity_")]
             for name in metric_names

@@ -44,4 +44,4 @@ def evaluate_features(model, family: Family, features: list[dict], rows: list[di
     """(metrics, predictions) of ``model`` on labelled ``rows`` whose features are ``features``."""
     logits = predict_logits(model, features, pad_id, batch_size, precision, device)
     predictions = family.postprocess(logits, features, rows, label_names, settings)
-    return family.compute_metrics(predictions, rows, metric_names, label_names), predictions
+    return family.compute_metrics(predictions, rows, metric_names, label_names, settings), predictions

@@ -75,11 +75,19 @@ class TrainingDiverged(FloatingPointError):
     """Loss became NaN or infinite."""
 
 
+# The task settings a fine-tuned model keeps in its meta (save_finetuned), so predicting and scoring with it
+# later work as they did in training.
+TASK_SETTINGS = ("max_seq_length", "doc_stride", "max_answer_length", "tag_scheme", "display_names")
+
+
 def feature_settings(spec: TaskSpec, cfg: TrainConfig) -> dict:
-    """What the feature builders and postprocessing need from the spec and the config."""
+    """What the feature builders, postprocessing and metrics need from the spec and the config."""
     settings = {"max_seq_length": cfg.max_seq_length or spec.max_seq_length}
     if spec.family == "extractive_qa":
         settings.update(doc_stride=spec.doc_stride, max_answer_length=spec.max_answer_length)
+    settings.update(spec.metric_settings())  # saved with the model, so its metrics read tags the same way
+    if spec.display_names:
+        settings["display_names"] = spec.display_names
     return settings
 
 

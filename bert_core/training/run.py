@@ -17,7 +17,7 @@ from bert_core.loading import load_task_data
 from bert_core.spec import TaskSpec, load_spec
 from bert_core.training.config import TrainConfig
 from bert_core.training.evaluate import evaluate_features
-from bert_core.training.fit import FitResult, build_split_features, feature_settings, fit
+from bert_core.training.fit import TASK_SETTINGS, FitResult, build_split_features, feature_settings, fit
 
 
 def finetune(spec: TaskSpec | str, cfg: TrainConfig, output_dir: str | Path, *, pretrained=None, data_dir=None,
@@ -36,7 +36,7 @@ def evaluate_model_dir(model_dir: str | Path, spec: TaskSpec, rows: list[dict], 
     """(metrics, predictions) of a saved fine-tuned model on labelled rows of ``spec``."""
     model, tokenizer, meta = load_finetuned(model_dir)
     family = get_family(spec.family)
-    settings = {k: meta[k] for k in ("max_seq_length", "doc_stride", "max_answer_length") if k in meta}
+    settings = {k: meta[k] for k in TASK_SETTINGS if k in meta}
     settings = settings or feature_settings(spec, TrainConfig())
     features, _ = build_split_features(family, tokenizer, rows, meta["label_names"], settings, fingerprint, split, cache_dir)
     return evaluate_features(model, family, features, rows, meta["label_names"], settings, list(spec.metrics),
