@@ -2,8 +2,12 @@
 answers JSON requests for any of the four families.
 
 The logged model holds the ``save_finetuned`` folder as the artifact ``model_dir`` (safetensors weights,
-config.json, tokenizer.json) and ``bert_core`` + ``tasks`` as code; ``BertPyfunc`` itself holds only the
-family name, so no pickled torch module is ever logged. Weights load through ``bert_core.predict``.
+config.json, tokenizer.json) and ``bert_core`` + ``tasks`` as code. It is logged "from code"
+(``tasks/pyfunc_code.py`` builds a ``BertPyfunc``), so nothing is pickled: logging writes no
+``python_model.pkl`` and loading unpickles nothing. Weights load through ``bert_core.predict``; the family
+comes from the model folder's own config. (Versions logged before this held a ``python_model.pkl`` of
+the family name; MLflow still loads them, and refuses them with a clear message where
+``MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false``.)
 
 Input columns (one request row per DataFrame row; positions in error messages are 0-based):
 
@@ -70,26 +74,19 @@ def invalid(message: str) -> MlflowException:
 
 
 class BertPyfunc(mlflow.pyfunc.PythonModel):
-    """Serves a ``save_finetuned`` folder. Holds only the family name until ``load_context``."""
+    """Serves a ``save_finetuned`` folder; empty until ``load_context`` reads it (family, weights, tokenizer)."""
 
-    def __init__(self, family: str):
-        if family not in FIELDS:
-            raise ValueError(f"unknown family {family!r}; expected one of {sorted(FIELDS)}")
-        self.family = family
-        self.predictor = None
-
-    def __getstate__(self):  # never pickle a loaded torch model, whatever happened before logging
-        return {"family": self.family}
-
-    def __setstate__(self, state):
-        self.family, self.predictor = state["family"], None
+    def __init__(self):
+        self.family, self.predictor = None, None
 
     def load_context(self, context: PythonModelContext) -> None:
         from bert_core.predict import Predictor  # torch is imported only when a model is really loaded
 
         self.predictor = Predictor(context.artifacts["model_dir"])
-        if self.predictor.family_name != self.family:
-            raise MlflowException(f"model folder holds a {self.predictor.family_name} model, logged as {self.family}")
+        if self.predictor.family_name not in FIELDS:
+            raise MlflowException(f"model folder holds a {self.predictor.family_name!r} model; this server knows "
+                                  f"{sorted(FIELDS)}")
+        self.family = self.predictor.family_name
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         if self.predictor is None:
@@ -186,13 +183,15 @@ def log_model(model_dir: str | Path, family: str, input_example_rows: list[dict]
     (``model_info.model_uri`` is what ``tasks.registry.register_version`` takes)."""
     model_dir = str(Path(model_dir).resolve())
     example = rows_to_frame(family, list(input_example_rows)[:EXAMPLE_ROWS])
-    python_model = BertPyfunc(family)
+    python_model = BertPyfunc()
     python_model.load_context(PythonModelContext(artifacts={"model_dir": model_dir}, model_config={}))
+    if python_model.family != family:
+        raise ValueError(f"{model_dir} holds a {python_model.family} model, not {family}")
     signature = infer_signature(example, python_model.predict(None, example))
     signature.inputs = _accepted_inputs(family, signature.inputs)
     return mlflow.pyfunc.log_model(
         name="model",
-        python_model=BertPyfunc(family),
+        python_model=str(Path(__file__).with_name("pyfunc_code.py")),  # models from code: nothing pickled
         artifacts={"model_dir": model_dir},
         # The served model imports bert_core and tasks from the logged copy: works outside this checkout.
         code_paths=[str(Path(bert_core.__file__).parent), str(Path(tasks.__file__).parent)],

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import signal
 import socket
 import subprocess
@@ -126,14 +125,18 @@ def test_alternative_column_names(logged, family, request_frame):
         assert len(result["tags"][0]) == 3  # whitespace split, repeated spaces ignored
 
 
-def test_logged_model_holds_safetensors_and_code_not_a_pickled_torch_module(logged):
+def test_logged_model_holds_safetensors_and_code_and_loads_without_unpickling(logged, monkeypatch):
     info, _ = logged["single_classification"]
     local = Path(mlflow.artifacts.download_artifacts(info.model_uri))
     assert list(local.glob("artifacts/*/model.safetensors")) and list(local.glob("artifacts/*/tokenizer.json"))
     assert (local / "code" / "bert_core" / "predict.py").is_file() and (local / "code" / "tasks").is_dir()
-    pickled = (local / "python_model.pkl").read_bytes()
-    assert len(pickled) < 20_000 and b"safetensors" not in pickled
-    assert vars(pickle.loads(pickled)) == {"family": "single_classification", "predictor": None}
+    assert not list(local.rglob("*.pkl")), "models from code: no pickle is written"
+    assert "model_code_path" in (local / "MLmodel").read_text()
+    # With pickle loading forbidden, MLflow refuses any model that holds one; ours loads and predicts.
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
+    again = mlflow.pyfunc.load_model(info.model_uri)
+    assert list(again.predict(REQUESTS["single_classification"])["label"]) == list(
+        logged["single_classification"][1].predict(REQUESTS["single_classification"])["label"])
     requirements = (local / "requirements.txt").read_text()
     assert "torch==" in requirements and "mlflow==" in requirements and "prefect" not in requirements
     assert info.signature.inputs.input_names()[:1] == ["text"]
