@@ -4,7 +4,9 @@ Berg-Kirkpatrick et al., 2012).
 
 Every resample recomputes the family's official metric on the resampled rows, so corpus-level
 metrics (F1, Matthews correlation, entity F1, Pearson) get honest intervals, not per-example
-approximations.
+approximations. A resample is a weight per row (how often it was drawn), and each family scores
+weights exactly (``Family.weighted_metric``: scikit-learn's sample weights, or per-row counts summed by
+weight), so a thousand resamples of entity F1 on CoNLL's dev set take a second instead of minutes.
 """
 
 from __future__ import annotations
@@ -35,22 +37,15 @@ class PairedComparison:
     n_rows: int
 
 
-def _score(family, predictions, rows, metric: str, label_names, settings) -> float:
-    value = family.compute_metrics(predictions, rows, [metric], label_names, settings)[metric]
-    return float(value) if value is not None and not math.isnan(value) else 0.0
-
-
-def _take(items: list[dict], idx: np.ndarray) -> list[dict]:
-    """The drawn items; ones keyed by ``id`` (QA rows and answers) get a fresh id per draw, because the
-    SQuAD metric matches predictions to questions by id and would count a question drawn twice once."""
-    if items and "id" in items[0]:
-        return [{**items[i], "id": f"{items[i]['id']}#{k}"} for k, i in enumerate(idx)]
-    return [items[i] for i in idx]
-
-
 def _resamples(n_rows: int, n_resamples: int, seed: int) -> np.ndarray:
-    """(n_resamples, n_rows) row indices drawn with replacement; fixed by the seed."""
-    return np.random.default_rng(seed).integers(0, n_rows, size=(n_resamples, n_rows))
+    """(n_resamples, n_rows) weights: how often each row is drawn (with replacement) in each resample;
+    fixed by the seed."""
+    drawn = np.random.default_rng(seed).integers(0, n_rows, size=(n_resamples, n_rows))
+    return np.stack([np.bincount(row, minlength=n_rows) for row in drawn])
+
+
+def _finite(value: float) -> float:
+    return float(value) if value is not None and not math.isnan(value) else 0.0
 
 
 def bootstrap_interval(family_name: str, predictions: list[dict], rows: list[dict], metric: str,
@@ -59,13 +54,11 @@ def bootstrap_interval(family_name: str, predictions: list[dict], rows: list[dic
     """Percentile bootstrap interval of ``metric`` over the rows (``settings``: the task's, e.g. its tag scheme)."""
     if not rows or len(rows) != len(predictions):
         raise ValueError(f"need one prediction per row, got {len(predictions)} predictions for {len(rows)} rows")
-    family = get_family(family_name)
-    scores = [_score(family, _take(predictions, idx), _take(rows, idx), metric, label_names, settings)
-              for idx in _resamples(len(rows), n_resamples, seed)]
+    score = get_family(family_name).weighted_metric(predictions, rows, metric, label_names, settings)
+    scores = [_finite(score(weights)) for weights in _resamples(len(rows), n_resamples, seed)]
     alpha = (1 - confidence) / 2
     low, high = np.quantile(scores, [alpha, 1 - alpha])
-    return Interval(_score(family, predictions, rows, metric, label_names, settings), float(low), float(high),
-                    confidence)
+    return Interval(_finite(score(np.ones(len(rows), dtype=np.int64))), float(low), float(high), confidence)
 
 
 def paired_bootstrap(family_name: str, candidate: list[dict], baseline: list[dict], rows: list[dict], metric: str,
@@ -76,13 +69,11 @@ def paired_bootstrap(family_name: str, candidate: list[dict], baseline: list[dic
         raise ValueError(f"paired bootstrap needs both models' predictions on the same rows "
                          f"(got {len(candidate)} and {len(baseline)} for {len(rows)} rows)")
     family = get_family(family_name)
-    deltas = []
-    for idx in _resamples(len(rows), n_resamples, seed):
-        sample = _take(rows, idx)
-        deltas.append(_score(family, _take(candidate, idx), sample, metric, label_names, settings)
-                      - _score(family, _take(baseline, idx), sample, metric, label_names, settings))
+    new = family.weighted_metric(candidate, rows, metric, label_names, settings)
+    old = family.weighted_metric(baseline, rows, metric, label_names, settings)
+    deltas = [_finite(new(weights)) - _finite(old(weights)) for weights in _resamples(len(rows), n_resamples, seed)]
     alpha = (1 - confidence) / 2
     low, high = np.quantile(deltas, [alpha, 1 - alpha])
-    delta = (_score(family, candidate, rows, metric, label_names, settings)
-             - _score(family, baseline, rows, metric, label_names, settings))
+    every = np.ones(len(rows), dtype=np.int64)
+    delta = _finite(new(every)) - _finite(old(every))
     return PairedComparison(delta, float(low), float(high), float(np.mean(np.array(deltas) > 0)), confidence, len(rows))

@@ -20,6 +20,7 @@ import string
 from collections import Counter
 from collections.abc import Callable, Sequence
 
+import numpy as np
 from scipy.stats import pearsonr, spearmanr
 from seqeval.metrics import v1 as strict
 from seqeval.metrics.sequence_labeling import get_entities, precision_recall_fscore_support
@@ -30,44 +31,49 @@ from bert_core import tag_schemes
 # ---------------------------------------------------------------- classification / regression
 
 
-def accuracy(preds, labels) -> float:
+# `sample_weight`: how many times each example counts (a bootstrap resample draws rows several times);
+# an integer weight gives exactly the score of the examples repeated that often.
+
+
+def accuracy(preds, labels, sample_weight=None) -> float:
     """Fraction of examples whose predicted label equals the gold label."""
-    return float(accuracy_score(labels, preds))
+    return float(accuracy_score(labels, preds, sample_weight=sample_weight))
 
 
-def matthews_corr(preds, labels) -> float:
+def matthews_corr(preds, labels, sample_weight=None) -> float:
     """Matthews correlation coefficient in [-1, 1] (CoLA's official metric)."""
-    return float(matthews_corrcoef(labels, preds))
+    return float(matthews_corrcoef(labels, preds, sample_weight=sample_weight))
 
 
-def f1_binary(preds, labels, positive=1) -> float:
+def f1_binary(preds, labels, positive=1, sample_weight=None) -> float:
     """F1 of the `positive` class only (MRPC / QQP), not an average over classes."""
-    return float(f1_score(labels, preds, pos_label=positive, average="binary", zero_division=0))
+    return float(f1_score(labels, preds, pos_label=positive, average="binary", zero_division=0,
+                          sample_weight=sample_weight))
 
 
-def f1_macro(preds, labels) -> float:
+def f1_macro(preds, labels, sample_weight=None) -> float:
     """Unweighted mean over classes of per-class F1: every class counts the same, however rare."""
-    return float(f1_score(labels, preds, average="macro", zero_division=0))
+    return float(f1_score(labels, preds, average="macro", zero_division=0, sample_weight=sample_weight))
 
 
-def f1_micro(preds, labels) -> float:
+def f1_micro(preds, labels, sample_weight=None) -> float:
     """F1 of the pooled counts of all classes; equals accuracy when every example has exactly one label."""
-    return float(f1_score(labels, preds, average="micro", zero_division=0))
+    return float(f1_score(labels, preds, average="micro", zero_division=0, sample_weight=sample_weight))
 
 
-def f1_weighted(preds, labels) -> float:
+def f1_weighted(preds, labels, sample_weight=None) -> float:
     """Mean over classes of per-class F1, weighted by each class's number of gold examples."""
-    return float(f1_score(labels, preds, average="weighted", zero_division=0))
+    return float(f1_score(labels, preds, average="weighted", zero_division=0, sample_weight=sample_weight))
 
 
-def precision_macro(preds, labels) -> float:
+def precision_macro(preds, labels, sample_weight=None) -> float:
     """Unweighted mean over classes of per-class precision."""
-    return float(precision_score(labels, preds, average="macro", zero_division=0))
+    return float(precision_score(labels, preds, average="macro", zero_division=0, sample_weight=sample_weight))
 
 
-def recall_macro(preds, labels) -> float:
+def recall_macro(preds, labels, sample_weight=None) -> float:
     """Unweighted mean over classes of per-class recall (balanced accuracy)."""
-    return float(recall_score(labels, preds, average="macro", zero_division=0))
+    return float(recall_score(labels, preds, average="macro", zero_division=0, sample_weight=sample_weight))
 
 
 def pearson(preds, labels) -> float:
@@ -164,6 +170,27 @@ def _entity_prf_strict(pred: list[list[str]], gold: list[list[str]], scheme) -> 
     return {"precision": float(micro_p), "recall": float(micro_r), "f1": float(micro_f), "per_type": per_type}
 
 
+def entity_counts(pred_tags: Sequence[Sequence[str]], gold_tags: Sequence[Sequence[str]],
+                  scheme: str | None = None) -> np.ndarray:
+    """(S, 3) per sentence: entities right (type, first and last word match), predicted, gold, read as
+    ``entity_prf`` reads them. Micro precision = sum(right) / sum(predicted), recall = sum(right) / sum(gold)."""
+    _check_same_shape(pred_tags, gold_tags)
+    if scheme is not None:
+        cls = tag_schemes.SEQEVAL[tag_schemes.canonical(scheme)]
+        spans = [[{e.to_tuple()[1:] for e in strict.Entities([list(s)], cls).entities[0]} for s in tags]
+                 for tags in (pred_tags, gold_tags)]
+    else:
+        spans = [[set(get_entities(list(s))) for s in tags] for tags in (pred_tags, gold_tags)]
+    return np.array([(len(p & g), len(p), len(g)) for p, g in zip(*spans, strict=True)], dtype=np.float64)
+
+
+def prf_from_counts(right: float, predicted: float, gold: float) -> dict[str, float]:
+    """Precision, recall and F1 from summed entity counts (0 where undefined, as seqeval's zero_division=0)."""
+    p = right / predicted if predicted else 0.0
+    r = right / gold if gold else 0.0
+    return {"precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0}
+
+
 def _check_same_shape(pred_tags, gold_tags) -> None:
     # A length mismatch means misaligned postprocessing; scoring the overlap would hide it.
     same_lengths = len(pred_tags) == len(gold_tags)
@@ -200,6 +227,14 @@ def _token_f1(prediction: str, ground_truth: str) -> float:
     precision = num_same / len(pred_tokens)
     recall = num_same / len(gold_tokens)
     return 2 * precision * recall / (precision + recall)
+
+
+def squad_per_question(predictions: dict[str, str], gold: dict[str, list[str]]) -> np.ndarray:
+    """(Q, 2) per gold question: its exact match and token F1 (the best over its gold answers; 0 when it has
+    no prediction). ``squad_em_f1`` is their mean."""
+    return np.array([(max(_exact_match(predictions[qid], a) for a in answers),
+                      max(_token_f1(predictions[qid], a) for a in answers)) if qid in predictions else (0.0, 0.0)
+                     for qid, answers in gold.items()], dtype=np.float64).reshape(-1, 2)
 
 
 def squad_em_f1(predictions: dict[str, str], gold: dict[str, list[str]]) -> dict[str, float]:

@@ -45,7 +45,7 @@ def test_paired_bootstrap_sees_a_real_gap_and_not_a_copy():
     assert same.delta == 0 and same.low == same.high == 0 and same.p_candidate_better == 0.0
 
 
-def test_entity_f1_is_recomputed_per_resample():
+def test_perfect_entity_predictions_have_no_spread():
     rows = [{"tokens": ["John", "lives", "in", "Paris"], "tags": ["I-PER", "O", "O", "I-LOC"]}] * 30
     perfect = [{"tokens": r["tokens"], "tags": list(r["tags"])} for r in rows]
     iv = bootstrap_interval("token_tagging", perfect, rows, "entity_f1", n_resamples=50)
@@ -67,3 +67,47 @@ def test_qa_questions_drawn_twice_count_twice():
     iv = bootstrap_interval("extractive_qa", preds, rows, "exact_match", n_resamples=400)
     assert iv.point == pytest.approx(0.5)
     assert 0.088 < iv.high - iv.low < 0.11
+
+
+def _family_cases():
+    """(family, metric, label_names, settings, predictions, rows): imperfect predictions for each family."""
+    rng = random.Random(3)
+    cls_rows = [{"text_a": f"s{i}", "text_b": None, "label": rng.choice("abc"), "_source": f"x:{i}"} for i in range(60)]
+    cls_preds = [{"label": r["label"] if rng.random() < 0.6 else rng.choice("abc"), "probabilities": dict.fromkeys("abc", 0)}
+                 for r in cls_rows]
+    reg_rows = [{"text_a": "a", "text_b": "b", "label": rng.uniform(0, 5)} for _ in range(60)]
+    reg_preds = [{"score": r["label"] + rng.gauss(0, 1)} for r in reg_rows]
+    tag_rows, tag_preds = [], []
+    for _ in range(40):
+        tags = [rng.choice(["O", "O", "B-PER", "I-PER", "B-LOC"]) for _ in range(6)]
+        tags = [t if t != "I-PER" or i and tags[i - 1] in ("B-PER", "I-PER") else "O" for i, t in enumerate(tags)]
+        tag_rows.append({"tokens": ["w"] * 6, "tags": tags})
+        tag_preds.append({"tokens": ["w"] * 6, "tags": [t if rng.random() < 0.8 else rng.choice(["O", "B-PER", "I-PER"])
+                                                        for t in tags]})
+    qa_rows = [{"id": f"q{i}", "question": "?", "context": "a b c", "answers": {"text": ["a b"], "answer_start": [0]}}
+               for i in range(50)]
+    qa_preds = [{"id": f"q{i}", "answer": rng.choice(["a b", "a", "c", "b c"])} for i in range(50)]
+    for metric in ("accuracy", "matthews_corr", "f1_macro", "f1_weighted", "precision_macro", "recall_macro"):
+        yield "single_classification", metric, list("abc"), None, cls_preds, cls_rows
+    for metric in ("pearson", "spearman"):
+        yield "pair_regression", metric, None, None, reg_preds, reg_rows
+    for metric, scheme in (("entity_f1", "IOB2"), ("entity_precision", "IOB2"), ("entity_recall", None),
+                           ("token_accuracy", None)):
+        yield "token_tagging", metric, None, {"tag_scheme": scheme} if scheme else None, tag_preds, tag_rows
+    for metric in ("exact_match", "f1"):
+        yield "extractive_qa", metric, None, None, qa_preds, qa_rows
+
+
+@pytest.mark.parametrize("case", list(_family_cases()), ids=lambda c: f"{c[0]}-{c[1]}")
+def test_a_weighted_score_equals_the_official_metric_on_the_repeated_rows(case):
+    """The fast path (weights) must give exactly what recomputing the metric on a resample gives."""
+    from bert_core.families import Family, get_family
+    from bert_core.bootstrap import _resamples
+
+    family_name, metric, labels, settings, preds, rows = case
+    family = get_family(family_name)
+    fast = family.weighted_metric(preds, rows, metric, labels, settings)
+    slow = Family.weighted_metric(family, preds, rows, metric, labels, settings)  # repeats the rows
+    for weights in _resamples(len(rows), 5, seed=1):
+        assert fast(weights) == pytest.approx(slow(weights), abs=1e-12), weights
+    assert 0 < fast(weights) < 1 or family_name == "pair_regression", "imperfect predictions, a score that can move"

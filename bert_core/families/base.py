@@ -8,6 +8,7 @@ training loop only talk to this interface, so they treat the four families alike
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -90,6 +91,27 @@ class Family:
         token, so ``collate`` pads them to (B, T)), ints, floats or strings, so features store in Arrow.
         """
         raise NotImplementedError
+
+    def weighted_metric(self, predictions: list[dict], rows, metric: str, label_names: list[str] | None = None,
+                        settings: dict | None = None) -> Callable[[np.ndarray], float]:
+        """``metric`` as a function of row weights ``w`` ((N,) ints: how often each row is drawn, as in a
+        bootstrap resample), equal to ``compute_metrics`` on the rows repeated that often. This default
+        repeats the rows; families override it with per-row statistics, so that a thousand resamples of
+        a corpus-level metric (entity F1, SQuAD F1) take a second, not minutes."""
+        rows = rows.to_list() if hasattr(rows, "to_list") else list(rows)
+        positions = np.arange(len(rows))
+
+        def take(items: list[dict], drawn: np.ndarray) -> list[dict]:
+            # A row drawn twice must count twice: rows matched to predictions by `id` (QA) get one id per draw.
+            if items and "id" in items[0]:
+                return [{**items[i], "id": f"{items[i]['id']}#{k}"} for k, i in enumerate(drawn)]
+            return [items[i] for i in drawn]
+
+        def score(weights: np.ndarray) -> float:
+            drawn = np.repeat(positions, weights)
+            return self.compute_metrics(take(predictions, drawn), take(rows, drawn), [metric], label_names,
+                                        settings)[metric]
+        return score
 
     def token_lengths(self, rows, tokenizer: BertTokenizer) -> list[int]:
         """Tokens per row before any truncation, ``[CLS]``/``[SEP]`` included (for reports on the data)."""

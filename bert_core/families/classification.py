@@ -156,6 +156,18 @@ class ClassificationFamily(Family):
             })
         return predictions
 
+    def weighted_metric(self, predictions, rows, metric, label_names=None, settings=None):
+        """scikit-learn's metric with sample weights: the same numbers as the repeated rows."""
+        label_names = list(label_names or predictions[0]["probabilities"])
+        gold = np.array([self._target(row, label_names) for row in _as_list(rows)])
+        pred = np.array([label_names.index(p["label"]) for p in predictions])
+        fn = metrics.METRICS[metric]
+
+        def score(weights: np.ndarray) -> float:
+            drawn = weights > 0  # rows not drawn must not add their class to a macro average
+            return fn(pred[drawn], gold[drawn], sample_weight=weights[drawn])
+        return score
+
     def compute_metrics(self, predictions, rows, metric_names, label_names=None, settings=None) -> dict[str, float]:
         """Metrics on label indices. Without ``label_names``, their order is read from the
         ``probabilities`` of the predictions, which ``postprocess`` writes in label order."""
@@ -201,6 +213,16 @@ class RegressionFamily(ClassificationFamily):
     def postprocess(self, logits, features, rows, label_names, settings: dict) -> list[dict]:
         """logits[k]: () -> {"score": float}, on the scale of the training labels (0-5 for STS-B)."""
         return [{"score": float(x)} for x in _by_row(logits, features, len(rows))]
+
+    def weighted_metric(self, predictions, rows, metric, label_names=None, settings=None):
+        gold = np.array([self._target(row, None) for row in _as_list(rows)])
+        pred = np.array([p["score"] for p in predictions])
+        positions = np.arange(len(gold))
+
+        def score(weights: np.ndarray) -> float:  # correlations of the repeated scores: cheap, exact
+            drawn = np.repeat(positions, weights)
+            return metrics.METRICS[metric](pred[drawn], gold[drawn])
+        return score
 
     def compute_metrics(self, predictions, rows, metric_names, label_names=None, settings=None) -> dict[str, float]:
         _check_metric_names(metric_names, REGRESSION_METRICS, self.name)

@@ -229,6 +229,15 @@ class QAFamily(Family):
             predictions.append({"id": row["id"], "answer": row["context"][start:end], "start": start, "end": end, "score": score})
         return predictions
 
+    def weighted_metric(self, predictions, rows, metric, label_names=None, settings=None):
+        """Each question's exact match and F1, averaged by weight (SQuAD's scores are means over questions)."""
+        rows = _as_list(rows)  # predictions[i] answers rows[i]: keyed by position, so repeated ids stay apart
+        answers = {str(i): p["answer"] for i, p in enumerate(predictions)}
+        per_question = metrics.squad_per_question(answers, {str(i): list(row["answers"]["text"])
+                                                            for i, row in enumerate(rows)})
+        column = per_question[:, QA_METRICS.index(metric)]
+        return lambda weights: float(weights @ column / weights.sum())
+
     def compute_metrics(self, predictions, rows, metric_names, label_names=None, settings=None) -> dict[str, float]:
         """SQuAD v1.1 exact match and token F1, each the best over all gold answers of a question."""
         unknown = [n for n in metric_names if n not in QA_METRICS]

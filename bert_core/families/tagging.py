@@ -185,6 +185,19 @@ class TaggingFamily(Family):
             raise ValueError("postprocess: some rows have no feature/logits; features and rows do not match")
         return predictions
 
+    def weighted_metric(self, predictions, rows, metric, label_names=None, settings=None):
+        """Per-sentence counts (words right and in all; entities right, predicted, gold), summed by weight:
+        token accuracy and micro entity scores are ratios of those sums."""
+        gold = [list(row["tags"]) for row in _as_list(rows)]
+        pred = [list(p["tags"]) for p in predictions]
+        if metric == "token_accuracy":
+            counts = np.array([(sum(p == g for p, g in zip(ps, gs, strict=True)), len(gs))
+                               for ps, gs in zip(pred, gold, strict=True)], dtype=np.float64)
+            return lambda weights: float(weights @ counts[:, 0] / (weights @ counts[:, 1]))
+        counts = metrics.entity_counts(pred, gold, (settings or {}).get("tag_scheme"))
+        which = metric.removeprefix("entity_")
+        return lambda weights: metrics.prf_from_counts(*(weights @ counts))[which]
+
     def compute_metrics(self, predictions, rows, metric_names, label_names=None, settings=None) -> dict[str, float]:
         """Token accuracy over words; entity scores in seqeval's strict mode for ``settings["tag_scheme"]``
         (conlleval's IOB reading when no scheme is given)."""
