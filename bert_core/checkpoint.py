@@ -19,6 +19,7 @@ import warnings
 from pathlib import Path
 
 import torch
+import yaml
 from safetensors.torch import load_file, save_file
 
 from bert_core.config import BertConfig
@@ -163,6 +164,23 @@ def _download_from_hub(repo_id: str) -> Path:
             "pytorch_model.bin) and tokenizer.json (or vocab.txt), or omit it for the offline default."
         ) from err
     return folder
+
+
+def checkpoint_language(source: str | Path | None = None) -> str | None:
+    """The language(s) a checkpoint's own model card states (``language:`` in its README.md front matter), or
+    None when it states none: model cards of models fine-tuned from it repeat it as a limit."""
+    try:
+        readme = (resolve_source(source) / "README.md").read_text(encoding="utf-8")
+    except OSError:
+        return None
+    front = re.match(r"---\n(.*?)\n---", readme, re.DOTALL)
+    try:
+        language = (yaml.safe_load(front.group(1)) or {}).get("language") if front else None
+    except yaml.YAMLError:
+        return None
+    if isinstance(language, list):
+        return ", ".join(map(str, language)) or None
+    return str(language) if language else None
 
 
 def load_pretrained(source: str | Path | None = None) -> tuple[BertEncoder, BertTokenizer]:

@@ -114,8 +114,8 @@ def _tracked_run(params: FinetuneParams, spec: TaskSpec, cfg: TrainConfig, folde
             evaluation = evaluate(spec, cfg, data, trained, str(run_dir), run_id, cache_dir)
             # The registry notes when versions were scored on different dev rows: other data or eval cap.
             dev_rows = f"{data.fingerprint}|eval[:{cfg.max_eval_samples}]"
-            decision = register(spec, data, trained, evaluation, run_id, params.registry_policy, dev_rows,
-                                params.registry_confidence)
+            decision = register(spec, cfg, data, trained, evaluation, run_id, params.registry_policy, dev_rows,
+                                params.registry_confidence, params.pretrained)
         except BaseException as err:  # noqa: BLE001 (record it, then let Prefect see the failure)
             mlflow.set_tag("error", tracking.mask_secrets(f"{type(err).__name__}: {err}")[:5000])
             mlflow.log_text(tracking.mask_secrets(traceback.format_exc()), "error.txt")

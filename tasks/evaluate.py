@@ -14,6 +14,7 @@ from prefect.cache_policies import NO_CACHE
 from sklearn.metrics import classification_report
 
 from bert_core import metrics as official
+from bert_core.bootstrap import bootstrap_interval
 from bert_core.spec import TaskSpec
 from bert_core.training import TrainConfig, evaluate_model_dir
 from tasks.data import DataInfo, load_split
@@ -26,13 +27,14 @@ _CLASSIFICATION = ("single_classification", "pair_classification")
 @task(cache_policy=NO_CACHE)
 def evaluate(spec: TaskSpec, cfg: TrainConfig, data: DataInfo, trained: dict, run_dir: str, run_id: str,
              cache_dir: str | None = None) -> dict:
-    """Score `trained["model_dir"]` on every split but train; returns metrics and the files written.
+    """Score `trained["model_dir"]` on every split but train; returns metrics (with 95% bootstrap intervals on
+    the eval split) and the files written.
 
     `trained` is what `fine_tune` returned. The eval rows are the ones training selected on.
     """
     out = Path(run_dir) / "evaluation"
     out.mkdir(parents=True, exist_ok=True)
-    flat, by_split, files = {}, {}, {}
+    flat, by_split, files, intervals = {}, {}, {}, {}
     for split in (s for s in data.split_paths if s != "train"):
         rows = load_split(data, split, row_limit(cfg, split))
         scores, predictions = evaluate_model_dir(
@@ -44,6 +46,9 @@ def evaluate(spec: TaskSpec, cfg: TrainConfig, data: DataInfo, trained: dict, ru
         report = per_class_report(spec, rows, predictions, data.label_names)
         if report is not None:
             files[f"report_{split}"] = _write_json(out / f"per_class_report_{split}.json", report)
+        if split == "eval":  # how sure each dev score is: 95% bootstrap intervals over the dev rows
+            intervals = {name: bootstrap_interval(spec.family, predictions, rows, name, data.label_names,
+                                                  settings=spec.metric_settings()) for name in scores}
         if spec.family in _CLASSIFICATION and split == "eval":
             gold, pred = [r["label"] for r in rows], [p["label"] for p in predictions]
             files["confusion_matrix"] = str(confusion_matrix_png(
@@ -52,10 +57,12 @@ def evaluate(spec: TaskSpec, cfg: TrainConfig, data: DataInfo, trained: dict, ru
     history = json.loads(Path(trained["history_path"]).read_text(encoding="utf-8"))
     files["learning_curve"] = str(learning_curve_png(history, out / "learning_curve.png"))
 
-    mlflow.log_metrics({k: float(v) for k, v in flat.items()}, run_id=run_id)
+    bounds = {f"interval/eval_{name}_{end}": getattr(iv, end) for name, iv in intervals.items() for end in ("low", "high")}
+    mlflow.log_metrics({k: float(v) for k, v in (flat | bounds).items()}, run_id=run_id)
     mlflow.log_artifacts(str(out), artifact_path="evaluation", run_id=run_id)
     mlflow.log_artifact(trained["history_path"], run_id=run_id)
-    return {"metrics": flat, "splits": by_split, "files": files}
+    return {"metrics": flat, "splits": by_split, "files": files,
+            "intervals": {name: (iv.low, iv.high) for name, iv in intervals.items()}}
 
 
 def per_class_report(spec: TaskSpec, rows: list[dict], predictions: list[dict], label_names) -> dict | None:

@@ -7,28 +7,33 @@ from __future__ import annotations
 
 import dataclasses
 
+import mlflow
 from mlflow.tracking import MlflowClient
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from bert_core.checkpoint import OFFLINE_DEFAULT, checkpoint_language
 from bert_core.spec import TaskSpec
+from bert_core.training import TrainConfig
 from tasks.data import DataInfo, load_split
-from tasks.pyfunc_model import EXAMPLE_ROWS, log_model
+from tasks.model_card import model_card, task_description
+from tasks.pyfunc_model import EXAMPLE_ROWS, log_model, rows_to_frame
 from tasks.registry import decision_markdown, model_name, register_version, retract_version
 from tasks.train import artifact_key
 
 
 @task(cache_policy=NO_CACHE)
-def register(spec: TaskSpec, data: DataInfo, trained: dict, evaluation: dict, run_id: str, policy: str,
-             dev_fingerprint: str, confidence: float = 0.95) -> dict:
-    """Log and register the model of run `run_id` (the active MLflow run); returns the registry decision
-    as a dict plus `model_name` and `model_uri` (`models:/<name>/<version>`).
+def register(spec: TaskSpec, cfg: TrainConfig, data: DataInfo, trained: dict, evaluation: dict, run_id: str,
+             policy: str, dev_fingerprint: str, confidence: float = 0.95, pretrained: str | None = None) -> dict:
+    """Log and register the model of run `run_id` (the active MLflow run) with its model card; returns the
+    registry decision as a dict plus `model_name`, `model_uri` (`models:/<name>/<version>`) and `model_card`.
 
     `dev_fingerprint` names the dev rows the score comes from, so the registry can tell when a champion
     was scored on other data.
     """
-    info = log_model(trained["model_dir"], spec.family, load_split(data, "eval", EXAMPLE_ROWS))
+    example_rows = load_split(data, "eval", EXAMPLE_ROWS)
+    info = log_model(trained["model_dir"], spec.family, example_rows)
     name = model_name(spec.name)
     decision = register_version(info.model_uri, name, run_id, evaluation["splits"]["eval"], spec.primary_metric,
                                 dev_fingerprint, policy=policy, confidence=confidence, family=spec.family,
@@ -46,7 +51,13 @@ def register(spec: TaskSpec, data: DataInfo, trained: dict, evaluation: dict, ru
                               description=f"{name} v{decision.version}: dev metrics of the best checkpoint")
         create_markdown_artifact(decision_markdown(decision), key=artifact_key(spec.name, "registry-decision"),
                                  description=f"{name} v{decision.version}: {decision.alias}")
+        result = {**dataclasses.asdict(decision), "model_name": name, "model_uri": f"models:/{name}/{decision.version}"}
+        card = model_card(spec, cfg, data, trained, evaluation, result, rows_to_frame(spec.family, example_rows),
+                          pretrained or OFFLINE_DEFAULT, checkpoint_language(pretrained), run_id)
+        mlflow.log_text(card, "model_card.md", run_id=run_id)
+        client.update_model_version(name, decision.version, description=card)
+        client.update_registered_model(name, description=task_description(spec, policy))
     except BaseException:
         retract_version(client, name, decision.version, best_effort=True)  # the run fails: so does its version
         raise
-    return {**dataclasses.asdict(decision), "model_name": name, "model_uri": f"models:/{name}/{decision.version}"}
+    return {**result, "model_card": card}

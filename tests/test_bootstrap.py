@@ -101,8 +101,8 @@ def _family_cases():
 @pytest.mark.parametrize("case", list(_family_cases()), ids=lambda c: f"{c[0]}-{c[1]}")
 def test_a_weighted_score_equals_the_official_metric_on_the_repeated_rows(case):
     """The fast path (weights) must give exactly what recomputing the metric on a resample gives."""
-    from bert_core.families import Family, get_family
     from bert_core.bootstrap import _resamples
+    from bert_core.families import Family, get_family
 
     family_name, metric, labels, settings, preds, rows = case
     family = get_family(family_name)

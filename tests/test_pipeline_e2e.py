@@ -113,6 +113,15 @@ def test_sst2_champion_then_a_worse_challenger(pipeline_env):
     assert first["alias"] == "champion" and first["champion"]
     # tokenize built the features, and fit found exactly those (a miss there = mismatched cache keys).
     assert first["feature_cache"] == {"tokenize_hit": False, "fit_hit": True}
+    # The version explains itself: its model card is its description (and an artifact of its run).
+    client = MlflowClient()
+    card = client.get_model_version("bert-sst2", first["model_version"]).description
+    for part in ("# bert-sst2 v", "`0` negative, `1` positive", "## Data", first["mlflow_run_id"],
+                 "train 300 (of 67,349)", "accuracy (primary)", "95% interval", "learning_rate 0.0001",
+                 "bertflow predict models:/bert-sst2/", "cut to 128 word pieces", "language: en"):
+        assert part in card, part
+    assert client.get_registered_model("bert-sst2").description.startswith(load_spec("sst2").description)
+    assert mlflow.artifacts.load_text(f"runs:/{first['mlflow_run_id']}/model_card.md") == card
     # The spec's display names reach what people read; the data's 0/1 stay underneath.
     report = mlflow.artifacts.load_dict(f"runs:/{first['mlflow_run_id']}/evaluation/per_class_report_eval.json")
     assert {"negative", "positive"} <= set(report) and not {"0", "1"} & set(report)

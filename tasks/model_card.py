@@ -1,0 +1,123 @@
+"""The model card of a registered version: what it is, what it learned from, how good it is, how to call it,
+and what it cannot do. The register task sets it as the version's description and logs it as
+`model_card.md`; `task_description` is the registered model's description.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+import pandas as pd
+
+from bert_core.spec import TaskSpec
+from bert_core.training import TrainConfig
+from tasks.data import DataInfo
+
+RECIPE = ("learning_rate", "batch_size", "epochs", "max_steps", "warmup_ratio", "weight_decay", "max_seq_length",
+          "seed", "precision", "max_train_samples", "max_eval_samples")
+
+
+def task_description(spec: TaskSpec, policy: str) -> str:
+    """The registered model's description: the task, and what its versions and aliases mean."""
+    return (f"{spec.description or spec.name}\n\nBERT fine-tuned by bertflow for the task spec `{spec.name}` "
+            f"({spec.family}), one version per fine-tune. Alias `champion`: the version with the best dev "
+            f"`{spec.primary_metric}` so far (promotion policy `{policy}`); `challenger`: the newest that did not "
+            "beat it. Each version's description is its model card.")
+
+
+def model_card(spec: TaskSpec, cfg: TrainConfig, data: DataInfo, trained: dict, evaluation: dict, decision: dict,
+               example: pd.DataFrame, pretrained: str, language: str | None, run_id: str) -> str:
+    """Markdown for people: task, labels, data, recipe, dev metrics with intervals, calls, limits."""
+    name, version = decision["model_name"], decision["version"]
+    uri = f"models:/{name}/{version}"
+    lines = [f"# {name} v{version}: {spec.description or spec.name}", "",
+             f"**{decision['alias']}**: {decision['reason']}", "",
+             "| | |", "|---|---|",
+             f"| task | `{spec.name}` ({spec.family}), primary metric `{spec.primary_metric}` |"]
+    if data.label_names is not None:
+        shown = ", ".join(f"`{n}`" + (f" {spec.display_name(n)}" if spec.display_name(n) != n else "")
+                          for n in data.label_names[:30])
+        more = f", ... ({len(data.label_names)} in all)" if len(data.label_names) > 30 else ""
+        lines.append(f"| {'tags' if spec.family == 'token_tagging' else 'labels'} | {shown}{more} |")
+    lines += [f"| pretrained | {pretrained} |", f"| MLflow run | `{run_id}` |", ""]
+    lines += _data(data, cfg) + _recipe(spec, cfg, trained) + _metrics(spec, evaluation)
+    lines += _calls(spec.family, uri, example) + _limits(spec, cfg, data, language)
+    return "\n".join(lines) + "\n"
+
+
+def _data(data: DataInfo, cfg: TrainConfig) -> list[str]:
+    def used(split: str, n: int) -> str:
+        cap = cfg.max_train_samples if split == "train" else cfg.max_eval_samples
+        return f"{split} {min(n, cap or n):,}" + (f" (of {n:,})" if cap and cap < n else "")
+
+    rows = ", ".join(used(split, n) for split, n in data.rows.items())
+    lines = ["## Data", "", f"- source: {data.source}", f"- data fingerprint: `{data.fingerprint}`",
+             f"- rows used: {rows}"]
+    if data.carve:
+        lines.append(f"- train/eval carved out of `{data.carve['file']}` by `{data.carve['by']}` "
+                     f"({data.carve['eval_fraction']:.0%} of the groups to eval, seed {data.carve['seed']})")
+    if data.dropped:
+        lines.append(f"- {data.dropped} bad row(s) dropped (`drop_bad_rows`), listed in the run's data folder")
+    return [*lines, ""]
+
+
+def _recipe(spec: TaskSpec, cfg: TrainConfig, trained: dict) -> list[str]:
+    values = {k: getattr(cfg, k) for k in RECIPE} | {"max_seq_length": cfg.max_seq_length or spec.max_seq_length}
+    recipe = ", ".join(f"{k} {v}" for k, v in values.items() if v is not None)
+    return ["## Training", "", f"{recipe}; {trained['final_step']} optimizer steps, best dev score at step "
+            f"{trained['best_step']}; {trained['train_seconds']:.0f} s of training at "
+            f"{trained['examples_per_second']:.1f} examples/s ({trained['precision']}).", ""]
+
+
+def _metrics(spec: TaskSpec, evaluation: dict) -> list[str]:
+    intervals = evaluation.get("intervals", {})
+    lines = ["## Dev metrics", "", "Scores of this version on the eval split (the split it was selected on), "
+             "with 95% percentile bootstrap intervals over its rows; other splits without intervals.", "",
+             "| split | metric | score | 95% interval |", "|---|---|---|---|"]
+    for split, scores in evaluation["splits"].items():
+        for metric, value in scores.items():
+            low_high = intervals.get(metric) if split == "eval" else None
+            interval = f"[{low_high[0]:.4f}, {low_high[1]:.4f}]" if low_high else "-"
+            primary = " (primary)" if metric == spec.primary_metric and split == "eval" else ""
+            lines.append(f"| {split} | {metric}{primary} | {value:.4f} | {interval} |")
+    return [*lines, ""]
+
+
+def _calls(family: str, uri: str, example: pd.DataFrame) -> list[str]:
+    records = json.loads(example.head(1).to_json(orient="records", force_ascii=False))
+    first = records[0]
+    flags = {"text": "--text", "text_a": "--text", "text_b": "--text-b", "question": "--question",
+             "context": "--context"}
+    if family == "token_tagging":
+        options = "--tokens " + " ".join(shlex.quote(w) for w in first["tokens"])
+    else:
+        options = " ".join(f"{flags[k]} {shlex.quote(str(v))}" for k, v in first.items() if k in flags)
+    body = json.dumps({"dataframe_records": records}, ensure_ascii=False)
+    return ["## How to call it", "", "```bash",
+            f"bertflow predict {uri} {options}",
+            f"bertflow serve {uri} --port 5001       # then, from another shell:",
+            f"curl -s http://127.0.0.1:5001/invocations -H 'Content-Type: application/json' -d {shlex.quote(body)}",
+            "```", "", "```python", "import mlflow, pandas as pd",
+            f"mlflow.pyfunc.load_model({uri!r}).predict(pd.DataFrame({records!r}))", "```", ""]
+
+
+def _limits(spec: TaskSpec, cfg: TrainConfig, data: DataInfo, language: str | None) -> list[str]:
+    length = cfg.max_seq_length or spec.max_seq_length
+    if spec.family == "extractive_qa":
+        reach = (f"the question (at most 64 tokens) and the passage are read in windows of {length} tokens "
+                 f"overlapping by {spec.doc_stride}; answers are at most {spec.max_answer_length} tokens, and always "
+                 "a span of the passage (it never says 'no answer')")
+    elif spec.family == "token_tagging":
+        reach = (f"a sentence longer than {length} word pieces is cut: the words past the cut get the tag "
+                 f"'{'O' if 'O' in (data.label_names or []) else (data.label_names or ['?'])[0]}'")
+    else:
+        reach = f"each input is cut to {length} word pieces ([CLS]/[SEP] included), longest text first"
+    lines = ["## Limits", "", f"- {reach}.",
+             f"- language: {language or 'not stated by the pretrained checkpoint'} (the pretrained checkpoint's own "
+             "model card); other languages are not supported.",
+             f"- it knows only what its training data showed: {data.source}; scores are dev scores on data "
+             "of that kind, not on yours."]
+    if data.label_names is not None and spec.family != "token_tagging":
+        lines.append(f"- it always answers one of its {len(data.label_names)} labels, even for out-of-domain input.")
+    return [*lines, ""]
