@@ -10,11 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pwd
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import datasets
 from datasets import Dataset, Features, List, Value
@@ -59,12 +60,8 @@ def load_task_data(
             why_not_local = f"{ENV_DATA_DIR} is not set and no data_dir was given."
         else:
             missing = [(where, rel) for where, rel in files.values() if not (root / rel).is_file()]
-            # Paths are checked lexically in the spec; a symlink inside the root could still lead out of it.
             for where, rel in files.values():
-                target = (root / rel).resolve()
-                if (root / rel).exists() and not target.is_relative_to(root.resolve()):
-                    raise DataError(f"{spec.name}: {rel} (spec field {where}) resolves to {target}, "
-                                    f"outside the data root {root.resolve()}")
+                _check_links(spec.name, root, rel, where)
             if not missing:
                 return _load_local(spec, root, drop_bad_rows, max_rows)
             # A partly present dataset is a mistake to report, not a reason to go to the hub.
@@ -85,6 +82,32 @@ def has_local_data(spec: TaskSpec | str | Path, data_dir: str | Path | None = No
     if spec.local is None or root is None:
         return False
     return all((root / rel).is_file() for _, rel in _local_files(spec).values())
+
+
+def _check_links(task: str, root: Path, rel: str, where: str) -> None:
+    """Spec paths stay under the data root lexically (bert_core/spec.py); symlinks on the way are followed
+    when the data root's owner made them, since assembling a data root from links to shared storage is
+    common. A link someone else made (in a shared, writable data root) may not lead out of the root."""
+    owner = root.stat().st_uid if root.exists() else None
+    path = root
+    for part in PurePosixPath(rel).parts:
+        path = path / part
+        if not path.is_symlink():
+            continue
+        target, maker = path.resolve(), path.lstat().st_uid
+        if maker != owner and not target.is_relative_to(root.resolve()):
+            raise DataError(
+                f"{task}: {rel} (spec field {where}) goes through the symlink {path} -> {target}, out of the data "
+                f"root {root}; the link was made by {_user(maker)}, not by the data root's owner {_user(owner)}, "
+                f"and only the owner's links are followed out of the root: have {_user(owner)} make the link, or "
+                "copy the file into the data root")
+
+
+def _user(uid: int | None) -> str:
+    try:
+        return f"user {pwd.getpwuid(uid).pw_name!r}"
+    except (KeyError, TypeError):
+        return f"uid {uid}"
 
 
 def _env_data_dir() -> Path | None:

@@ -57,6 +57,8 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="fine-tune a task with the finetune flow, locally")
     p.add_argument("task", help="built-in task name (see `bertflow tasks`) or a spec YAML path")
     _finetune_options(p)
+    p.add_argument("--json", action="store_true", help="print the run's summary as JSON (default: a few lines "
+                   "for people)")
     p.add_argument("--retries", type=int, default=0, metavar="N",
                    help="retry the flow run N times after a failure that may heal (tracking server or hub "
                    "unreachable, I/O), 60 s apart; errors of the input are never retried. Default 0: a run "
@@ -86,16 +88,39 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(command=cmd_suite, name="suite")
 
     p = sub.add_parser("predict", help="predict with a logged or registered model",
-                       description="Rows come from the options, or as JSON lines on stdin (columns: text / "
-                       "text_a, text_b / tokens / question, context). One JSON line out per row.")
+                       description="Rows come from the options (repeat an option for more rows: the n-th "
+                       "--text goes with the n-th --text-b), or as JSON lines on stdin (columns: text / text_a, "
+                       "text_b / tokens / question, context). One JSON line out per row, in order.")
     p.add_argument("model_uri", help="e.g. models:/bert-sst2@champion, models:/bert-sst2/3, runs:/<id>/model")
-    p.add_argument("--text", help="the text (classification, tagging: split on spaces), or a pair's first text")
-    p.add_argument("--text-b", help="the second text of a pair task")
-    p.add_argument("--question")
-    p.add_argument("--context")
-    p.add_argument("--tokens", nargs="+", help="words to tag")
+    p.add_argument("--text", action="append",
+                   help="the text (classification, tagging: split on spaces), or a pair's first text")
+    p.add_argument("--text-b", action="append", help="the second text of a pair task")
+    p.add_argument("--question", action="append")
+    p.add_argument("--context", action="append")
+    p.add_argument("--tokens", nargs="+", action="append", help="words to tag (one row per --tokens)")
     p.add_argument("--tracking-uri")
     p.set_defaults(command=cmd_predict, name="predict")
+
+    p = sub.add_parser("ui", help="the MLflow UI on bertflow's tracking store",
+                       description="Starts `mlflow server` on the store bertflow logs to (--tracking-uri, else "
+                       "$MLFLOW_TRACKING_URI, else $BERTFLOW_HOME/mlflow.db), its artifacts beside the database. "
+                       "For a tracking server, it prints the server's own UI address instead.")
+    p.add_argument("--port", type=int, default=5000, help="default 5000")
+    p.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine only); 0.0.0.0 for all")
+    p.add_argument("--tracking-uri")
+    p.set_defaults(command=cmd_ui, name="ui")
+
+    p = sub.add_parser("serve", help="serve a registered or logged model over HTTP (MLflow's scoring server)",
+                       description="`mlflow models serve` for MODEL_URI, resolved in bertflow's tracking store, "
+                       "in this environment (no conda or virtualenv is built). POST JSON to /invocations, e.g. "
+                       "{\"dataframe_records\": [{\"text\": \"a gripping film\"}]}. Pickled models are refused "
+                       "(MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false unless set).")
+    p.add_argument("model_uri", help="e.g. models:/bert-sst2@champion, models:/bert-sst2/3, runs:/<id>/model")
+    p.add_argument("--port", type=int, default=5001, help="default 5001")
+    p.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine only); 0.0.0.0 for all")
+    p.add_argument("--workers", type=int, default=1, help="server processes (default 1)")
+    p.add_argument("--tracking-uri")
+    p.set_defaults(command=cmd_serve, name="serve")
 
     p = sub.add_parser("compare", help="registered versions of a task side by side, with bootstrap intervals")
     p.add_argument("task", help="task name or spec YAML path")
@@ -127,7 +152,8 @@ def _training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pretrained", help="checkpoint folder or hub id; default: the packaged all-MiniLM-L6-v2")
     p.add_argument("--data-dir", help="folder holding the task's files; default: $BERTFLOW_DATA_DIR")
     p.add_argument("--drop-bad-rows", action="store_true", help="skip malformed rows instead of failing")
-    p.add_argument("--verbose", action="store_true", help="show tracebacks")
+    p.add_argument("--verbose", action="store_true", help="show tracebacks and every library's INFO lines (Prefect, "
+                   "MLflow); default: bertflow's own line per step, warnings and errors")
 
 
 def _finetune_options(p: argparse.ArgumentParser) -> None:
@@ -178,6 +204,7 @@ def _run_flow(args, flow, **parameters):
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     if not args.verbose:
         _hide_tracebacks()
+        _quiet_libraries()
     if getattr(args, "retries", None) is not None:
         flow = flow.with_options(retries=args.retries)
     state = flow(**parameters, return_state=True)
@@ -254,7 +281,13 @@ def cmd_run(args) -> int:
     params = _finetune_params(args, args.task)
     from flows.finetune import finetune  # imports Prefect and MLflow: only when a run is wanted
 
-    print(json.dumps(_run_flow(args, finetune, params=params), indent=2, default=str))
+    summary = _run_flow(args, finetune, params=params)
+    if args.json:
+        print(json.dumps(summary, indent=2, default=str))
+    else:
+        from flows.summary import FinetuneSummary
+
+        print(FinetuneSummary(**summary).text())
     return 0
 
 
@@ -283,7 +316,10 @@ def cmd_predict(args) -> None:
                "tokens": args.tokens}
     given = {k: v for k, v in columns.items() if v is not None}
     if given:
-        rows = [given]
+        counts = {f"--{k.replace('_', '-')}": len(v) for k, v in given.items()}
+        if len(set(counts.values())) > 1:
+            raise ValueError(f"each row needs one of each option given, but the counts differ: {counts}")
+        rows = [dict(zip(given, values, strict=True)) for values in zip(*given.values(), strict=True)]
     else:
         rows = [json.loads(line) for line in sys.stdin if line.strip()]
         if not rows:
@@ -292,6 +328,62 @@ def cmd_predict(args) -> None:
     model = mlflow.pyfunc.load_model(args.model_uri)
     predictions = model.predict(pd.DataFrame(rows))
     print(predictions.to_json(orient="records", lines=True, force_ascii=False).strip())
+
+
+def cmd_ui(args) -> int:
+    from tasks.tracking import artifact_root, check_tracking, local_store_path, mask_secrets
+
+    uri = check_tracking(args.tracking_uri)  # a new local store is created with its artifacts beside it
+    if uri.startswith(("http://", "https://")):
+        print(f"{mask_secrets(uri)} is an MLflow tracking server: its UI is at that address")
+        return 0
+    store = local_store_path(uri)
+    command = ["server", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port), "--workers", "1"]
+    if store is not None:
+        command += ["--default-artifact-root", artifact_root(store)]
+    print(f"MLflow UI on {mask_secrets(uri)}: http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
+    _exec_mlflow(command, {})
+
+
+def cmd_serve(args) -> int:
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from tasks.tracking import check_tracking, configure_tracking, mask_secrets
+
+    uri = configure_tracking(check_tracking(args.tracking_uri))
+    if args.model_uri.startswith("models:/"):  # fail here, naming the store, not deep inside the server
+        try:
+            mlflow_model_version(MlflowClient(), args.model_uri)
+        except MlflowException as err:
+            names = sorted(m.name for m in MlflowClient().search_registered_models())
+            raise ValueError(f"{args.model_uri} is not in the model registry of {mask_secrets(uri)} ({err.message}); "
+                             f"registered models there: {names or 'none'}. Fine-tune one with `bertflow run`, or "
+                             "point --tracking-uri / MLFLOW_TRACKING_URI at the store that holds it") from None
+    print(f"serving {args.model_uri} from {mask_secrets(uri)} at http://{args.host}:{args.port}/invocations "
+          "(Ctrl-C stops it)", flush=True)
+    _exec_mlflow(["models", "serve", "-m", args.model_uri, "--env-manager", "local", "-h", args.host,
+                  "-p", str(args.port), "-w", str(args.workers)],
+                 {"MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri,
+                  "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": os.environ.get("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")})
+
+
+def mlflow_model_version(client, model_uri: str):
+    """The registry version behind ``models:/<name>/<version>`` or ``models:/<name>@<alias>``."""
+    name, _, rest = model_uri.removeprefix("models:/").partition("/")
+    if "@" in name:
+        name, alias = name.split("@", 1)
+        return client.get_model_version_by_alias(name, alias)
+    return client.get_model_version(name, rest)
+
+
+def _exec_mlflow(arguments: list[str], env: dict[str, str]) -> None:
+    """Become `mlflow <arguments>` (signals such as Ctrl-C then reach the server directly). The virtualenv's
+    bin folder goes first on PATH: MLflow's servers start uvicorn / gunicorn from PATH."""
+    bin_dir = os.path.dirname(sys.executable)
+    mlflow = os.path.join(bin_dir, "mlflow")
+    merged = {**os.environ, **env, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+    os.execve(mlflow, [mlflow, *arguments], merged)
 
 
 def cmd_compare(args) -> None:
@@ -313,6 +405,19 @@ def _table(rows: list[dict]) -> str:
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
     return "\n".join(lines)
+
+
+def _quiet_libraries() -> None:
+    """The console shows bertflow's line per step (marked `bertflow_step`), warnings and errors; Prefect's INFO
+    lines and MLflow's event messages ("Created version ...", hints, download bars) stay out. Prefect's API
+    (the UI, `prefect flow-run logs`) still gets every line; `--verbose` shows them all here too."""
+    from mlflow.utils.logging_utils import disable_logging
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    disable_logging()  # MLflow prints its events to one stream of its own, warnings included
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(lambda record: record.levelno >= logging.WARNING or getattr(record, "bertflow_step", False))
 
 
 def _hide_tracebacks() -> None:

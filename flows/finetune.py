@@ -28,6 +28,7 @@ from bert_core.training import TrainConfig
 from bert_core.training.state import list_checkpoints
 from flows import run_folder
 from flows.params import FinetuneParams
+from flows.summary import FinetuneSummary
 from tasks import tracking
 from tasks.data import download
 from tasks.evaluate import evaluate
@@ -56,15 +57,25 @@ def finetune(params: FinetuneParams = FinetuneParams()) -> dict:  # noqa: B008 (
                 folder.update(status=run_folder.FAILED, ended=run_folder.now(),
                               error=tracking.mask_secrets(f"{type(err).__name__}: {err}")[:2000])
                 raise
+            if not params.keep_checkpoints_after_success:
+                folder.keep_only_results()
             folder.update(status=run_folder.FINISHED, ended=run_folder.now())
-        return summary
+            summary.run_dir_bytes = run_folder.size(folder.path)
+        _say(f"done: {spec.primary_metric} {summary.score:.4f}, {summary.model_uri} is {summary.alias}; run folder "
+             f"{folder.path} keeps {summary.run_dir_bytes / 1e6:,.1f} MB")
+        return summary.as_dict()
     except Exception as err:
         give_up_unless_transient(err)
         raise
 
 
+def _say(message: str) -> None:
+    """One line per step for people: `bertflow run` shows these and hides Prefect's own INFO lines."""
+    get_run_logger(bertflow_step=True).info(message)
+
+
 def _tracked_run(params: FinetuneParams, spec: TaskSpec, cfg: TrainConfig, folder: run_folder.RunFolder,
-                 uri: str) -> dict:
+                 uri: str) -> FinetuneSummary:
     """The five steps inside one MLflow run; a failure ends the run FAILED with the error recorded."""
     log = get_run_logger()
     run_dir = folder.path
@@ -104,35 +115,50 @@ def _tracked_run(params: FinetuneParams, spec: TaskSpec, cfg: TrainConfig, folde
             mlflow.log_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False), "task_spec.yaml")
 
             data = download(spec, str(run_dir), params.data_dir, params.drop_bad_rows)
+            _say(f"1/5 data: {', '.join(f'{s} {n:,}' for s, n in data.rows.items())} rows from {data.source} "
+                 f"(fingerprint {data.fingerprint[:12]})" + (f", {data.dropped} bad rows dropped" if data.dropped else ""))
             mlflow.set_tag("data_fingerprint", data.fingerprint)
             _set_aside_if_changed(folder, data.fingerprint, tags["code_version"])
             tracking.log_params_safely({"data": {"source": data.source, "rows": data.rows, "dropped": data.dropped,
                                                  "carve": data.carve}})
             features = tokenize(spec, cfg, data, params.pretrained, cache_dir)
+            _say("2/5 features: " + ", ".join(f"{s} {f['features']:,}" for s, f in features["splits"].items())
+                 + f" ({'from the cache' if features['cache_hit'] else 'built'}, max_seq_length "
+                 f"{features['settings']['max_seq_length']})")
             tracking.log_params_safely({"features": features["settings"]})
             trained = fine_tune(spec, cfg, data, str(run_dir), run_id, params.pretrained, cache_dir)
+            resumed = f", resumed at step {trained['resumed_from_step']}" if trained["resumed_from_step"] else ""
+            _say(f"3/5 fine-tune: {trained['train_rows']:,} rows, {trained['final_step']:,} steps in "
+                 f"{trained['train_seconds']:.0f} s ({trained['examples_per_second']:.1f} examples/s, "
+                 f"{trained['precision']}{resumed}); best dev {spec.primary_metric} {trained['best_metric']:.4f} "
+                 f"at step {trained['best_step']}")
             evaluation = evaluate(spec, cfg, data, trained, str(run_dir), run_id, cache_dir)
+            low, high = evaluation["intervals"][spec.primary_metric]
+            _say("4/5 evaluate: " + "; ".join(
+                f"{split} " + ", ".join(f"{m} {v:.4f}" for m, v in scores.items())
+                for split, scores in evaluation["splits"].items())
+                + f" (eval {spec.primary_metric} 95% interval {low:.4f} to {high:.4f})")
             # The registry notes when versions were scored on different dev rows: other data or eval cap.
             dev_rows = f"{data.fingerprint}|eval[:{cfg.max_eval_samples}]"
             decision = register(spec, cfg, data, trained, evaluation, run_id, params.registry_policy, dev_rows,
                                 params.registry_confidence, params.pretrained)
+            _say(f"5/5 register: {decision['model_uri']} is {decision['alias']}: {decision['reason']}")
         except BaseException as err:  # noqa: BLE001 (record it, then let Prefect see the failure)
             mlflow.set_tag("error", tracking.mask_secrets(f"{type(err).__name__}: {err}")[:5000])
             mlflow.log_text(tracking.mask_secrets(traceback.format_exc()), "error.txt")
             raise  # start_run's context manager ends the MLflow run as FAILED
 
-    return {
-        "task": spec.name, "family": spec.family, "mlflow_run_id": run_id,
-        "tracking_uri": tracking.mask_secrets(uri),
-        "model_name": decision["model_name"], "model_version": decision["version"],
-        "model_uri": decision["model_uri"], "alias": decision["alias"], "champion": decision["became_champion"],
-        "decision": decision["reason"], "primary_metric": spec.primary_metric, "score": decision["new_score"],
-        "champion_score_before": decision["champion_score"], "metrics": evaluation["metrics"],
-        "train_seconds": trained["train_seconds"], "examples_per_second": trained["examples_per_second"],
+    return FinetuneSummary(
+        task=spec.name, family=spec.family, mlflow_run_id=run_id, tracking_uri=tracking.mask_secrets(uri),
+        model_name=decision["model_name"], model_version=decision["version"], model_uri=decision["model_uri"],
+        alias=decision["alias"], champion=decision["became_champion"], decision=decision["reason"],
+        primary_metric=spec.primary_metric, score=decision["new_score"],
+        interval=evaluation["intervals"][spec.primary_metric], champion_score_before=decision["champion_score"],
+        metrics=evaluation["metrics"], train_rows=trained["train_rows"], eval_rows=trained["eval_rows"],
+        steps=trained["final_step"], train_seconds=trained["train_seconds"],
+        examples_per_second=trained["examples_per_second"], run_dir=str(run_dir), run_dir_bytes=None,
         # tokenize found its features cached; fit found tokenize's (False there = a key mismatch, a bug).
-        "feature_cache": {"tokenize_hit": features["cache_hit"], "fit_hit": trained["feature_cache_hit"]},
-        "run_dir": str(run_dir),
-    }
+        feature_cache={"tokenize_hit": features["cache_hit"], "fit_hit": trained["feature_cache_hit"]})
 
 
 def _set_aside_if_changed(folder: run_folder.RunFolder, fingerprint: str, code_version: str) -> None:

@@ -48,6 +48,10 @@ class FinetuneParams(BaseModel):
     registry_confidence: float = Field(
         0.95, gt=0, lt=1, description="Policy 'significant' only: confidence of the two-sided bootstrap interval "
         "of (new - champion) that must lie above 0.")
+    keep_checkpoints_after_success: bool = Field(
+        False, description="Keep the resumable checkpoints and the best model's folder in the run folder after a "
+        "successful run (the model is in MLflow either way). Off: a finished run folder keeps its data, "
+        "evaluation and records only.")
     run_root: str | None = Field(
         None, description="Where run folders (data, checkpoints, model, predictions, plots) go; empty = "
         "$BERTFLOW_HOME/runs.")

@@ -64,6 +64,15 @@ class RunFolder:
         self.record.update(fields)
         _write(self.path, self.record)
 
+    def keep_only_results(self) -> None:
+        """After a successful run: delete the resumable checkpoints, the best model's copy (the model is in
+        MLflow) and set-aside training output; keep the data, the evaluation and the records."""
+        removed = [p for p in (self.path / "training" / "checkpoints", self.path / "training" / "best",
+                               *self.path.glob("training.stale-*")) if p.exists()]
+        for path in removed:
+            shutil.rmtree(path)
+        self.update(removed_after_success=[str(p.relative_to(self.path)) for p in removed])
+
     def set_aside(self, why: str) -> Path | None:
         """Move the old training output (checkpoints, best model) to `training.stale-<time>` so training
         starts over here; returns where it went, None if there was none."""
@@ -181,7 +190,7 @@ def list_runs(run_root: str | Path | None = None, task: str | None = None) -> li
             record = read_record(path)
             if record is None:
                 continue
-            runs.append(RunSummary(path, record.get("task", task_root.name), _status(path, record), _size(path),
+            runs.append(RunSummary(path, record.get("task", task_root.name), _status(path, record), size(path),
                                    record.get("mlflow_run_id"), record.get("tracking_uri"), record.get("created"),
                                    record.get("ended"), record.get("error")))
     return runs
@@ -199,7 +208,8 @@ def _status(path: Path, record: dict) -> str:
     return INTERRUPTED
 
 
-def _size(path: Path) -> int:
+def size(path: Path) -> int:
+    """Bytes of the files under ``path``."""
     total = 0
     for folder, _, files in os.walk(path):
         for name in files:

@@ -34,10 +34,9 @@ from bert_core.home import runs_root
 from bert_core.loading import ENV_DATA_DIR, has_local_data
 from bert_core.spec import builtin_specs, load_spec
 from flows.params import BuiltinTask, FinetuneParams
+from flows.summary import FinetuneSummary
 from tasks import tracking
 from tasks.leaderboard import leaderboard_row, publish_leaderboard
-from tasks.registry import CHAMPION
-from tasks.train import TRAINING_METRICS
 
 GLUE = ["cola", "sst2", "mrpc", "rte", "stsb", "mnli"]
 ALSO = ["conll2003_ner", "squad"]
@@ -121,28 +120,18 @@ def finetune_on_worker(deployment: str, params: FinetuneParams) -> dict:
 
 
 def summary_from_mlflow(params: FinetuneParams, flow_run_id: str) -> dict:
-    """Rebuild the finetune flow's summary from the FINISHED MLflow run tagged with `flow_run_id`."""
+    """The finetune flow's summary, rebuilt from the FINISHED MLflow run tagged with `flow_run_id`."""
     spec = load_spec(params.task)
     tracking.configure_tracking(params.tracking_uri)
     client = MlflowClient()
-    experiment = client.get_experiment_by_name(f"bertflow-{spec.name}")
+    experiment = client.get_experiment_by_name(tracking.experiment_name(spec.name))
     found = client.search_runs(
         [experiment.experiment_id] if experiment else [],
         filter_string=f"tags.`prefect.flow_run_id` = '{flow_run_id}' and attributes.status = 'FINISHED'")
     if not found:
-        raise RuntimeError(f"no FINISHED MLflow run of bertflow-{spec.name} is tagged with flow run {flow_run_id}")
-    run = found[0]
-    metrics, tags = run.data.metrics, run.data.tags
-    return {
-        "task": spec.name, "family": spec.family, "mlflow_run_id": run.info.run_id,
-        "model_name": tags["model_name"], "model_version": tags["model_version"], "alias": tags["model_alias"],
-        "champion": tags["model_alias"] == CHAMPION, "primary_metric": spec.primary_metric,
-        "score": metrics[f"eval_{spec.primary_metric}"],
-        # The evaluate task's `<split>_<metric>` scores: not per-step curves (`train/...`), system metrics
-        # or the training summary.
-        "metrics": {k: v for k, v in metrics.items() if "/" not in k and k not in TRAINING_METRICS},
-        "train_seconds": metrics["train_seconds"], "examples_per_second": metrics["examples_per_second"],
-    }
+        raise RuntimeError(f"no FINISHED MLflow run of {tracking.experiment_name(spec.name)} is tagged with flow "
+                           f"run {flow_run_id}")
+    return FinetuneSummary.from_mlflow(spec, found[0]).as_dict()
 
 
 def _row(name: str, future) -> dict:

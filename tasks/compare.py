@@ -30,6 +30,7 @@ from bert_core.bootstrap import bootstrap_interval, paired_bootstrap
 from bert_core.home import runs_root
 from bert_core.spec import load_spec
 from tasks.registry import CHAMPION, N_RESAMPLES, describe_versions, model_name, pair_on_rows, run_predictions
+from tasks.tracking import experiment_name
 
 # Run params (dotted, as tasks.tracking.log_params_safely logs them) shown per version.
 HYPERPARAMETERS = {"learning_rate": "training.learning_rate", "batch_size": "training.batch_size",
@@ -261,7 +262,7 @@ def _write_csv(rows: list[dict], path: Path) -> None:
 def _log_to_mlflow(task: str, name: str, rows: list[dict], folder: Path, confidence: float, n_resamples: int,
                    stamp: str) -> str:
     client = MlflowClient()
-    experiment = mlflow.get_experiment_by_name(f"bertflow-{task}")
+    experiment = mlflow.get_experiment_by_name(experiment_name(task))
     if experiment is not None:
         experiment_id = experiment.experiment_id
     else:  # versions registered from runs in another experiment: keep the comparison next to them

@@ -40,8 +40,8 @@ def register(spec: TaskSpec, cfg: TrainConfig, data: DataInfo, trained: dict, ev
                                 label_names=data.label_names, settings=spec.metric_settings())
     client = MlflowClient()
     try:
-        for key, value in {"model_name": name, "model_version": decision.version,
-                           "model_alias": decision.alias}.items():
+        for key, value in {"model_name": name, "model_version": decision.version, "model_alias": decision.alias,
+                           "model_decision": decision.reason}.items():
             client.set_tag(run_id, key, value)
         table = [{"split": split, "metric": metric, "value": round(value, 4)}
                  for split, scores in evaluation["splits"].items() for metric, value in scores.items()]

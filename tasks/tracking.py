@@ -25,7 +25,7 @@ from urllib.parse import unquote, urlsplit
 
 import mlflow
 from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
+from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
 
 from bert_core.home import bertflow_home
@@ -86,17 +86,22 @@ def split_credentials(uri: str) -> tuple[str, str | None, str | None]:
     return parts._replace(netloc=host).geturl(), user, password
 
 
+def experiment_name(task_name: str) -> str:
+    """The MLflow experiment a task's runs go to."""
+    return f"bertflow-{task_name}"
+
+
 def experiment_for(task_name: str, uri: str) -> str:
     """The MLflow experiment `bertflow-<task>`, created on first use. With a local store its artifacts go
     next to the database (MLflow's default, ./mlruns, would follow the current directory)."""
-    name = f"bertflow-{task_name}"
+    name = experiment_name(task_name)
     found = mlflow.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
     store = local_store_path(uri)
     location = None
     if store is not None and uri.startswith("sqlite:"):
-        location = (store.parent / "mlartifacts" / name).resolve().as_uri()
+        location = f"{artifact_root(store)}/{name}"
     try:
         return mlflow.create_experiment(name, artifact_location=location)
     except MlflowException:  # created meanwhile by a concurrent flow run
@@ -154,14 +159,21 @@ def check_tracking(uri: str | None = None, timeout_s: float = 10) -> str:
     return uri
 
 
+def artifact_root(store: Path) -> str:
+    """Where a local sqlite store keeps artifacts: `mlartifacts/` beside the database (file URI)."""
+    return (store.parent.resolve() / "mlartifacts").as_uri()
+
+
 def _create_sqlite_store_once(uri: str, path: Path) -> None:
     """Open the sqlite store under a file lock. Two processes opening a new store at once (a suite's
     parallel fine-tunes on a fresh machine) would both run MLflow's schema migrations, and one fails
-    ("Online migration expected to match one row ..."); the first holder creates it, the rest find it."""
+    ("Online migration expected to match one row ..."); the first holder creates it, the rest find it.
+    A new store's Default experiment keeps its artifacts beside the database too: MLflow's own default,
+    ./mlruns, would land in whatever folder the first command ran in."""
     with open(path.with_name(path.name + ".init.lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+            SqlAlchemyStore(uri, artifact_root(path))  # creates the tables (and Default) when the file is new
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
 

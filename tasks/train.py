@@ -21,7 +21,8 @@ from tasks.data import DataInfo, load_split
 from tasks.retry_policy import retry_if_transient
 
 # Logged once per run, beside the evaluate task's `<split>_<metric>` scores.
-TRAINING_METRICS = ("train_seconds", "examples_per_second", "tokens_per_second", "best_step", "final_step")
+TRAINING_METRICS = ("train_seconds", "examples_per_second", "tokens_per_second", "best_step", "final_step",
+                    "train_rows", "eval_rows")
 
 
 def artifact_key(task_name: str, what: str) -> str:

@@ -4,7 +4,8 @@
   it runs (load_pretrained and resumable checkpoints), and no torch.load / pickle.load in the package
   lacks the guard (AST scan).
 - Spec paths are resolved against the data root and cannot leave it lexically (absolute, drive, `..`,
-  backslashes) nor through a symlink under it; spec and split names cannot leave the run folder.
+  backslashes); a symlink under it leads out of it only when the data root's owner made it; spec and
+  split names cannot leave the run folder.
 - Secrets: with tokens and passwords in the environment and a password in the tracking URI parameter,
   nothing in the MLflow run (params, tags, metrics, artifacts), the registered version or the logged
   model holds them.
@@ -169,26 +170,43 @@ def test_a_spec_name_cannot_leave_the_run_root(tmp_path, name):
         load_spec(write_task(tmp_path, name=f"'{name}'"))
 
 
-@pytest.mark.parametrize("link", ["file", "folder"])
-def test_a_symlink_cannot_lead_out_of_the_data_root(tmp_path, link):
+def _link_out(tmp_path, link: str):
+    """A data root whose train file is reached through a symlink (to the file, or to its folder) that leads
+    out of the root, to a file holding 'the shared row'. Returns (spec, root, the link)."""
     outside = tmp_path / "outside"
     outside.mkdir()
-    (outside / "train.tsv").write_text(TSV.replace("a good film", "the secret row"))
+    (outside / "train.tsv").write_text(TSV.replace("a good film", "the shared row"))
     root = tmp_path / "root"
     spec = write_task(root)
+    (root / "data" / "train.tsv").unlink()
     if link == "file":
-        (root / "data" / "train.tsv").unlink()
-        (root / "data" / "train.tsv").symlink_to(outside / "train.tsv")
+        made = root / "data" / "train.tsv"
+        made.symlink_to(outside / "train.tsv")
     else:
-        (root / "data" / "train.tsv").unlink()
-        (root / "data" / "sub").symlink_to(outside, target_is_directory=True)
+        made = root / "data" / "sub"
+        made.symlink_to(outside, target_is_directory=True)
         spec = write_task(root, train="data/sub/train.tsv")
-    try:
-        data = load_task_data(spec, root)
-    except DataError as refused:
-        assert "outside the data root" in str(refused)
-        return
-    assert "the secret row" not in data.splits["train"]["text_a"], "read a file outside the data root"
+    return spec, root, made
+
+
+@pytest.mark.parametrize("link", ["file", "folder"])
+def test_the_data_root_owners_symlinks_are_followed_out_of_the_root(tmp_path, link):
+    """A data root assembled from links to shared storage: links its owner made are followed."""
+    spec, root, _ = _link_out(tmp_path, link)
+    assert "the shared row" in load_task_data(spec, root).splits["train"]["text_a"]
+
+
+@pytest.mark.parametrize("link", ["file", "folder"])
+def test_a_symlink_someone_else_made_cannot_lead_out_of_the_data_root(tmp_path, link):
+    if os.geteuid() != 0:
+        pytest.fail("making a symlink owned by another user needs root; run the security tests as root (CI does)")
+    spec, root, made = _link_out(tmp_path, link)
+    os.lchown(made, 65534, 65534)  # nobody: another user of a shared, writable data root
+    with pytest.raises(DataError) as refused:
+        load_task_data(spec, root)
+    message = str(refused.value)
+    assert f"goes through the symlink {made}" in message and "out of the data root" in message
+    assert "not by the data root's owner user 'root'" in message and "copy the file into the data root" in message
 
 
 @pytest.mark.parametrize("split", ["../../escaped", "ABSOLUTE"])

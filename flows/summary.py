@@ -1,0 +1,83 @@
+"""What one fine-tune produced, as the finetune flow returns it (a dict, so Prefect stores it as JSON), as the
+suite rebuilds it from the MLflow run of a fine-tune that ran on another worker, and as `bertflow run`
+prints it for people.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from mlflow.entities import Run
+
+from bert_core.spec import TaskSpec
+from tasks.train import TRAINING_METRICS
+
+
+@dataclasses.dataclass
+class FinetuneSummary:
+    task: str
+    family: str
+    mlflow_run_id: str
+    tracking_uri: str  # secrets masked
+    model_name: str
+    model_version: str
+    model_uri: str
+    alias: str  # champion or challenger
+    champion: bool
+    decision: str  # why it got its alias
+    primary_metric: str
+    score: float  # the eval split's primary metric
+    interval: tuple[float, float] | None  # its 95% bootstrap interval
+    champion_score_before: float | None
+    metrics: dict[str, float]  # `<split>_<metric>` of every split but train
+    train_rows: int | None
+    eval_rows: int | None
+    steps: int | None
+    train_seconds: float
+    examples_per_second: float
+    run_dir: str | None
+    run_dir_bytes: int | None  # what the run folder keeps after the run
+    feature_cache: dict | None = None  # tokenize's and fit's cache hits (a local run only)
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_mlflow(cls, spec: TaskSpec, run: Run) -> FinetuneSummary:
+        """From the FINISHED MLflow run of a finetune flow run (tags, metrics and params it logged)."""
+        metrics, tags, params = run.data.metrics, run.data.tags, run.data.params
+        low, high = (metrics.get(f"interval/eval_{spec.primary_metric}_{end}") for end in ("low", "high"))
+        return cls(
+            task=spec.name, family=spec.family, mlflow_run_id=run.info.run_id, tracking_uri="",
+            model_name=tags["model_name"], model_version=tags["model_version"],
+            model_uri=f"models:/{tags['model_name']}/{tags['model_version']}", alias=tags["model_alias"],
+            champion=tags["model_alias"] == "champion", decision=tags.get("model_decision", ""),
+            primary_metric=spec.primary_metric, score=metrics[f"eval_{spec.primary_metric}"],
+            interval=(low, high) if low is not None else None, champion_score_before=None,
+            # The evaluate task's `<split>_<metric>` scores: not per-step curves (`train/...`), intervals,
+            # system metrics or the training summary.
+            metrics={k: v for k, v in metrics.items() if "/" not in k and k not in TRAINING_METRICS},
+            train_rows=_int(metrics.get("train_rows")), eval_rows=_int(metrics.get("eval_rows")),
+            steps=_int(metrics.get("final_step")),
+            train_seconds=metrics["train_seconds"], examples_per_second=metrics["examples_per_second"],
+            run_dir=params.get("run_dir"), run_dir_bytes=None)
+
+    def text(self) -> str:
+        """A few lines for people: the score, the model and its alias, the training, where things are."""
+        interval = f" (95% interval {self.interval[0]:.4f} to {self.interval[1]:.4f})" if self.interval else ""
+        rows = f" on {self.eval_rows:,} dev rows" if self.eval_rows else ""
+        lines = [f"{self.task}: {self.primary_metric} {self.score:.4f}{interval}{rows}",
+                 f"  model       {self.model_uri}: {self.alias}, {self.decision}"]
+        trained = f"{self.train_rows:,} rows, " if self.train_rows else ""
+        steps = f"{self.steps:,} steps in " if self.steps else ""
+        lines.append(f"  training    {trained}{steps}{self.train_seconds:.0f} s ({self.examples_per_second:.1f} examples/s)")
+        if self.run_dir:
+            size = f" ({self.run_dir_bytes / 1e6:,.1f} MB)" if self.run_dir_bytes is not None else ""
+            lines.append(f"  run folder  {self.run_dir}{size}")
+        lines.append(f"  MLflow run  {self.mlflow_run_id} in {self.tracking_uri or 'the tracking store'} "
+                     "(browse: bertflow ui)")
+        return "\n".join(lines)
+
+
+def _int(value: float | None) -> int | None:
+    return None if value is None else int(value)
