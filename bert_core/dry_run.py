@@ -32,6 +32,7 @@ from bert_core.training.config import TrainConfig
 from bert_core.training.evaluate import CPU, autocast
 from bert_core.training.fit import check_fits_checkpoint, feature_settings, seed_everything
 from bert_core.training.optim import build_optimizer
+from bert_core.training.threads import default_threads
 
 TIMED_STEPS = 3  # each after an untimed step on the same batch
 
@@ -80,8 +81,7 @@ def dry_run(spec: TaskSpec, cfg: TrainConfig, data_dir: str | Path | None = None
             drop_bad_rows: bool = False) -> DryRun:
     """Everything a fine-tune of ``spec`` checks and builds before training; raises what the run would raise.
     ``cfg`` must already hold the spec's defaults (``TrainConfig.with_defaults``)."""
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
+    torch.set_num_threads(cfg.num_threads or default_threads())
     data = load_task_data(spec, data_dir, drop_bad_rows=drop_bad_rows)
     family = get_family(spec.family)
     encoder, tokenizer = load_pretrained(pretrained)

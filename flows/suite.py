@@ -93,7 +93,9 @@ def share_cores(workers: int) -> None:
     they do not oversubscribe it (`training.num_threads`, when set, still wins inside `fit`)."""
     import torch
 
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+    share = max(1, (os.cpu_count() or 1) // workers)
+    os.environ["OMP_NUM_THREADS"] = str(share)  # fit's default (bert_core/training/threads.py) respects it
+    torch.set_num_threads(share)
 
 
 @task(cache_policy=NO_CACHE, task_run_name="finetune-{params.task}")

@@ -88,5 +88,5 @@ def fine_tune(spec: TaskSpec, cfg: TrainConfig, data: DataInfo, run_dir: str, ru
         "model_dir": str(result.model_dir), "primary_metric": result.primary_metric, "best_metric": result.best_metric,
         "metrics": result.eval_metrics, "history_path": str(history_path), "precision": result.precision,
         "resumed_from_step": result.resumed_from_step, "stopped_early": result.stopped_early,
-        "feature_cache_hit": result.feature_stats["feature_cache_hit"], **summary,
+        "feature_cache_hit": result.feature_stats["feature_cache_hit"], "threads": result.threads, **summary,
     }

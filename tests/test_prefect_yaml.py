@@ -8,7 +8,8 @@ import yaml
 from prefect.client.schemas.schedules import CronSchedule
 from prefect.flows import load_flow_from_entrypoint
 
-from bert_core.spec import builtin_specs
+from bert_core.spec import builtin_specs, load_spec
+from bert_core.training import TrainConfig
 from tests.conftest import REPO_ROOT
 
 CONFIG = yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text(encoding="utf-8"))
@@ -30,9 +31,16 @@ def test_deployment_parameters_validate_against_its_flow(name, monkeypatch):
     flow = load_flow_from_entrypoint(deployment["entrypoint"], use_placeholder_flow=False)
     validated = flow.validate_parameters(deployment["parameters"])  # raises ParameterTypeError when wrong
     if "params" in deployment["parameters"]:
-        assert validated["params"].task == deployment["parameters"]["params"]["task"]
-        # The training budget stays unset, so every spec default (learning rate, epochs...) applies.
-        assert validated["params"].training.model_fields_set == set()
+        params = validated["params"]
+        assert params.task == deployment["parameters"]["params"]["task"]
+        # What the UI's form shows for each training field (the deployment's value, else the field's
+        # default) is what runs (the spec's defaults filled in), and the budget stays the full data.
+        spec = load_spec(params.task)
+        runs = params.training.with_defaults(spec.defaults)
+        given = deployment["parameters"]["params"].get("training", {})
+        shown = {name: given.get(name, field.default) for name, field in TrainConfig.model_fields.items()}
+        assert shown == runs.model_dump(), {k: (shown[k], v) for k, v in runs.model_dump().items() if shown[k] != v}
+        assert runs.max_train_samples is None
 
 
 @pytest.mark.parametrize("name", sorted(DEPLOYMENTS))

@@ -51,12 +51,15 @@ def sst2_files(root: Path, bad_line: int | None = None) -> Path:
     return root
 
 
-def bertflow(machine: dict, store: Path, *args: str, data_root: Path | None = None,
-             wait: bool = True) -> subprocess.CompletedProcess | subprocess.Popen:
-    """`bertflow <args>` as a real process on `machine`, its MLflow store at `store`."""
+def bertflow(machine: dict, store: Path, *args: str, data_root: Path | None = None, wait: bool = True,
+             threads: str | None = "1") -> subprocess.CompletedProcess | subprocess.Popen:
+    """`bertflow <args>` as a real process on `machine`, its MLflow store at `store`; `threads`: its
+    OMP_NUM_THREADS (None: unset, so bertflow picks)."""
     env = {**os.environ, "BERTFLOW_HOME": str(machine["home"]), "PREFECT_HOME": str(machine["prefect"]),
-           "MLFLOW_TRACKING_URI": f"sqlite:///{store}", "PREFECT_API_URL": "", "OMP_NUM_THREADS": "1"}
+           "MLFLOW_TRACKING_URI": f"sqlite:///{store}", "PREFECT_API_URL": "", "OMP_NUM_THREADS": threads or ""}
     env.pop("BERTFLOW_CACHE_DIR", None)
+    if threads is None:
+        env.pop("OMP_NUM_THREADS")
     if data_root is not None:
         env["BERTFLOW_DATA_DIR"] = str(data_root)
     command = [sys.executable, "-m", "flows.cli", *args]
@@ -85,7 +88,7 @@ def test_a_failed_run_records_it_and_the_fixed_rerun_goes_on_in_a_fresh_store(ma
     user fixes the file, starts a clean MLflow store and runs the same command: it takes over the failed
     folder, says in one line that the old MLflow run is gone, trains and registers."""
     data = sst2_files(machine["root"] / "data-1", bad_line=6)
-    command = ["run", "sst2", "--data-dir", str(data), "--pretrained", str(machine["tiny"]), *FAST]
+    command = ["run", "sst2", "--data-dir", str(data), "--pretrained", str(machine["tiny"]), "--json", *FAST]
     before = sst2_folders(machine)
     failed = bertflow(machine, machine["root"] / "store-1a.db", *command)
     assert "SST-2/train.tsv:6: field 'label': got '7'" in error_line(failed)
@@ -114,7 +117,7 @@ def test_equal_parameters_over_two_data_roots_never_share_a_folder(machine):
     """BERTFLOW_DATA_DIR is not a flow parameter, but the resolved data root is part of what a run folder
     resumes: a run over another root starts its own folder, and each root keeps giving its own result."""
     bad, good = sst2_files(machine["root"] / "root-a", bad_line=3), sst2_files(machine["root"] / "root-b")
-    command = ["run", "sst2", "--pretrained", str(machine["tiny"]), *FAST]
+    command = ["run", "sst2", "--pretrained", str(machine["tiny"]), "--json", *FAST]
     before = sst2_folders(machine)
     assert "SST-2/train.tsv:3" in error_line(bertflow(machine, machine["root"] / "store-2a.db", *command, data_root=bad))
     (failed,) = sst2_folders(machine) - before
@@ -131,7 +134,7 @@ def test_the_store_switched_between_an_interrupted_run_and_its_rerun(machine):
     folder over, warns once that the killed run is in the other store, resumes from the checkpoint and
     registers in the new store."""
     data = sst2_files(machine["root"] / "data-3")
-    command = ["run", "sst2", "--data-dir", str(data), "--pretrained", str(machine["tiny"]), *FAST,
+    command = ["run", "sst2", "--data-dir", str(data), "--pretrained", str(machine["tiny"]), "--json", *FAST,
                "--epochs", "12", "--checkpoint-every", "4", "--log-every", "1"]
     before = sst2_folders(machine)
     proc = bertflow(machine, machine["root"] / "store-3a.db", *command, wait=False)
@@ -221,6 +224,22 @@ def test_check_reports_the_data_and_estimates_the_training_time(machine):
     assert "training: 64 rows, 16 steps of 8 (2 epoch(s))" in out and "s/step measured" in out
     assert "all checks passed" in out
     assert not (machine["root"] / "store-5.db").exists(), "a dry run writes no MLflow record"
+
+
+def test_unset_threads_leave_a_busy_core_alone(machine, tmp_path):
+    """With another process busy on a core, a fine-tune whose config does not set num_threads (and no
+    OMP_NUM_THREADS) runs with one thread fewer than the cores: two threads sharing a busy core crawl."""
+    hog = subprocess.Popen([sys.executable, "-c", "import os; os.sched_setaffinity(0, {0}); exec('while True: pass')"])
+    try:
+        time.sleep(1)
+        data = sst2_files(machine["root"] / "data-7")
+        done = bertflow(machine, tmp_path / "store.db", "check", "sst2", "--data-dir", str(data), "--pretrained",
+                        str(machine["tiny"]), threads=None)
+    finally:
+        hog.kill()
+    assert done.returncode == 0, done.stderr[-2000:]
+    expected = max(1, len(os.sched_getaffinity(0)) - 1)
+    assert f", {expected} threads)" in done.stdout, done.stdout
 
 
 def test_runs_lists_statuses_and_prunes_only_what_it_is_told_to(machine, tmp_path):

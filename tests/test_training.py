@@ -172,3 +172,17 @@ def test_real_weights_on_real_sst2_beat_chance(tmp_path, data_dir):
     result = finetune("sst2", cfg, tmp_path / "sst2", data_dir=data_dir, cache_dir=tmp_path / "cache")
     # Chance is ~0.5 (dev is 444 positive / 428 negative); MiniLM reaches ~0.8 on 600 rows.
     assert result.eval_metrics["accuracy"] > 0.7, result.eval_metrics
+
+
+def test_unset_threads_default_to_the_free_cores_unless_omp_num_threads_says(monkeypatch):
+    from bert_core.training import threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.setattr(threads.psutil, "cpu_percent", lambda interval, percpu: [97.0, 12.0, 80.0, 3.0])
+    assert threads.default_threads() == 2  # cores 1 and 3 are free
+    monkeypatch.setattr(threads.psutil, "cpu_percent", lambda interval, percpu: [99.0, 99.0, 99.0, 99.0])
+    assert threads.default_threads() == 1, "never fewer than one"
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    monkeypatch.setattr(threads.torch, "get_num_threads", lambda: 3)
+    assert threads.default_threads() == 3

@@ -36,7 +36,9 @@ class TrainConfig(BaseModel):
     keep_checkpoints: int = Field(2, ge=1, description="How many of the newest resumable checkpoints to keep.")
     group_by_length: bool = Field(True, description="Batch examples of similar length together (less padding).")
     log_every: int = Field(10, ge=1, description="Report loss, learning rate and throughput every N steps.")
-    num_threads: int | None = Field(None, ge=1, description="torch intra-op threads; None = PyTorch's default.")
+    num_threads: int | None = Field(
+        None, ge=1, description="torch intra-op threads; None = $OMP_NUM_THREADS if set, else the cores free when "
+        "training starts (a busy core slows every thread of a step).")
     progress_bar: bool = Field(True, description="Show a tqdm progress bar (rank 0 only).")
 
     @model_validator(mode="after")

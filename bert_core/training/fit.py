@@ -36,6 +36,7 @@ from bert_core.training.config import TrainConfig
 from bert_core.training.evaluate import autocast, evaluate_features
 from bert_core.training.optim import build_optimizer, lr_at, set_lr
 from bert_core.training.state import list_checkpoints, load_checkpoint, save_checkpoint
+from bert_core.training.threads import default_threads
 
 # Metrics where lower is better; everything else a spec can name is higher-is-better.
 LOWER_IS_BETTER: frozenset[str] = frozenset()
@@ -69,6 +70,7 @@ class FitResult:
     train_rows: int
     eval_rows: int
     feature_stats: dict[str, Any]
+    threads: int = 1  # intra-op threads the steps ran with
 
 
 class TrainingDiverged(FloatingPointError):
@@ -157,8 +159,7 @@ def fit(spec: TaskSpec, cfg: TrainConfig, output_dir: str | Path, train_rows: li
     """
     output_dir = Path(output_dir)
     d = distributed.setup()
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
+    torch.set_num_threads(cfg.num_threads or default_threads())
     precision = cfg.resolved_precision(d.device)
     family = get_family(spec.family)
     callbacks = list(callbacks) if d.is_main else []
@@ -213,7 +214,8 @@ def fit(spec: TaskSpec, cfg: TrainConfig, output_dir: str | Path, train_rows: li
         ddp_model = torch.nn.parallel.DistributedDataParallel(model)
 
     info = {"total_steps": total_steps, "steps_per_epoch": steps_per_epoch, "warmup_steps": warmup_steps,
-            "precision": precision, "world_size": d.world_size, "resumed_from_step": resumed_from,
+            "precision": precision, "threads": torch.get_num_threads(), "world_size": d.world_size,
+            "resumed_from_step": resumed_from,
             "train_rows": len(train_rows), "eval_rows": len(eval_rows), **stats}
     _notify(callbacks, "on_train_start", info)
 
@@ -299,7 +301,7 @@ def fit(spec: TaskSpec, cfg: TrainConfig, output_dir: str | Path, train_rows: li
         eval_metrics=state["best_metrics"], final_step=step, history=state["history"], train_seconds=seconds,
         examples_per_second=state["examples"] / seconds, tokens_per_second=state["tokens"] / seconds,
         resumed_from_step=resumed_from, precision=precision, stopped_early=stopped_early,
-        train_rows=len(train_rows), eval_rows=len(eval_rows), feature_stats=stats,
+        train_rows=len(train_rows), eval_rows=len(eval_rows), feature_stats=stats, threads=torch.get_num_threads(),
     )
     _notify(callbacks, "on_train_end", result)
     return result
