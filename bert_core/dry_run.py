@@ -70,6 +70,7 @@ class DryRun:
     fingerprint: str
     pretrained: str
     label_names: list[str] | None
+    display_names: dict[str, str]  # label value -> the name people read (the spec's display_names)
     max_seq_length: int
     splits: list[SplitSummary]
     warnings: list[str]
@@ -98,7 +99,7 @@ def dry_run(spec: TaskSpec, cfg: TrainConfig, data_dir: str | Path | None = None
             train_features = features
     estimate = _estimate(family, encoder, data.label_names, train_features, cfg, tokenizer.pad_id, summaries[0].used)
     return DryRun(spec.name, spec.family, data.source, data.fingerprint, pretrained or OFFLINE_DEFAULT, data.label_names,
-                  settings["max_seq_length"], summaries, data.warnings, data.dropped, estimate)
+                  spec.display_names or {}, settings["max_seq_length"], summaries, data.warnings, data.dropped, estimate)
 
 
 def _summarise(split: str, data: TaskData, rows: list[dict], total: int, features: list[dict], lengths: list[int],
@@ -153,7 +154,8 @@ def report(run: DryRun) -> str:
     lines = [f"{run.task} ({run.family}): {run.source}, data fingerprint {run.fingerprint[:16]}",
              f"pretrained: {run.pretrained}; max_seq_length {run.max_seq_length}"]
     if run.label_names is not None:
-        shown = ", ".join(run.label_names[:12]) + (f", ... ({len(run.label_names)} in all)" if len(run.label_names) > 12 else "")
+        names = [n + (f" ({run.display_names[n]})" if n in run.display_names else "") for n in run.label_names]
+        shown = ", ".join(names[:12]) + (f", ... ({len(names)} in all)" if len(names) > 12 else "")
         lines.append(f"labels: {shown}")
     lines.append("")
     header = ["split", "file", "rows", "used", "features", "tokens p50/p90/p99/max", f"over {run.max_seq_length}",
@@ -171,7 +173,7 @@ def report(run: DryRun) -> str:
     e = run.estimate
     lines += ["", f"training: {e.rows:,} rows, {e.steps:,} steps of {e.batch_size} ({e.epochs:g} epoch(s)); "
                   f"{e.seconds_per_step:.2f} s/step measured over {TIMED_STEPS} steps here ({e.precision}, "
-                  f"{e.threads} threads) -> about {_duration(e.seconds)}, evaluations not included"]
+                  f"{e.threads} thread{'s' if e.threads > 1 else ''}) -> about {_duration(e.seconds)}, evaluations not included"]
     if run.dropped:
         lines += ["", f"{len(run.dropped)} bad row(s) would be dropped, e.g. {run.dropped[0]}"]
     if run.warnings:

@@ -144,7 +144,7 @@ def _load_local(spec: TaskSpec, root: Path, drop_bad_rows: bool, max_rows: dict 
     origins = {split: rel for split, (_, rel) in files.items()}
     splits, label_names, warnings = _finish(spec, raw, origins, drop_bad_rows, max_rows, dropped)
     return TaskData(splits, label_names, _local_fingerprint(spec, files, contents, drop_bad_rows, max_rows),
-                    f"local:{root}", carve, dropped, warnings, origins)
+                    f"local:{root.resolve()}", carve, dropped, warnings, origins)
 
 
 def _local_fingerprint(spec, files, contents, drop_bad_rows, max_rows) -> str:

@@ -161,6 +161,9 @@ def _finetune_options(p: argparse.ArgumentParser) -> None:
     _training_options(p)
     p.add_argument("--tracking-uri", help="MLflow URI; default: $MLFLOW_TRACKING_URI, else $BERTFLOW_HOME/mlflow.db")
     p.add_argument("--run-root", help="where run folders go; default: $BERTFLOW_HOME/runs")
+    p.add_argument("--keep-checkpoints-after-success", action="store_true",
+                   help="keep the resumable checkpoints and the best model's folder once the run has succeeded "
+                   "(the model is in MLflow either way)")
     p.add_argument("--registry-policy", choices=["better", "significant"], default="better",
                    help="when the new version becomes champion (default: better)")
     p.add_argument("--registry-confidence", type=float, default=0.95, metavar="X",
@@ -191,6 +194,7 @@ def _finetune_params(args, task: str):
     training = _training_config(args)
     return FinetuneParams(task=task, training=training, pretrained=args.pretrained, data_dir=args.data_dir,
                           tracking_uri=args.tracking_uri, run_root=args.run_root, drop_bad_rows=args.drop_bad_rows,
+                          keep_checkpoints_after_success=args.keep_checkpoints_after_success,
                           registry_policy=args.registry_policy, registry_confidence=args.registry_confidence)
 
 

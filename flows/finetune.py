@@ -130,7 +130,7 @@ def _tracked_run(params: FinetuneParams, spec: TaskSpec, cfg: TrainConfig, folde
             resumed = f", resumed at step {trained['resumed_from_step']}" if trained["resumed_from_step"] else ""
             _say(f"3/5 fine-tune: {trained['train_rows']:,} rows, {trained['final_step']:,} steps in "
                  f"{trained['train_seconds']:.0f} s ({trained['examples_per_second']:.1f} examples/s, "
-                 f"{trained['precision']}, {trained['threads']} threads{resumed}); best dev {spec.primary_metric} {trained['best_metric']:.4f} "
+                 f"{trained['precision']}, {trained['threads']} thread{'s' if trained['threads'] > 1 else ''}{resumed}); best dev {spec.primary_metric} {trained['best_metric']:.4f} "
                  f"at step {trained['best_step']}")
             evaluation = evaluate(spec, cfg, data, trained, str(run_dir), run_id, cache_dir)
             low, high = evaluation["intervals"][spec.primary_metric]
