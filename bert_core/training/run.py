@@ -43,7 +43,7 @@ def evaluate_model_dir(model_dir: str | Path, spec: TaskSpec, rows: list[dict], 
                              tokenizer.pad_id, batch_size, precision)
 
 
-def main(argv: list[str] | None = None) -> None:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("task", help="built-in task name or spec YAML path")
     parser.add_argument("--output-dir", required=True)
@@ -53,7 +53,11 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("max_train_samples", "max_eval_samples", "max_steps", "batch_size", "seed"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=int)
     parser.add_argument("--epochs", type=float)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
     overrides = {k: v for k, v in vars(args).items()
                  if k in TrainConfig.model_fields and v is not None}
     cfg = TrainConfig(**{**json.loads(args.config), **overrides})
