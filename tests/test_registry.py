@@ -76,6 +76,13 @@ def test_champion_moves_only_to_a_better_version(name):
     assert str(client.get_model_version_by_alias(name, "challenger").version) == "2"
 
 
+def test_a_tie_with_the_champion_does_not_promote(name):
+    first, tie = _register(name, 0.8), _register(name, 0.8)
+    assert (first.alias, tie.alias, tie.became_champion) == ("champion", "challenger", False)
+    assert "does not beat" in tie.reason
+    assert str(MlflowClient().get_model_version_by_alias(name, "champion").version) == first.version
+
+
 def test_retracting_a_champion_hands_the_alias_back(name):
     """What a failed or lost run's version gets: deleted, and the champion it displaced is champion again."""
     _register(name, 0.8)

@@ -68,6 +68,12 @@ def bertflow(machine: dict, store: Path, *args: str, data_root: Path | None = No
     return subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
+def store_client(store: Path) -> MlflowClient:
+    """A client of that store for tracking and registry (a registry URI set by another test must not leak in)."""
+    uri = f"sqlite:///{store}"
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
 def summary(done: subprocess.CompletedProcess) -> dict:
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout[done.stdout.index("{"):])
@@ -108,7 +114,7 @@ def test_a_failed_run_records_it_and_the_fixed_rerun_goes_on_in_a_fresh_store(ma
     warnings = [line for line in done.stderr.splitlines() if record["mlflow_run_id"] in line]
     assert len(warnings) == 1 and "is not in the tracking store" in warnings[0], done.stderr[-3000:]
     assert read_record(folder)["status"] == "finished" and read_record(folder)["error"] is None
-    client = MlflowClient(f"sqlite:///{machine['root'] / 'store-1b.db'}")
+    client = store_client(machine["root"] / "store-1b.db")
     (version,) = client.search_model_versions("name = 'bert-sst2'")
     assert version.run_id == result["mlflow_run_id"]
 
@@ -156,7 +162,7 @@ def test_the_store_switched_between_an_interrupted_run_and_its_rerun(machine):
     warning = next(line for line in done.stderr.splitlines() if record["mlflow_run_id"] in line)
     assert f"recorded in sqlite:///{machine['root'] / 'store-3a.db'}" in warning
     assert "training resumes from its checkpoint step-" in done.stderr
-    client = MlflowClient(f"sqlite:///{machine['root'] / 'store-3b.db'}")
+    client = store_client(machine["root"] / "store-3b.db")
     run = client.get_run(result["mlflow_run_id"])
     assert run.data.tags["resumed_from_run"] == record["mlflow_run_id"]
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]

@@ -1,0 +1,130 @@
+"""Contracts pinned where they live, so that a plausible bug fails here and not three layers away:
+the regression loss is MSE, regression scores are not clipped, a span never ends before it starts, and
+segment ids reach the encoder in training, evaluation, prediction and serving."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bert_core import BertConfig, BertEncoder, get_family, save_finetuned
+from bert_core.families.qa import best_span, window_best_span
+from bert_core.predict import Predictor
+from bert_core.spec import TaskSpec
+from bert_core.tokenizer import BertTokenizer
+from bert_core.training import TrainConfig, evaluate_model_dir, fit
+from tests.tiny_models import TINY, VOCAB, write_tiny_checkpoint
+
+pytest.importorskip("transformers")
+
+
+def test_the_regression_loss_is_mean_squared_error():
+    torch.manual_seed(0)
+    model = get_family("pair_regression").build_model(BertEncoder(BertConfig(**TINY)), None).eval()
+    ids = torch.randint(5, len(VOCAB), (3, 7))
+    labels = torch.tensor([0.5, 4.0, 2.5])
+    out = model(ids, torch.zeros_like(ids), torch.ones_like(ids), labels=labels)
+    assert out.loss.item() == pytest.approx(F.mse_loss(out.logits, labels).item())
+    assert out.loss.item() != pytest.approx(F.l1_loss(out.logits, labels).item())
+
+
+def test_regression_scores_are_not_clipped_to_the_label_range():
+    family = get_family("pair_regression")
+    rows = [{"text_a": "a", "text_b": "b"}] * 3
+    features = [{"example_index": i} for i in range(3)]
+    scores = family.postprocess([np.array(7.25), np.array(-1.5), np.array(2.0)], features, rows, None, {})
+    assert [p["score"] for p in scores] == [7.25, -1.5, 2.0]
+
+
+def test_a_span_never_ends_before_it_starts():
+    # The best start is at 7 and the best end at 5: the unconstrained best pair (7, 5) is illegal.
+    start = torch.full((1, 10), -5.0)
+    end = torch.full((1, 10), -5.0)
+    start[0, 7], start[0, 3] = 9.0, 1.0
+    end[0, 5], end[0, 8] = 9.0, 2.0
+    allowed = torch.ones(1, 10, dtype=torch.bool)
+    i, j, score = best_span(start, end, allowed, max_answer_len=5)
+    assert (i.item(), j.item(), score.item()) == (7, 8, 11.0)  # 9 + 2 beats 1 + 9 = 10 at (3, 5)
+    logits = torch.stack([start[0], end[0]], dim=-1).numpy()
+    for n_best in (1, 2, 20):  # the n-best search (and its exhaustive fallback) obey the same rule
+        assert window_best_span(logits, np.ones(10, dtype=bool), n_best, 5) == (11.0, 7, 8)
+
+
+class SegmentSpy:
+    """Records the token_type_ids every forward pass of the encoder receives."""
+
+    def __init__(self, encoder: torch.nn.Module):
+        self.seen: list[torch.Tensor] = []
+        encoder.register_forward_pre_hook(self.record, with_kwargs=True)
+
+    def record(self, module, args, kwargs):
+        token_type_ids = args[1] if len(args) > 1 else kwargs.get("token_type_ids")
+        self.seen.append(None if token_type_ids is None else token_type_ids.detach().clone())
+
+    def second_segment_seen(self) -> bool:
+        return bool(self.seen) and all(t is not None and t.max().item() == 1 for t in self.seen)
+
+
+PAIR_SPEC = TaskSpec(name="pairs", family="pair_classification", labels=["no", "yes"],
+                     local={"format": "tsv", "files": {"train": "a.tsv", "eval": "b.tsv"}},
+                     metrics=["accuracy"], primary_metric="accuracy", max_seq_length=32)
+PAIRS = [{"text_a": "john visited paris", "text_b": "john played in the city", "label": ("no", "yes")[i % 2],
+          "_source": f"x:{i}"} for i in range(16)]
+
+
+def test_segment_ids_reach_the_encoder_in_training_evaluation_prediction_and_serving(tmp_path, monkeypatch):
+    """A pair's second text has segment id 1 all the way from the features to the encoder: dropping
+    token_type_ids anywhere (the batch keys, collate, a head's forward) makes every forward see zeros."""
+    seen = {}
+    original = get_family("pair_classification").build_model
+
+    def build_and_spy(encoder, label_names):
+        model = original(encoder, label_names)
+        seen.setdefault("spies", []).append(SegmentSpy(model.bert))
+        return model
+
+    monkeypatch.setattr(get_family("pair_classification"), "build_model", build_and_spy)
+    cfg = TrainConfig(batch_size=8, epochs=1, precision="fp32", progress_bar=False, checkpoint_every=100)
+    result = fit(PAIR_SPEC, cfg, tmp_path / "out", PAIRS, PAIRS[:4], ["no", "yes"],
+                 pretrained=write_tiny_checkpoint(tmp_path / "tiny"), data_fingerprint="pairs", cache_dir=tmp_path / "c")
+    (training,) = seen["spies"]  # training steps and the evaluations inside fit
+    assert len(training.seen) >= 3 and training.second_segment_seen()
+
+    evaluate_model_dir(result.model_dir, PAIR_SPEC, PAIRS[:4], "pairs", cache_dir=tmp_path / "c")
+    assert seen["spies"][-1].second_segment_seen(), "evaluation"
+
+    predictor = Predictor(result.model_dir)
+    spy = SegmentSpy(predictor.model.bert)
+    predictor.predict([{"text_a": "john visited paris", "text_b": "the city"}])
+    assert spy.second_segment_seen(), "prediction"
+
+
+def test_the_pyfunc_predicts_what_the_model_itself_predicts(tmp_path):
+    """The served model's label and score for a row are the fine-tuned model's own, computed here by hand
+    from its logits: request columns, the tokenizer, segment ids and softmax all line up."""
+    from mlflow.pyfunc import PythonModelContext
+
+    from tasks.pyfunc_model import BertPyfunc
+
+    (tmp_path / "vocab.txt").write_text("\n".join(VOCAB) + "\n", encoding="utf-8")
+    tokenizer = BertTokenizer.from_vocab(tmp_path / "vocab.txt")
+    torch.manual_seed(3)
+    model = get_family("pair_classification").build_model(BertEncoder(BertConfig(**TINY)), ["no", "yes"]).eval()
+    folder = save_finetuned(model, tokenizer, tmp_path / "model",
+                            {"family": "pair_classification", "label_names": ["no", "yes"], "max_seq_length": 32})
+    served = BertPyfunc()
+    served.load_context(PythonModelContext(artifacts={"model_dir": str(folder)}, model_config={}))
+    rows = [("john visited paris", "the city"), ("a good film", "a bad movie"), ("the cafe", "john played")]
+    answer = served.predict(None, pd.DataFrame({"text_a": [a for a, _ in rows], "text_b": [b for _, b in rows]}))
+    for (a, b), (_, got) in zip(rows, answer.iterrows(), strict=True):
+        enc = tokenizer.encode(a, b, max_length=32)
+        assert max(enc.token_type_ids) == 1
+        with torch.no_grad():
+            logits = model(torch.tensor([enc.input_ids]), torch.tensor([enc.token_type_ids]),
+                           torch.ones(1, len(enc), dtype=torch.long)).logits[0]
+        probs = torch.softmax(logits.double(), -1)
+        assert got["label_value"] == ["no", "yes"][int(probs.argmax())]
+        assert got["score"] == pytest.approx(float(probs.max()), abs=1e-6)
