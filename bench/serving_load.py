@@ -7,7 +7,7 @@
 
 `--serve` needs no data and no training: the real MiniLM weights with a fresh classification head have
 the latency of a fine-tuned model (same encoder, same head shape). The model is logged through
-`tasks.pyfunc_model.log_model`, registered in a throw-away sqlite store and served by
+`tracking.packaging.log_model`, registered in a throw-away sqlite store and served by
 `mlflow models serve --env-manager local` on 127.0.0.1, exactly as users serve a registered version.
 Request texts are SST-2 dev sentences when $BERTFLOW_DATA_DIR (or ../shared/datasets) has them, else a
 fixed list; one sentence per request, like an online caller. Standard library only (threads + urllib).
@@ -174,8 +174,8 @@ def register_minilm(folder: Path) -> tuple[str, str]:
     import torch
 
     from bert_core import get_family, load_pretrained, save_finetuned
-    from tasks.pyfunc_model import log_model
-    from tasks.tracking import configure_tracking
+    from tracking.packaging import log_model
+    from tracking.store import configure_tracking
 
     uri = configure_tracking(f"sqlite:///{folder / 'mlflow.db'}")
     # Artifacts under `folder` too: with a sqlite store MLflow would otherwise write ./mlruns.

@@ -44,10 +44,6 @@ class BertConfig:
                 "(the original BERT) is implemented"
             )
 
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
-
     @classmethod
     def from_dict(cls, values: dict) -> BertConfig:
         """Keep the keys we model; ignore the rest (architectures, transformers_version, ...)."""

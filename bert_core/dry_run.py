@@ -16,7 +16,6 @@ import dataclasses
 import math
 import statistics
 import time
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +29,8 @@ from bert_core.spec import TaskSpec
 from bert_core.training.batching import make_batch, step_batches
 from bert_core.training.config import TrainConfig
 from bert_core.training.evaluate import CPU, autocast
-from bert_core.training.fit import check_fits_checkpoint, feature_settings, seed_everything
+from bert_core.training.features import check_fits_checkpoint, feature_settings
+from bert_core.training.fit import seed_everything
 from bert_core.training.optim import build_optimizer
 from bert_core.training.threads import default_threads
 
@@ -44,8 +44,7 @@ class SplitSummary:
     rows: int  # rows in the split, after validation
     used: int  # rows a run uses (max_train_samples / max_eval_samples)
     features: int  # model inputs built from the used rows (QA: one per passage window)
-    labels: dict[str, int] | None  # label (tag) -> count, most frequent first; None for scores and QA
-    scores: tuple[float, float, float] | None  # regression: min, mean, max
+    labels: str  # the label (tag) or score distribution, in a few words (the family's `describe_labels`)
     tokens: dict[str, int]  # p50, p90, p99, max tokens per used row before truncation
     over_max: int  # used rows longer than max_seq_length (QA: split into several windows)
 
@@ -94,7 +93,7 @@ def dry_run(spec: TaskSpec, cfg: TrainConfig, data_dir: str | Path | None = None
         rows = dataset.to_list()[:limit]
         features = family.build_features(rows, tokenizer, data.label_names, settings)
         summaries.append(_summarise(split, data, rows, len(dataset), features, family.token_lengths(rows, tokenizer),
-                                    settings["max_seq_length"]))
+                                    settings["max_seq_length"], family.describe_labels(rows)))
         if split == "train":
             train_features = features
     estimate = _estimate(family, encoder, data.label_names, train_features, cfg, tokenizer.pad_id, summaries[0].used)
@@ -103,17 +102,9 @@ def dry_run(spec: TaskSpec, cfg: TrainConfig, data_dir: str | Path | None = None
 
 
 def _summarise(split: str, data: TaskData, rows: list[dict], total: int, features: list[dict], lengths: list[int],
-               max_seq_length: int) -> SplitSummary:
-    labels, scores = None, None
-    if rows and isinstance(rows[0].get("label"), str):
-        labels = dict(Counter(row["label"] for row in rows).most_common())
-    elif rows and isinstance(rows[0].get("label"), float):
-        values = [row["label"] for row in rows]
-        scores = (min(values), statistics.fmean(values), max(values))
-    elif rows and "tags" in rows[0]:
-        labels = dict(Counter(tag for row in rows for tag in row["tags"]).most_common())
+               max_seq_length: int, labels: str) -> SplitSummary:
     p50, p90, p99 = (int(v) for v in np.percentile(lengths, [50, 90, 99]))
-    return SplitSummary(split, data.origins.get(split, split), total, len(rows), len(features), labels, scores,
+    return SplitSummary(split, data.origins.get(split, split), total, len(rows), len(features), labels,
                         {"p50": p50, "p90": p90, "p99": p99, "max": max(lengths)},
                         sum(n > max_seq_length for n in lengths))
 
@@ -164,12 +155,11 @@ def report(run: DryRun) -> str:
     for s in run.splits:
         over = f"{s.over_max:,} ({s.over_max / max(s.used, 1):.1%})"
         table.append([s.name, s.origin, f"{s.rows:,}", f"{s.used:,}", f"{s.features:,}",
-                      "/".join(str(s.tokens[k]) for k in ("p50", "p90", "p99", "max")), over, _distribution(s)])
+                      "/".join(str(s.tokens[k]) for k in ("p50", "p90", "p99", "max")), over, s.labels])
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in table]
-    if run.family == "extractive_qa":
-        lines.append("QA: a question longer than max_seq_length is read in overlapping windows (features per "
-                     "question = features / used)")
+    if any(s.features != s.used for s in run.splits):
+        lines.append("more features than rows: inputs longer than max_seq_length are read in overlapping windows")
     e = run.estimate
     lines += ["", f"training: {e.rows:,} rows, {e.steps:,} steps of {e.batch_size} ({e.epochs:g} epoch(s)); "
                   f"{e.seconds_per_step:.2f} s/step measured over {TIMED_STEPS} steps here ({e.precision}, "
@@ -182,18 +172,6 @@ def report(run: DryRun) -> str:
             lines.append(f"  ... and {len(run.warnings) - 20} more")
     lines += ["", "all checks passed: the data, the spec and the settings are ready for `bertflow run`"]
     return "\n".join(lines)
-
-
-def _distribution(s: SplitSummary) -> str:
-    if s.scores is not None:
-        low, mean, high = s.scores
-        return f"scores {low:g} to {high:g}, mean {mean:.2f}"
-    if not s.labels:
-        return "-"
-    total = sum(s.labels.values())
-    shown = [f"{name} {count / total:.1%}" for name, count in list(s.labels.items())[:6]]
-    more = f", +{len(s.labels) - 6} more" if len(s.labels) > 6 else ""
-    return ", ".join(shown) + more
 
 
 def _duration(seconds: float) -> str:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import datasets
-from datasets import Dataset, Features, List, Value
+from datasets import Dataset
 
 from bert_core.families import get_family
 from bert_core.readers import READERS, Problems
@@ -27,7 +27,6 @@ from bert_core.validation import DataError, SourceUnavailable, validate_rows
 
 ENV_DATA_DIR = "BERTFLOW_DATA_DIR"
 HUB_PROBE_TIMEOUT_S = 3.0
-_CLASSIFICATION = ("single_classification", "pair_classification")
 
 
 @dataclass
@@ -133,7 +132,7 @@ def _load_local(spec: TaskSpec, root: Path, drop_bad_rows: bool, max_rows: dict 
 
     def rows_of(rel: str) -> list[dict]:
         rows = read(spec, rel, contents[rel], Problems(drop_bad_rows, dropped))
-        return _normalise_labels(rows, spec.family, local.label_map)
+        return get_family(spec.family).normalise(rows, local.label_map)
 
     carve = None
     if local.carve is not None:
@@ -252,7 +251,7 @@ def _hub_rows(spec: TaskSpec, ds: Dataset, where: str, dropped: list[str]) -> li
         rows.append(row)
     if unlabelled:
         dropped.append(f"{where}: skipped {unlabelled} rows with label -1 (no gold label)")
-    return _normalise_labels(rows, spec.family, spec.hub.label_map)
+    return get_family(spec.family).normalise(rows, spec.hub.label_map)
 
 
 def _class_label_namer(spec: TaskSpec, feature) -> Callable[[int], str] | None:
@@ -264,24 +263,10 @@ def _class_label_namer(spec: TaskSpec, feature) -> Callable[[int], str] | None:
 
 # ---------------------------------------------------------------- shared finishing
 
-def _normalise_labels(rows: list[dict], family: str, label_map: dict[str, str] | None) -> list[dict]:
-    """Labels as strings (json/hub may give ints), then through the source's label_map."""
-    label_map = label_map or {}
-    if family in _CLASSIFICATION:
-        for row in rows:
-            value = row.get("label")
-            value = value if value is None or isinstance(value, str) else str(value)
-            row["label"] = label_map.get(value, value)
-    elif family == "token_tagging" and label_map:
-        for row in rows:
-            if isinstance(row.get("tags"), list):
-                row["tags"] = [label_map.get(t, t) for t in row["tags"]]
-    return rows
-
-
 def _finish(spec, raw, origins, drop_bad_rows, max_rows, dropped) -> tuple[dict[str, Dataset], list[str] | None, list[str]]:
     """Validate every row of every split, then the whole data (the family's checks); (splits, labels, warnings)."""
-    label_names = spec.labels if spec.labels is not None else _infer_labels(spec.family, raw["train"])
+    family = get_family(spec.family)
+    label_names = spec.labels if spec.labels is not None else family.infer_label_names(raw["train"])
     unknown = set(max_rows or {}) - set(raw)
     if unknown:
         raise ValueError(f"max_rows names unknown split(s) {sorted(unknown)}; splits: {list(raw)}")
@@ -289,40 +274,15 @@ def _finish(spec, raw, origins, drop_bad_rows, max_rows, dropped) -> tuple[dict[
     for split, rows in raw.items():
         rows = rows[: (max_rows or {}).get(split, len(rows))]
         before = len(dropped)
-        good, bad = validate_rows(rows, spec.family, label_names, drop_bad_rows,
+        good, bad = validate_rows(rows, family, label_names, drop_bad_rows,
                                   labels_from_train=spec.labels is None and split != "train")
         dropped.extend(bad)
         if not good:
             why = f" after dropping {len(dropped) - before} bad row(s)" if len(dropped) > before else ""
             raise DataError(f"{origins[split]}: split {split!r} is empty{why}; expected at least one row")
         validated[split] = good
-    warnings = get_family(spec.family).check_data(spec, validated, label_names, origins)
-    features = _features(spec.family)
-    splits = {}
-    for split, good in validated.items():
-        if spec.family == "single_classification":
-            for row in good:
-                row["text_b"] = None
-        splits[split] = Dataset.from_dict({k: [row[k] for row in good] for k in features}, features=features)
+    warnings = family.check_data(spec, validated, label_names, origins)
+    features = family.arrow_features()
+    splits = {split: Dataset.from_dict({k: [row[k] for row in good] for k in features}, features=features)
+              for split, good in validated.items()}
     return splits, label_names, warnings
-
-
-def _infer_labels(family: str, train: list[dict]) -> list[str] | None:
-    # Sorted, so the label index order is the same on every machine and every run.
-    if family in _CLASSIFICATION:
-        return sorted({r["label"] for r in train if isinstance(r.get("label"), str) and r["label"]})
-    if family == "token_tagging":
-        return sorted({t for r in train if isinstance(r.get("tags"), list) for t in r["tags"]
-                       if isinstance(t, str) and t})
-    return None
-
-
-def _features(family: str) -> Features:
-    text = Value("string")
-    if family == "extractive_qa":
-        answers = {"text": List(text), "answer_start": List(Value("int32"))}
-        return Features(id=text, title=text, question=text, context=text, answers=answers, _source=text)
-    if family == "token_tagging":
-        return Features(tokens=List(text), tags=List(text), _source=text)
-    label = Value("float64") if family == "pair_regression" else text
-    return Features(text_a=text, text_b=text, label=label, _source=text)

@@ -16,16 +16,7 @@ import torch
 from bert_core.checkpoint import load_finetuned
 from bert_core.families import get_family
 from bert_core.training.evaluate import predict_logits
-from bert_core.training.fit import TASK_SETTINGS
-
-# What each family needs in a row; checked before any tokenization so errors name the field.
-REQUIRED_FIELDS = {
-    "single_classification": ("text_a",),
-    "pair_classification": ("text_a", "text_b"),
-    "pair_regression": ("text_a", "text_b"),
-    "token_tagging": ("tokens",),
-    "extractive_qa": ("question", "context"),
-}
+from bert_core.training.features import TASK_SETTINGS
 
 
 class Predictor:
@@ -41,9 +32,10 @@ class Predictor:
         self.precision = precision
 
     def check_rows(self, rows: list[dict]) -> None:
-        """Raise ValueError naming the row and field of the first malformed input."""
+        """Raise ValueError naming the row and field of the first malformed input (the fields the family's
+        served model takes, ``Family.request``), before any tokenization."""
         for i, row in enumerate(rows):
-            for field in REQUIRED_FIELDS[self.family_name]:
+            for field in self.family.request:
                 value = row.get(field)
                 if field == "tokens":
                     ok = isinstance(value, (list, tuple)) and value and all(isinstance(w, str) and w.strip() for w in value)
@@ -60,7 +52,7 @@ class Predictor:
         if not rows:
             return []
         self.check_rows(rows)
-        if self.family_name == "extractive_qa":
+        if "id" in self.family.fields:  # QA predictions come back keyed by it
             for i, row in enumerate(rows):
                 row.setdefault("id", str(i))
         features = self.family.build_features(rows, self.tokenizer, self.label_names, self.settings)

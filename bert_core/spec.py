@@ -25,36 +25,11 @@ from pydantic import (
     model_validator,
 )
 
-from bert_core import tag_schemes
+from bert_core.families import FAMILIES
 
-Family = Literal[
-    "single_classification", "pair_classification", "pair_regression", "token_tagging", "extractive_qa"
-]
-
-# Canonical fields of a row per family (docs/design.md); `columns` may only name these.
-FAMILY_FIELDS: dict[str, tuple[str, ...]] = {
-    "single_classification": ("text_a", "label"),
-    "pair_classification": ("text_a", "text_b", "label"),
-    "pair_regression": ("text_a", "text_b", "label"),
-    "token_tagging": ("tokens", "tags"),
-    "extractive_qa": ("id", "title", "question", "context", "answers"),
-}
-
-# Metric names a spec may ask for; bert_core/metrics.py computes them under these names.
-CLASSIFICATION_METRICS = ("accuracy", "f1", "matthews_corr", "f1_macro", "f1_micro", "f1_weighted",
-                          "precision_macro", "recall_macro")
-# Scores of one positive class, label_names[1]: defined for two labels only.
-BINARY_METRICS = ("f1",)
-FAMILY_METRICS: dict[str, tuple[str, ...]] = {
-    "single_classification": CLASSIFICATION_METRICS,
-    "pair_classification": CLASSIFICATION_METRICS,
-    "pair_regression": ("pearson", "spearman"),
-    "token_tagging": ("token_accuracy", "entity_f1", "entity_precision", "entity_recall"),
-    "extractive_qa": ("exact_match", "f1"),
-}
-
-# QA windows hold the question (at most 64 tokens) and [CLS] [SEP] [SEP] beside the passage.
-QA_QUERY_ROOM = 64 + 3
+# The spec's `family`: a name in the family registry (bert_core/families), which says what else the spec
+# may hold (fields, metrics, formats, family-only fields) and checks it (`Family.check_spec`).
+FamilyName = Literal[tuple(FAMILIES)]  # type: ignore[valid-type]
 
 # Carving by row index instead of by a field's value.
 ROW_INDEX = "row_index"
@@ -181,7 +156,7 @@ class LocalSource(_Strict):
 
 class TaskSpec(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$", description="Task name, used in run names.")
-    family: Family = Field(description="Which head/feature builder/metric family the task uses.")
+    family: FamilyName = Field(description="Which head/feature builder/metric family the task uses.")
     description: str = Field("", description="One line for people: what the task is.")
     hub: HubSource | None = Field(None, description="Where the task lives on the Hugging Face hub.")
     local: LocalSource | None = Field(None, description="Where the task lives under the data root.")
@@ -206,7 +181,7 @@ class TaskSpec(_Strict):
         False, description="token_tagging: rewrite a tag sequence that breaks tag_scheme into the scheme's own "
         "spelling of the same entities (each repair is reported), instead of failing on it."
     )
-    metrics: list[str] = Field(min_length=1, description="Metrics to report, see FAMILY_METRICS.")
+    metrics: list[str] = Field(min_length=1, description="Metrics to report; the family says which (`Family.metrics`).")
     primary_metric: str = Field(description="Metric for model selection; must be one of `metrics`.")
     max_seq_length: int = Field(128, gt=8, le=4096, description="Max tokens per feature, [CLS]/[SEP] included.")
     doc_stride: int | None = Field(None, gt=0, description="QA only: token overlap between context windows; default "
@@ -221,7 +196,7 @@ class TaskSpec(_Strict):
     def _metrics_fit_family(cls, metrics: list[str], info: ValidationInfo) -> list[str]:
         family = info.data.get("family")
         if family is not None:
-            allowed = FAMILY_METRICS[family]
+            allowed = FAMILIES[family].metrics
             unknown = [m for m in metrics if m not in allowed]
             if unknown:
                 raise ValueError(f"{unknown} not allowed for family {family!r}; allowed: {list(allowed)}")
@@ -231,11 +206,6 @@ class TaskSpec(_Strict):
     @classmethod
     def _display_names_as_strings(cls, names: Any) -> Any:
         return _names_as_strings(names)
-
-    @field_validator("tag_scheme")
-    @classmethod
-    def _known_scheme(cls, scheme: str | None) -> str | None:
-        return None if scheme is None else tag_schemes.canonical(scheme)
 
     @field_validator("defaults")
     @classmethod
@@ -266,9 +236,10 @@ class TaskSpec(_Strict):
     def _columns_are_canonical(cls, columns: dict | None, info: ValidationInfo) -> dict | None:
         family = info.data.get("family")
         if columns is not None and family is not None:
-            unknown = [k for k in columns if k not in FAMILY_FIELDS[family]]
+            fields = FAMILIES[family].fields
+            unknown = [k for k in columns if k not in fields]
             if unknown:
-                raise ValueError(f"{unknown} are not fields of {family!r}; fields: {list(FAMILY_FIELDS[family])}")
+                raise ValueError(f"{unknown} are not fields of {family!r}; fields: {list(fields)}")
         negative = [k for k, v in (columns or {}).items() if isinstance(v, int) and v < 0]
         if negative:
             raise ValueError(f"column indices are 0-based and not negative: {negative}")
@@ -282,9 +253,10 @@ class TaskSpec(_Strict):
     @field_validator("labels")
     @classmethod
     def _labels_unique(cls, labels: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        family = info.data.get("family")
         if labels is not None:
-            if info.data.get("family") == "pair_regression":
-                raise ValueError("pair_regression has no label names; remove `labels`")
+            if family is not None and not FAMILIES[family].has_label_names:
+                raise ValueError(f"{family} has no label names; remove `labels`")
             dupes = sorted({x for x in labels if labels.count(x) > 1})
             if dupes or not labels:
                 raise ValueError(f"labels must be a non-empty list of distinct names (repeated: {dupes})")
@@ -292,46 +264,22 @@ class TaskSpec(_Strict):
 
     @model_validator(mode="after")
     def _check_sources_and_family(self) -> TaskSpec:
+        family = FAMILIES[self.family]
         if self.hub is None and self.local is None:
             raise ValueError("give at least one of `hub` or `local`")
         if self.local is not None:
             self._check_local(self.local)
         if self.hub is not None:
-            unknown = [k for k in self.hub.columns or {} if k not in FAMILY_FIELDS[self.family]]
+            unknown = [k for k in self.hub.columns or {} if k not in family.fields]
             if unknown:
                 raise ValueError(f"hub.columns: {unknown} are not fields of {self.family!r}")
-        qa_only = {"doc_stride": self.doc_stride, "max_answer_length": self.max_answer_length}
-        if self.family == "extractive_qa":
-            # BERT's SQuAD defaults: windows overlap by 128 tokens, answers of at most 30 tokens. Shorter
-            # windows than SQuAD's 384 overlap by half their passage room instead.
-            if self.doc_stride is None:
-                self.doc_stride = min(128, (self.max_seq_length - QA_QUERY_ROOM) // 2)
-            self.max_answer_length = 30 if self.max_answer_length is None else self.max_answer_length
-        elif any(v is not None for v in qa_only.values()):
-            raise ValueError(f"doc_stride / max_answer_length are for extractive_qa, not {self.family!r}")
-        if (self.tag_scheme is not None or self.repair_tags) and self.family != "token_tagging":
-            raise ValueError("tag_scheme and repair_tags are only for token_tagging")
-        if self.display_names is not None:
-            if self.family not in ("single_classification", "pair_classification"):
-                raise ValueError("display_names are for single_classification and pair_classification")
-            unknown = sorted(set(self.display_names) - set(self.labels or self.display_names))
-            if unknown:
-                raise ValueError(f"display_names: {unknown} are not among the labels {self.labels}")
-            shown = list(self.display_names.values())
-            if len(set(shown)) != len(shown):
-                raise ValueError(f"display_names must show distinct names, got {shown}")
-        entity_metrics = [m for m in self.metrics if m.startswith("entity_")]
-        if entity_metrics and self.tag_scheme is None:
-            raise ValueError(f"metrics {entity_metrics} count entities, which needs a tag_scheme (IOB1, IOB2, IOE1, "
-                             "IOE2, IOBES or BILOU); plain tags (POS) get token_accuracy only")
-        binary = [m for m in self.metrics if m in BINARY_METRICS]
-        if binary and self.labels is not None and len(self.labels) != 2:
-            raise ValueError(f"metrics {binary}: the F1 of the positive class needs exactly two labels, and "
-                             f"`labels` has {len(self.labels)}; use f1_macro (or f1_micro, f1_weighted)")
-        if self.family == "extractive_qa" and self.doc_stride >= self.max_seq_length - QA_QUERY_ROOM:
-            raise ValueError(f"doc_stride {self.doc_stride} leaves no new passage tokens per window: it must be "
-                             f"below max_seq_length - {QA_QUERY_ROOM} = {self.max_seq_length - QA_QUERY_ROOM} "
-                             "(room for a 64-token question and [CLS]/[SEP]/[SEP])")
+        # A field one family reads, set on a spec of another: a mistake to name, not to ignore.
+        foreign = sorted({f for other in FAMILIES.values() for f in other.spec_fields
+                          if f not in family.spec_fields and getattr(self, f) not in (None, False)})
+        if foreign:
+            owners = {f: [o.name for o in FAMILIES.values() if f in o.spec_fields] for f in foreign}
+            raise ValueError("; ".join(f"{f} is for {' and '.join(who)}, not {self.family!r}" for f, who in owners.items()))
+        family.check_spec(self)
         for name, bad in (("local.eval_extra", self.local and self.local.eval_extra),
                           ("hub.eval_extra", self.hub and self.hub.eval_extra)):
             if bad and {"train", "eval"} & set(bad):
@@ -345,22 +293,17 @@ class TaskSpec(_Strict):
 
     def _check_local(self, local: LocalSource) -> None:
         columns = self.columns or {}
-        if local.format == "squad":
-            if columns:
-                raise ValueError("local.format squad defines its own fields; remove `columns`")
-        elif local.format == "conll":
-            if self.family != "token_tagging":
-                raise ValueError("local.format conll is for token_tagging")
-            if not all(isinstance(columns.get(k), int) for k in ("tokens", "tags")):
-                raise ValueError("local.format conll needs integer `columns` for tokens and tags, "
-                                 "e.g. {tokens: 0, tags: 3}")
-        if local.carve is not None and local.carve.by not in (ROW_INDEX, *FAMILY_FIELDS[self.family]):
+        family = FAMILIES[self.family]
+        if local.format not in family.local_formats:
+            raise ValueError(f"local.format {local.format} cannot hold {self.family} rows; use one of "
+                             f"{list(family.local_formats)}")
+        if local.format == "squad" and columns:
+            raise ValueError("local.format squad defines its own fields; remove `columns`")
+        if local.format == "conll" and not all(isinstance(columns.get(k), int) for k in ("tokens", "tags")):
+            raise ValueError("local.format conll needs integer `columns` for tokens and tags, e.g. {tokens: 0, tags: 3}")
+        if local.carve is not None and local.carve.by not in (ROW_INDEX, *family.fields):
             raise ValueError(f"local.carve.by {local.carve.by!r}: use {ROW_INDEX!r} or a field of "
-                             f"{self.family!r}: {list(FAMILY_FIELDS[self.family])}")
-
-    def metric_settings(self) -> dict:
-        """What scoring needs besides predictions and gold rows: how tags spell entities, when they do."""
-        return {"tag_scheme": self.tag_scheme} if self.tag_scheme is not None else {}
+                             f"{self.family!r}: {list(family.fields)}")
 
     def display_name(self, label: str) -> str:
         """The name people read for a label value (the value itself when the spec names none)."""
@@ -368,7 +311,7 @@ class TaskSpec(_Strict):
 
     def column_map(self, source: Literal["local", "hub"]) -> dict[str, str | int]:
         """Canonical field -> source column, defaults applied (identity for unnamed fields)."""
-        mapping: dict[str, str | int] = {f: f for f in FAMILY_FIELDS[self.family]}
+        mapping: dict[str, str | int] = {f: f for f in FAMILIES[self.family].fields}
         mapping.update(self.columns or {})
         if source == "hub" and self.hub is not None and self.hub.columns is not None:
             mapping.update(self.hub.columns)

@@ -314,7 +314,7 @@ def cmd_predict(args) -> None:
     import mlflow
     import pandas as pd
 
-    from tasks.tracking import configure_tracking
+    from tracking.store import configure_tracking
 
     columns = {"text": args.text, "text_b": args.text_b, "question": args.question, "context": args.context,
                "tokens": args.tokens}
@@ -335,7 +335,7 @@ def cmd_predict(args) -> None:
 
 
 def cmd_ui(args) -> int:
-    from tasks.tracking import artifact_root, check_tracking, local_store_path, mask_secrets
+    from tracking.store import artifact_root, check_tracking, local_store_path, mask_secrets
 
     uri = check_tracking(args.tracking_uri)  # a new local store is created with its artifacts beside it
     if uri.startswith(("http://", "https://")):
@@ -353,7 +353,7 @@ def cmd_serve(args) -> int:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from tasks.tracking import check_tracking, configure_tracking, mask_secrets
+    from tracking.store import check_tracking, configure_tracking, mask_secrets
 
     uri = configure_tracking(check_tracking(args.tracking_uri))
     if args.model_uri.startswith("models:/"):  # fail here, naming the store, not deep inside the server
@@ -391,8 +391,8 @@ def _exec_mlflow(arguments: list[str], env: dict[str, str]) -> None:
 
 
 def cmd_compare(args) -> None:
-    from tasks.compare import display_rows, run_comparison
-    from tasks.tracking import configure_tracking
+    from tracking.compare import display_rows, run_comparison
+    from tracking.store import configure_tracking
 
     configure_tracking(args.tracking_uri)
     result = run_comparison(args.task, args.confidence, args.resamples, args.run_root, log_to_mlflow=not args.no_log)
@@ -420,6 +420,9 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     disable_logging()  # MLflow prints its events to one stream of its own, warnings included
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    # Prefect's background services (events, telemetry) report their own hiccups, e.g. when the temporary
+    # server stops; they do not change a flow run's result.
+    logging.getLogger("prefect._internal").setLevel(logging.CRITICAL)
     for handler in logging.getLogger().handlers:
         handler.addFilter(lambda record: record.levelno >= logging.WARNING or getattr(record, "bertflow_step", False))
 

@@ -1,4 +1,4 @@
-"""The `compare` flow: every registered version of a task side by side (tasks.compare), kept as an MLflow
+"""The `compare` flow: every registered version of a task side by side (tracking.compare), kept as an MLflow
 run `compare-<time>` (chart, markdown, CSV under `compare/`) and shown as two Prefect artifacts, a table
 and a markdown report.
 """
@@ -8,10 +8,10 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from tasks import tracking
-from tasks.compare import display_rows, run_comparison
-from tasks.registry import N_RESAMPLES
 from tasks.train import artifact_key
+from tracking import store as tracking
+from tracking.compare import display_rows, run_comparison
+from tracking.registry import N_RESAMPLES
 
 
 @flow(name="bertflow-compare")

@@ -24,12 +24,11 @@ from prefect.runtime import deployment, flow_run
 from bert_core.checkpoint import OFFLINE_DEFAULT
 from bert_core.feature_cache import default_cache_dir
 from bert_core.spec import TaskSpec, load_spec
-from bert_core.training import TrainConfig
+from bert_core.training import TrainConfig, rows_name
 from bert_core.training.state import list_checkpoints
 from flows import run_folder
 from flows.params import FinetuneParams
 from flows.summary import FinetuneSummary
-from tasks import tracking
 from tasks.data import download
 from tasks.evaluate import evaluate
 from tasks.lost_attempts import close_lost_attempts
@@ -37,6 +36,7 @@ from tasks.register import register
 from tasks.retry_policy import give_up_unless_transient
 from tasks.tokenize import tokenize
 from tasks.train import fine_tune
+from tracking import store as tracking
 
 
 # A retry heals what was briefly wrong (tracking server or hub unreachable, an I/O error, a lost worker),
@@ -139,7 +139,7 @@ def _tracked_run(params: FinetuneParams, spec: TaskSpec, cfg: TrainConfig, folde
                 for split, scores in evaluation["splits"].items())
                 + f" (eval {spec.primary_metric} 95% interval {low:.4f} to {high:.4f})")
             # The registry notes when versions were scored on different dev rows: other data or eval cap.
-            dev_rows = f"{data.fingerprint}|eval[:{cfg.max_eval_samples}]"
+            dev_rows = rows_name(data.fingerprint, "eval", cfg.max_eval_samples)
             decision = register(spec, cfg, data, trained, evaluation, run_id, params.registry_policy, dev_rows,
                                 params.registry_confidence, params.pretrained)
             _say(f"5/5 register: {decision['model_uri']} is {decision['alias']}: {decision['reason']}")

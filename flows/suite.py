@@ -35,8 +35,9 @@ from bert_core.loading import ENV_DATA_DIR, has_local_data
 from bert_core.spec import builtin_specs, load_spec
 from flows.params import BuiltinTask, FinetuneParams
 from flows.summary import FinetuneSummary
-from tasks import tracking
-from tasks.leaderboard import leaderboard_row, publish_leaderboard
+from tasks.leaderboard import publish_leaderboard
+from tracking import store as tracking
+from tracking.leaderboard import leaderboard_row
 
 GLUE = ["cola", "sst2", "mrpc", "rte", "stsb", "mnli"]
 ALSO = ["conll2003_ner", "squad"]

@@ -11,17 +11,14 @@ from pathlib import Path
 import mlflow
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from sklearn.metrics import classification_report
 
-from bert_core import metrics as official
 from bert_core.bootstrap import bootstrap_interval
+from bert_core.families import get_family
 from bert_core.spec import TaskSpec
-from bert_core.training import TrainConfig, evaluate_model_dir
+from bert_core.training import TrainConfig, evaluate_model_dir, features_fingerprint
 from tasks.data import DataInfo, load_split
-from tasks.plots import confusion_matrix_png, learning_curve_png
-from tasks.tokenize import features_fingerprint, row_limit
-
-_CLASSIFICATION = ("single_classification", "pair_classification")
+from tasks.tokenize import row_limit
+from tracking.plots import confusion_matrix_png, learning_curve_png
 
 
 @task(cache_policy=NO_CACHE)
@@ -34,6 +31,7 @@ def evaluate(spec: TaskSpec, cfg: TrainConfig, data: DataInfo, trained: dict, ru
     """
     out = Path(run_dir) / "evaluation"
     out.mkdir(parents=True, exist_ok=True)
+    family = get_family(spec.family)
     flat, by_split, files, intervals = {}, {}, {}, {}
     for split in (s for s in data.split_paths if s != "train"):
         rows = load_split(data, split, row_limit(cfg, split))
@@ -43,17 +41,15 @@ def evaluate(spec: TaskSpec, cfg: TrainConfig, data: DataInfo, trained: dict, ru
         by_split[split] = scores
         flat |= {f"{split}_{name}": value for name, value in scores.items()}
         files[f"predictions_{split}"] = _write_predictions(out / f"predictions_{split}.jsonl", rows, predictions)
-        report = per_class_report(spec, rows, predictions, data.label_names)
+        report = family.per_class_report(rows, predictions, data.label_names, spec)
         if report is not None:
             files[f"report_{split}"] = _write_json(out / f"per_class_report_{split}.json", report)
         if split == "eval":  # how sure each dev score is: 95% bootstrap intervals over the dev rows
             intervals = {name: bootstrap_interval(spec.family, predictions, rows, name, data.label_names,
-                                                  settings=spec.metric_settings()) for name in scores}
-        if spec.family in _CLASSIFICATION and split == "eval":
-            gold, pred = [r["label"] for r in rows], [p["label"] for p in predictions]
-            files["confusion_matrix"] = str(confusion_matrix_png(
-                [spec.display_name(g) for g in gold], [spec.display_name(p) for p in pred],
-                [spec.display_name(n) for n in data.label_names], out / "confusion_matrix.png"))
+                                                  settings=family.task_settings(spec)) for name in scores}
+            confusion = family.confusion(rows, predictions, data.label_names, spec)
+            if confusion is not None:
+                files["confusion_matrix"] = str(confusion_matrix_png(*confusion, out / "confusion_matrix.png"))
     history = json.loads(Path(trained["history_path"]).read_text(encoding="utf-8"))
     files["learning_curve"] = str(learning_curve_png(history, out / "learning_curve.png"))
 
@@ -63,23 +59,6 @@ def evaluate(spec: TaskSpec, cfg: TrainConfig, data: DataInfo, trained: dict, ru
     mlflow.log_artifact(trained["history_path"], run_id=run_id)
     return {"metrics": flat, "splits": by_split, "files": files,
             "intervals": {name: (iv.low, iv.high) for name, iv in intervals.items()}}
-
-
-def per_class_report(spec: TaskSpec, rows: list[dict], predictions: list[dict], label_names) -> dict | None:
-    """Precision/recall/F1 per class: labels (classification), entity types (NER), tags (other tagging);
-    None for regression and QA, which have no classes."""
-    if spec.family in _CLASSIFICATION:  # keyed by the names people read (the spec's display names)
-        return classification_report([r["label"] for r in rows], [p["label"] for p in predictions],
-                                     labels=label_names, target_names=[spec.display_name(n) for n in label_names],
-                                     output_dict=True, zero_division=0)
-    if spec.family != "token_tagging":
-        return None
-    gold, pred = [list(r["tags"]) for r in rows], [list(p["tags"]) for p in predictions]
-    if spec.tag_scheme is not None:  # entity tags: score entities per type, as the entity metrics do
-        return official.entity_prf(pred, gold, spec.tag_scheme)
-    flat_gold = [t for sentence in gold for t in sentence]
-    flat_pred = [t for sentence in pred for t in sentence]
-    return classification_report(flat_gold, flat_pred, labels=label_names, output_dict=True, zero_division=0)
 
 
 def _write_predictions(path: Path, rows: list[dict], predictions: list[dict]) -> str:

@@ -1,5 +1,5 @@
 """The `register` task: the model logged as an MLflow pyfunc, registered as a new version of `bert-<task>`,
-and given `champion` or `challenger` (tasks.registry); the outcome also goes to two Prefect artifacts,
+and given `champion` or `challenger` (tracking.registry); the outcome also goes to two Prefect artifacts,
 a metrics table and a markdown summary of the decision.
 """
 
@@ -14,13 +14,14 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from bert_core.checkpoint import OFFLINE_DEFAULT, checkpoint_language
+from bert_core.families import get_family
 from bert_core.spec import TaskSpec
 from bert_core.training import TrainConfig
 from tasks.data import DataInfo, load_split
-from tasks.model_card import model_card, task_description
-from tasks.pyfunc_model import EXAMPLE_ROWS, log_model, rows_to_frame
-from tasks.registry import decision_markdown, model_name, register_version, retract_version
 from tasks.train import artifact_key
+from tracking.model_card import model_card, task_description
+from tracking.packaging import EXAMPLE_ROWS, log_model, rows_to_frame
+from tracking.registry import decision_markdown, model_name, register_version, retract_version
 
 
 @task(cache_policy=NO_CACHE)
@@ -37,7 +38,7 @@ def register(spec: TaskSpec, cfg: TrainConfig, data: DataInfo, trained: dict, ev
     name = model_name(spec.name)
     decision = register_version(info.model_uri, name, run_id, evaluation["splits"]["eval"], spec.primary_metric,
                                 dev_fingerprint, policy=policy, confidence=confidence, family=spec.family,
-                                label_names=data.label_names, settings=spec.metric_settings())
+                                label_names=data.label_names, settings=get_family(spec.family).task_settings(spec))
     client = MlflowClient()
     try:
         for key, value in {"model_name": name, "model_version": decision.version, "model_alias": decision.alias,

@@ -16,7 +16,7 @@ from prefect import get_client, get_run_logger
 from prefect.runtime import flow_run
 
 from bert_core.validation import SourceUnavailable
-from tasks.tracking import TrackingRefusedError, TrackingUnavailableError
+from tracking.store import TrackingRefusedError, TrackingUnavailableError
 
 # MLflow error codes of a request that was understood and refused: asking again gets the same answer.
 REFUSED = {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS", "PERMISSION_DENIED",
@@ -52,6 +52,8 @@ def give_up_unless_transient(err: BaseException) -> None:
             if run.empirical_policy.retries:
                 client.update_flow_run(flow_run.id,
                                        empirical_policy=run.empirical_policy.model_copy(update={"retries": 0}))
-                get_run_logger().info("not retrying: %s is not a failure that a retry can heal", type(err).__name__)
+                # Marked as a line for people: `bertflow run` shows it among its step lines.
+                get_run_logger(bertflow_step=True).info("not retrying: %s is not a failure that a retry can heal",
+                                                        type(err).__name__)
     except Exception as api_error:  # noqa: BLE001 (the flow's own error matters more than this bookkeeping)
         get_run_logger().warning("could not turn this flow run's retries off (%s); it may be retried", api_error)

@@ -21,16 +21,8 @@ from bert_core.families import get_family
 from bert_core.feature_cache import default_cache_dir, feature_key
 from bert_core.spec import TaskSpec
 from bert_core.tokenizer import BertTokenizer
-from bert_core.training import TrainConfig, build_split_features, feature_settings
+from bert_core.training import TrainConfig, build_split_features, feature_settings, features_fingerprint
 from tasks.data import DataInfo, load_split
-
-
-def features_fingerprint(data_fingerprint: str, cfg: TrainConfig, split: str) -> str:
-    """The rows fingerprint `split`'s features are cached under. For train and eval it is the one `fit`
-    builds (bert_core/training/fit.py), so `fit` finds what this task wrote."""
-    if split in ("train", "eval"):
-        return f"{data_fingerprint}|train[:{cfg.max_train_samples}]|eval[:{cfg.max_eval_samples}]"
-    return f"{data_fingerprint}|{split}[:{cfg.max_eval_samples}]"
 
 
 def row_limit(cfg: TrainConfig, split: str) -> int | None:
@@ -70,7 +62,6 @@ def tokenize(spec: TaskSpec, cfg: TrainConfig, data: DataInfo, pretrained: str |
         features, hit = build_split_features(family, tokenizer, rows, data.label_names, settings,
                                              features_fingerprint(data.fingerprint, cfg, split), split, cache_dir)
         splits[split] = {"rows": len(rows), "features": len(features), "cache_hit": hit}
-        if spec.family == "token_tagging":  # words past max_seq_length get a fallback tag: worth seeing
-            splits[split]["words_truncated"] = sum(f["words_truncated"] for f in features)
+        splits[split] |= family.feature_stats(features)  # e.g. words past max_seq_length (they get a fallback tag)
     return {"cache_hit": all(s["cache_hit"] for s in splits.values()), "splits": splits, "settings": settings,
             "cache_dir": str(cache_dir or default_cache_dir())}

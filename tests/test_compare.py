@@ -17,9 +17,9 @@ from mlflow.tracking import MlflowClient
 from prefect.artifacts import Artifact
 
 from bert_core.training import TrainConfig
-from tasks.compare import NOT_COMPARABLE, compare_versions, display_rows, run_comparison
-from tasks.registry import PREDICTIONS_ARTIFACT, register_version
-from tasks.tracking import configure_tracking, experiment_for
+from tracking.compare import NOT_COMPARABLE, compare_versions, display_rows, run_comparison
+from tracking.registry import PREDICTIONS_ARTIFACT, register_version
+from tracking.store import configure_tracking, experiment_for
 
 LABELS = ["0", "1"]
 DEV = [{"text_a": f"dev sentence {i}", "text_b": None, "label": LABELS[i % 2], "_source": f"SST-2/dev.tsv:{i + 2}"}

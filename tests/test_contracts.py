@@ -107,7 +107,7 @@ def test_the_pyfunc_predicts_what_the_model_itself_predicts(tmp_path):
     from its logits: request columns, the tokenizer, segment ids and softmax all line up."""
     from mlflow.pyfunc import PythonModelContext
 
-    from tasks.pyfunc_model import BertPyfunc
+    from tracking.packaging import BertPyfunc
 
     (tmp_path / "vocab.txt").write_text("\n".join(VOCAB) + "\n", encoding="utf-8")
     tokenizer = BertTokenizer.from_vocab(tmp_path / "vocab.txt")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import matplotlib.image
 import pytest
 
-from tasks.plots import confusion_matrix_png, learning_curve_png
+from tracking.plots import confusion_matrix_png, learning_curve_png
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 HISTORY = [

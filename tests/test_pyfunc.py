@@ -1,5 +1,5 @@
 """BertPyfunc end to end: a tiny random model per family, saved by bert_core, logged through
-``tasks.pyfunc_model.log_model``, loaded back with ``mlflow.pyfunc.load_model`` and asked for predictions."""
+``tracking.packaging.log_model``, loaded back with ``mlflow.pyfunc.load_model`` and asked for predictions."""
 
 from __future__ import annotations
 
@@ -21,10 +21,10 @@ import torch
 from mlflow.exceptions import MlflowException
 
 from bert_core import BertConfig, BertEncoder, BertTokenizer, get_family, save_finetuned
-from tasks.pyfunc_model import MAX_TEXT_CHARS, log_model
-from tasks.registry import register_version
-from tasks.tracking import configure_tracking, experiment_for
 from tests.tiny_models import TINY, VOCAB
+from tracking.packaging import MAX_TEXT_CHARS, log_model
+from tracking.registry import register_version
+from tracking.store import configure_tracking, experiment_for
 
 LABELS = {
     "single_classification": ["neg", "pos"],
@@ -129,7 +129,8 @@ def test_logged_model_holds_safetensors_and_code_and_loads_without_unpickling(lo
     info, _ = logged["single_classification"]
     local = Path(mlflow.artifacts.download_artifacts(info.model_uri))
     assert list(local.glob("artifacts/*/model.safetensors")) and list(local.glob("artifacts/*/tokenizer.json"))
-    assert (local / "code" / "bert_core" / "predict.py").is_file() and (local / "code" / "tasks").is_dir()
+    assert (local / "code" / "bert_core" / "predict.py").is_file() and (local / "code" / "tracking").is_dir()
+    assert not (local / "code" / "tasks").exists(), "serving needs no Prefect task code"
     assert not list(local.rglob("*.pkl")), "models from code: no pickle is written"
     assert "model_code_path" in (local / "MLmodel").read_text()
     # With pickle loading forbidden, MLflow refuses any model that holds one; ours loads and predicts.

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tasks import registry
-from tasks.registry import RegistryDecision, decision_markdown, describe_versions, register_version
-from tasks.tracking import configure_tracking, experiment_for
+from tracking import registry
+from tracking.registry import RegistryDecision, decision_markdown, describe_versions, register_version
+from tracking.store import configure_tracking, experiment_for
 
 
 @pytest.fixture(scope="module")

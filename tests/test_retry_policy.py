@@ -13,7 +13,7 @@ from bert_core.spec import SpecError
 from bert_core.training import TrainConfig, TrainingDiverged
 from bert_core.validation import DataError, SourceUnavailable
 from tasks.retry_policy import is_transient
-from tasks.tracking import TrackingRefusedError, TrackingUnavailableError
+from tracking.store import TrackingRefusedError, TrackingUnavailableError
 
 
 def _validation_error() -> ValidationError:

@@ -1,7 +1,7 @@
 """The served pyfunc (`mlflow models serve -m models:/<name>/<version> --env-manager local` on loopback)
 answers malformed requests with a 4xx and a message, stays up, and serves a bounded load with no errors.
 
-A tiny random model per family (classification, tagging, QA) is logged with `tasks.pyfunc_model.log_model`,
+A tiny random model per family (classification, tagging, QA) is logged with `tracking.packaging.log_model`,
 registered, and served by a real server subprocess (bench/serving_load.py `serve`). After every bad
 request a good one must get 200 from the same process. The load test is the small version of
 `python bench/serving_load.py --serve` (docs/reliability.md).
@@ -17,9 +17,9 @@ import torch
 
 from bench.serving_load import post, run_load, serve
 from bert_core import BertConfig, BertEncoder, BertTokenizer, get_family, save_finetuned
-from tasks.pyfunc_model import log_model
-from tasks.tracking import configure_tracking
 from tests.tiny_models import TINY, VOCAB
+from tracking.packaging import log_model
+from tracking.store import configure_tracking
 
 pytestmark = pytest.mark.slow  # one server start (~15 s) per family
 

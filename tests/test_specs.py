@@ -2,7 +2,8 @@
 
 import pytest
 
-from bert_core.spec import FAMILY_METRICS, SpecError, TaskSpec, builtin_specs, load_spec
+from bert_core.families import get_family
+from bert_core.spec import SpecError, TaskSpec, builtin_specs, load_spec
 
 BUILTINS = ["cola", "conll2003_ner", "conll2003_pos", "mnli", "mrpc", "rte", "snli", "squad", "sst2", "stsb"]
 
@@ -17,7 +18,7 @@ def test_builtin_parses_and_is_consistent(name):
     assert isinstance(spec, TaskSpec)
     assert spec.name == name
     assert spec.primary_metric in spec.metrics
-    assert set(spec.metrics) <= set(FAMILY_METRICS[spec.family])
+    assert set(spec.metrics) <= set(get_family(spec.family).metrics)
     assert spec.hub is not None or spec.local is not None
     assert {"learning_rate", "batch_size", "epochs"} <= set(spec.defaults)
 
@@ -72,7 +73,7 @@ def test_load_spec_by_path_and_unknown_name(tmp_path):
         load_spec(tmp_path / "absent.yaml")
 
 
-BASE = {"name": "t", "local": {"format": "tsv", "files": {"train": "a.tsv", "eval": "b.tsv"}}, "primary_metric": "accuracy",
+BASE = {"name": "t", "local": {"format": "jsonl", "files": {"train": "a.jsonl", "eval": "b.jsonl"}}, "primary_metric": "accuracy",
         "metrics": ["accuracy"]}
 
 
@@ -83,7 +84,7 @@ BASE = {"name": "t", "local": {"format": "tsv", "files": {"train": "a.tsv", "eva
      "metrics ['entity_f1'] count entities, which needs a tag_scheme"),
     ({"family": "token_tagging", "tag_scheme": "IOX", "metrics": ["token_accuracy"], "primary_metric": "token_accuracy"},
      "unknown tag scheme 'IOX'"),
-    ({"family": "single_classification", "tag_scheme": "IOB2"}, "tag_scheme and repair_tags are only for token_tagging"),
+    ({"family": "single_classification", "tag_scheme": "IOB2"}, "tag_scheme is for token_tagging, not 'single_classification'"),
     ({"family": "single_classification", "defaults": {"lr": 1e-4}}, "['lr'] are not training fields"),
     ({"family": "single_classification", "defaults": {"epochs": -1}}, "epochs: Input should be greater than 0"),
     ({"family": "extractive_qa", "max_seq_length": 128, "doc_stride": 100, "metrics": ["f1"], "primary_metric": "f1"},
@@ -92,7 +93,7 @@ BASE = {"name": "t", "local": {"format": "tsv", "files": {"train": "a.tsv", "eva
      "display_names: ['2'] are not among the labels"),
     ({"family": "single_classification", "display_names": {"0": "same", "1": "same"}}, "distinct names"),
     ({"family": "pair_regression", "metrics": ["pearson"], "primary_metric": "pearson", "display_names": {"0": "x"}},
-     "display_names are for single_classification and pair_classification"),
+     "display_names is for single_classification and pair_classification, not 'pair_regression'"),
 ])
 def test_spec_problems_that_need_no_data_fail_when_the_spec_loads(tmp_path, fields, problem):
     import json
@@ -109,4 +110,5 @@ def test_short_qa_windows_get_a_stride_that_fits_and_display_names_map_labels():
     assert qa.doc_stride == (128 - 67) // 2
     spec = load_spec("sst2")
     assert (spec.display_name("1"), spec.display_name("0"), spec.display_name("x")) == ("positive", "negative", "x")
-    assert load_spec("conll2003_ner").repair_tags and load_spec("conll2003_ner").metric_settings() == {"tag_scheme": "IOB1"}
+    ner = load_spec("conll2003_ner")
+    assert ner.repair_tags and get_family(ner.family).task_settings(ner) == {"tag_scheme": "IOB1"}

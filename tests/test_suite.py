@@ -16,7 +16,7 @@ from prefect.artifacts import Artifact
 from bert_core.training import TrainConfig
 from flows.params import FinetuneParams
 from flows.suite import default_tasks, suite
-from tasks.leaderboard import COLUMNS
+from tracking.leaderboard import COLUMNS
 
 pytestmark = pytest.mark.integration
 

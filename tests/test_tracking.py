@@ -14,8 +14,9 @@ import mlflow
 import pytest
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
-from tasks import tracking
-from tasks.tracking import (
+from tests.conftest import REPO_ROOT as PROJECT_ROOT
+from tracking import store as tracking
+from tracking.store import (
     TrackingUnavailableError,
     check_tracking,
     code_version,
@@ -24,7 +25,6 @@ from tasks.tracking import (
     log_params_safely,
     mask_secrets,
 )
-from tests.conftest import REPO_ROOT as PROJECT_ROOT
 
 
 @pytest.fixture
@@ -158,7 +158,7 @@ def test_processes_opening_a_new_sqlite_store_at_once_all_succeed(tmp_path):
     """A suite's parallel fine-tunes on a fresh machine: without the creation lock, 2-4 of 4 processes
     opening the same new store fail in MLflow's schema migration (measured: 10 of 12 in 3 trials)."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    code = ("import mlflow; from tasks.tracking import check_tracking, configure_tracking, experiment_for; "
+    code = ("import mlflow; from tracking.store import check_tracking, configure_tracking, experiment_for; "
             f"uri = configure_tracking(check_tracking({uri!r})); "
             "mlflow.start_run(experiment_id=experiment_for('e', uri)); mlflow.end_run()")
     procs = [subprocess.Popen([sys.executable, "-c", code], cwd=PROJECT_ROOT, stdout=subprocess.PIPE,

@@ -37,14 +37,14 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, Fl
 from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
 from prefect.testing.utilities import prefect_test_harness
 
-import tasks.registry
+import tracking.registry
 from bench.serving_load import free_port
 from bert_core.training import TrainConfig
 from flows.finetune import finetune
 from flows.params import FinetuneParams
-from tasks.tracking import TrackingUnavailableError, check_tracking
 from tests.test_training import _write_toy_task
 from tests.tiny_models import write_tiny_checkpoint
+from tracking.store import TrackingUnavailableError, check_tracking
 
 pytest.importorskip("transformers")
 # 64 toy rows / 8 = 8 steps per epoch; every step is logged to MLflow, a checkpoint every 4 steps.
@@ -323,7 +323,7 @@ def test_after_a_long_outage_no_mlflow_run_is_left_running(long_outage):
 @pytest.mark.slow
 def test_lost_while_registering_leaves_no_half_registered_version(env, tmp_path, monkeypatch):
     server = MlflowServer(tmp_path / "server").start()
-    wait_until_ready = tasks.registry._wait_until_ready
+    wait_until_ready = tracking.registry._wait_until_ready
 
     def ready_then_crash(client, name, version, timeout_s=600):
         # The version exists and is READY; the server dies before the champion alias and decision tags.
@@ -332,7 +332,7 @@ def test_lost_while_registering_leaves_no_half_registered_version(env, tmp_path,
             server.kill()
             in_thread(lambda: (wait_for_awaiting_retry(), server.start()))
 
-    monkeypatch.setattr(tasks.registry, "_wait_until_ready", ready_then_crash)
+    monkeypatch.setattr(tracking.registry, "_wait_until_ready", ready_then_crash)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
     try:

@@ -10,6 +10,7 @@ import textwrap
 
 import pytest
 
+from bert_core.families import get_family
 from bert_core.loading import load_task_data
 from bert_core.spec import SpecError, load_spec
 from bert_core.validation import DataError, validate_rows
@@ -167,13 +168,13 @@ def test_answer_text_differs_from_the_context(tmp_path):
 def test_validate_rows_truncates_long_values():
     row = {"text_a": "x" * 500, "text_b": "y", "label": "z" * 500, "_source": "f.tsv:9"}
     with pytest.raises(DataError) as info:
-        validate_rows([row], "pair_classification", ["a"], drop_bad_rows=False)
+        validate_rows([row], get_family("pair_classification"), ["a"], drop_bad_rows=False)
     assert "f.tsv:9" in str(info.value) and len(str(info.value)) < 300
 
 
 def test_validate_rows_rejects_nan_float():
     row = {"text_a": "a", "text_b": "b", "label": math.nan, "_source": "f:1"}
-    good, dropped = validate_rows([row], "pair_regression", None, drop_bad_rows=True)
+    good, dropped = validate_rows([row], get_family("pair_regression"), None, drop_bad_rows=True)
     assert good == [] and dropped[0].startswith("f:1: field 'label': got nan")
 
 

@@ -1,20 +1,21 @@
-"""The family registry: a spec's ``family`` name -> the object that knows its head, features,
-postprocessing and metrics. Adding a dataset of a known family needs only a spec file."""
+"""The family registry: a spec's ``family`` name -> the object that knows everything about that application
+family (bert_core/families/base.py). Adding a family: its module, and one line here. Adding a dataset of a
+known family needs only a spec file."""
 
 from __future__ import annotations
 
-from bert_core.families.base import IGNORE_INDEX, Family, Output, collate
+from bert_core.families.base import IGNORE_INDEX, Family, Output, as_rows, collate
 from bert_core.families.classification import ClassificationFamily, RegressionFamily, SequenceClassifier
 from bert_core.families.qa import QAFamily, SpanQA, best_span
 from bert_core.families.tagging import TaggingFamily, TokenTagger
 
-FAMILIES: dict[str, Family] = {
-    "single_classification": ClassificationFamily(),
-    "pair_classification": ClassificationFamily(),
-    "pair_regression": RegressionFamily(),
-    "token_tagging": TaggingFamily(),
-    "extractive_qa": QAFamily(),
-}
+FAMILIES: dict[str, Family] = {family.name: family for family in (
+    ClassificationFamily("single_classification", pair=False),
+    ClassificationFamily("pair_classification", pair=True),
+    RegressionFamily("pair_regression"),
+    TaggingFamily(),
+    QAFamily(),
+)}
 
 
 def get_family(name: str) -> Family:
@@ -26,5 +27,5 @@ def get_family(name: str) -> Family:
 
 __all__ = [
     "FAMILIES", "IGNORE_INDEX", "ClassificationFamily", "Family", "Output", "QAFamily", "RegressionFamily",
-    "SequenceClassifier", "SpanQA", "TaggingFamily", "TokenTagger", "best_span", "collate", "get_family",
+    "SequenceClassifier", "SpanQA", "TaggingFamily", "TokenTagger", "as_rows", "best_span", "collate", "get_family",
 ]

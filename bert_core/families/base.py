@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from datasets import Features
 from torch import nn
 
 from bert_core.model import BertEncoder
@@ -60,16 +61,63 @@ def collate(features: list[dict[str, Any]], pad_id: int = 0, pad_to_multiple_of:
     return batch
 
 
-class Family:
-    """The interface flows and the trainer use; one subclass per application family."""
+def as_rows(rows) -> list[dict]:
+    """A ``datasets.Dataset`` or any iterable of dicts, as a list of dicts."""
+    return rows.to_list() if hasattr(rows, "to_list") else list(rows)
 
-    name: str  # e.g. "classification"
+
+class Family:
+    """Everything one application family knows, in one object: the spec fields and metrics it accepts, its
+    canonical rows and how they are checked, its head, features, postprocessing and metrics, and what a
+    served model of it takes and returns. Flows, loading, training and serving ask the family and never
+    branch on family names; adding a family is a module with a subclass plus one line in ``FAMILIES``."""
+
+    name: str  # the spec's `family` value, e.g. "pair_classification"
+    # Canonical row fields (docs/design.md), the only names a spec's `columns` may map.
+    fields: tuple[str, ...]
+    # Metric names a spec may ask for; ``compute_metrics`` returns them under these names.
+    metrics: tuple[str, ...]
+    # Local file formats the rows can come from (bert_core/readers.py).
+    local_formats: tuple[str, ...] = ("tsv", "csv", "json", "jsonl", "parquet")
+    # TaskSpec fields only this family reads (set on a spec of another family, they are an error).
+    spec_fields: tuple[str, ...] = ()
+    # Whether rows carry names from a label (tag) set: the spec's `labels`, else inferred from train.
+    has_label_names: bool = True
     # Batch keys holding training targets; the trainer passes them to the model with the inputs.
     label_keys: tuple[str, ...] = ("labels",)
+    # What a served model takes: canonical field -> request columns that may carry it, preferred first.
+    request: dict[str, tuple[str, ...]]
+    # What it returns: response column -> the prediction field it shows.
+    response: dict[str, str]
 
-    def build_model(self, encoder: BertEncoder, label_names: list[str] | None) -> nn.Module:
-        """The encoder under ``.bert`` plus this family's head."""
+    # ---- the spec and the data ------------------------------------------------------------------------
+    def check_spec(self, spec) -> None:
+        """Spec rules of this family (its own fields, its metrics against its labels); may fill defaults.
+        Raises ValueError with the message the spec file's error shows."""
+
+    def task_settings(self, spec) -> dict:
+        """What features, postprocessing and metrics need from the spec besides max_seq_length; kept in the
+        fine-tuned model's meta, so predicting and scoring later work as in training."""
+        return {}
+
+    def arrow_features(self) -> Features:
+        """The column types of canonical rows stored as a ``datasets.Dataset`` (``_source`` included)."""
         raise NotImplementedError
+
+    def normalise(self, rows: list[dict], label_map: dict[str, str] | None) -> list[dict]:
+        """Rows just read from a source -> canonical form: label values as strings through the source's
+        ``label_map`` (where the family has label names), missing optional fields filled."""
+        return rows
+
+    def validate_row(self, row: dict, label_set: set[str] | None, expected: str) -> str | None:
+        """None for a good row, else "field 'x': got ..., expected ..." (bert_core/validation.py words it).
+        ``label_set``: the allowed labels (tags) or None; ``expected``: how to word them. May normalise the
+        row in place (regression scores become floats)."""
+        raise NotImplementedError
+
+    def infer_label_names(self, train: list[dict]) -> list[str] | None:
+        """The label (tag) names of the training rows, sorted, when the spec lists none."""
+        return None
 
     def check_data(self, spec, splits: dict[str, list[dict]], label_names: list[str] | None,
                    origins: dict[str, str]) -> list[str]:
@@ -80,6 +128,23 @@ class Family:
         file, the field and what to change; returns warnings worth a log line that do not stop a run.
         """
         return []
+
+    def describe_labels(self, rows: list[dict]) -> str:
+        """The labels of some rows in a few words, for people (`bertflow check`)."""
+        return "-"
+
+    def token_lengths(self, rows, tokenizer: BertTokenizer) -> list[int]:
+        """Tokens per row before any truncation, ``[CLS]``/``[SEP]`` included (for reports on the data)."""
+        raise NotImplementedError
+
+    def input_limit(self, spec, max_seq_length: int, label_names: list[str] | None) -> str:
+        """What happens to inputs longer than the model reads, for a model card's limits."""
+        return f"each input is cut to {max_seq_length} word pieces ([CLS]/[SEP] included), longest text first"
+
+    # ---- model and features -----------------------------------------------------------------------------
+    def build_model(self, encoder: BertEncoder, label_names: list[str] | None) -> nn.Module:
+        """The encoder under ``.bert`` plus this family's head."""
+        raise NotImplementedError
 
     def build_features(self, rows, tokenizer: BertTokenizer, label_names: list[str] | None, settings: dict) -> list[dict]:
         """Canonical rows (see docs/design.md) -> feature rows, in row order.
@@ -92,31 +157,11 @@ class Family:
         """
         raise NotImplementedError
 
-    def weighted_metric(self, predictions: list[dict], rows, metric: str, label_names: list[str] | None = None,
-                        settings: dict | None = None) -> Callable[[np.ndarray], float]:
-        """``metric`` as a function of row weights ``w`` ((N,) ints: how often each row is drawn, as in a
-        bootstrap resample), equal to ``compute_metrics`` on the rows repeated that often. This default
-        repeats the rows; families override it with per-row statistics, so that a thousand resamples of
-        a corpus-level metric (entity F1, SQuAD F1) take a second, not minutes."""
-        rows = rows.to_list() if hasattr(rows, "to_list") else list(rows)
-        positions = np.arange(len(rows))
+    def feature_stats(self, features) -> dict:
+        """Counts worth logging about built features (e.g. words cut off by max_seq_length)."""
+        return {}
 
-        def take(items: list[dict], drawn: np.ndarray) -> list[dict]:
-            # A row drawn twice must count twice: rows matched to predictions by `id` (QA) get one id per draw.
-            if items and "id" in items[0]:
-                return [{**items[i], "id": f"{items[i]['id']}#{k}"} for k, i in enumerate(drawn)]
-            return [items[i] for i in drawn]
-
-        def score(weights: np.ndarray) -> float:
-            drawn = np.repeat(positions, weights)
-            return self.compute_metrics(take(predictions, drawn), take(rows, drawn), [metric], label_names,
-                                        settings)[metric]
-        return score
-
-    def token_lengths(self, rows, tokenizer: BertTokenizer) -> list[int]:
-        """Tokens per row before any truncation, ``[CLS]``/``[SEP]`` included (for reports on the data)."""
-        raise NotImplementedError
-
+    # ---- predictions and metrics ------------------------------------------------------------------------
     def postprocess(self, logits: list[np.ndarray], features: list[dict], rows, label_names, settings: dict) -> list[dict]:
         """Per-feature logits -> one people-ready prediction per input row, in row order.
 
@@ -131,5 +176,40 @@ class Family:
     ) -> dict[str, float]:
         """Predictions (from ``postprocess``) vs the gold fields of ``rows``, by the official definition
         of each metric named in the spec; fractions in [0, 1] (correlations in [-1, 1]). ``settings``: the
-        task's settings (``feature_settings``), e.g. tagging's ``tag_scheme``."""
+        task's settings (``task_settings``), e.g. tagging's ``tag_scheme``."""
         raise NotImplementedError
+
+    def check_metric_names(self, names) -> None:
+        unknown = [n for n in names if n not in self.metrics]
+        if unknown:
+            raise ValueError(f"metrics {unknown} are not defined for {self.name}; expected some of {list(self.metrics)}")
+
+    def weighted_metric(self, predictions: list[dict], rows, metric: str, label_names: list[str] | None = None,
+                        settings: dict | None = None) -> Callable[[np.ndarray], float]:
+        """``metric`` as a function of row weights ``w`` ((N,) ints: how often each row is drawn, as in a
+        bootstrap resample), equal to ``compute_metrics`` on the rows repeated that often. This default
+        repeats the rows; families override it with per-row statistics, so that a thousand resamples of
+        a corpus-level metric (entity F1, SQuAD F1) take a second, not minutes."""
+        rows = as_rows(rows)
+        positions = np.arange(len(rows))
+
+        def take(items: list[dict], drawn: np.ndarray) -> list[dict]:
+            # A row drawn twice must count twice: rows matched to predictions by `id` (QA) get one id per draw.
+            if items and "id" in items[0]:
+                return [{**items[i], "id": f"{items[i]['id']}#{k}"} for k, i in enumerate(drawn)]
+            return [items[i] for i in drawn]
+
+        def score(weights: np.ndarray) -> float:
+            drawn = np.repeat(positions, weights)
+            return self.compute_metrics(take(predictions, drawn), take(rows, drawn), [metric], label_names,
+                                        settings)[metric]
+        return score
+
+    def per_class_report(self, rows: list[dict], predictions: list[dict], label_names, spec) -> dict | None:
+        """Precision, recall and F1 per class (label, entity type or tag); None when there are no classes."""
+        return None
+
+    def confusion(self, rows: list[dict], predictions: list[dict], label_names, spec):
+        """(gold names, predicted names, all names) for a confusion matrix, in the names people read; None
+        when the family predicts no single label per row."""
+        return None

@@ -15,19 +15,25 @@ Metrics: GLUE's, from ``bert_core.metrics.METRICS``; F1 is the F1 of the positiv
 
 from __future__ import annotations
 
+import math
+import statistics
 from collections import Counter
 
 import numpy as np
 import torch.nn.functional as F
+from datasets import Features, Value
+from sklearn.metrics import classification_report
 from torch import nn
 
 from bert_core import metrics
-from bert_core.families.base import Family, Output
+from bert_core.families.base import Family, Output, as_rows
 from bert_core.model import BertEncoder
-from bert_core.spec import BINARY_METRICS, CLASSIFICATION_METRICS
 from bert_core.tokenizer import BertTokenizer
-from bert_core.validation import DataError, expected_one_of
+from bert_core.validation import DataError, expected_one_of, label_problem, problem, text_problem
 
+CLASSIFICATION_METRICS = ("accuracy", "f1", "matthews_corr", "f1_macro", "f1_micro", "f1_weighted",
+                          "precision_macro", "recall_macro")
+BINARY_METRICS = ("f1",)  # scores of one positive class, label_names[1]: defined for two labels only
 REGRESSION_METRICS = ("pearson", "spearman")
 
 
@@ -56,10 +62,6 @@ class SequenceClassifier(nn.Module):
             else:
                 loss = F.cross_entropy(logits.float(), labels)
         return Output(logits=logits, loss=loss)
-
-
-def _as_list(rows) -> list[dict]:
-    return rows.to_list() if hasattr(rows, "to_list") else list(rows)  # datasets.Dataset or list of dicts
 
 
 def _is_labelled(rows: list[dict]) -> bool:
@@ -101,8 +103,71 @@ def _by_row(logits: list[np.ndarray], features, n_rows: int) -> list[np.ndarray]
 
 
 class ClassificationFamily(Family):
-    name = "classification"
+    """Single-text (``pair=False``) or text-pair classification."""
 
+    metrics = CLASSIFICATION_METRICS
+    spec_fields = ("display_names",)
+    response = {"label": "label_name", "label_value": "label", "score": "score"}
+
+    def __init__(self, name: str, pair: bool):
+        self.name, self.pair = name, pair
+        self.fields = ("text_a", "text_b", "label") if pair else ("text_a", "label")
+        self.request = ({"text_a": ("text_a", "text"), "text_b": ("text_b", "text_pair")} if pair
+                        else {"text_a": ("text", "text_a")})
+
+    # ---- the spec and the data ------------------------------------------------------------------------
+    def check_spec(self, spec) -> None:
+        binary = [m for m in spec.metrics if m in BINARY_METRICS]
+        if binary and spec.labels is not None and len(spec.labels) != 2:
+            raise ValueError(f"metrics {binary}: the F1 of the positive class needs exactly two labels, and "
+                             f"`labels` has {len(spec.labels)}; use f1_macro (or f1_micro, f1_weighted)")
+        if spec.display_names is not None:
+            unknown = sorted(set(spec.display_names) - set(spec.labels or spec.display_names))
+            if unknown:
+                raise ValueError(f"display_names: {unknown} are not among the labels {spec.labels}")
+            shown = list(spec.display_names.values())
+            if len(set(shown)) != len(shown):
+                raise ValueError(f"display_names must show distinct names, got {shown}")
+
+    def task_settings(self, spec) -> dict:
+        return {"display_names": spec.display_names} if spec.display_names else {}
+
+    def arrow_features(self) -> Features:
+        return Features(text_a=Value("string"), text_b=Value("string"), label=self._label_type(),
+                        _source=Value("string"))
+
+    def _label_type(self) -> Value:
+        return Value("string")
+
+    def normalise(self, rows, label_map):
+        """Label values as strings (JSON and the hub may give ints), through the source's ``label_map``;
+        single texts get ``text_b = None``."""
+        label_map = label_map or {}
+        for row in rows:
+            value = row.get("label")
+            value = value if value is None or isinstance(value, str) else str(value)
+            row["label"] = label_map.get(value, value)
+            if not self.pair:
+                row["text_b"] = None
+        return rows
+
+    def validate_row(self, row, label_set, expected):
+        return (text_problem(row, "text_a") or (text_problem(row, "text_b") if self.pair else None)
+                or label_problem(row, label_set, expected))
+
+    def infer_label_names(self, train):
+        return sorted({r["label"] for r in train if isinstance(r.get("label"), str) and r["label"]})
+
+    def describe_labels(self, rows) -> str:
+        counts = Counter(row["label"] for row in rows).most_common()
+        shown = [f"{name} {n / len(rows):.1%}" for name, n in counts[:6]]
+        return ", ".join(shown) + (f", +{len(counts) - 6} more" if len(counts) > 6 else "")
+
+    def input_limit(self, spec, max_seq_length, label_names) -> str:
+        return (f"each input is cut to {max_seq_length} word pieces ([CLS]/[SEP] included), longest text "
+                f"first; it always answers one of its {len(label_names or [])} labels, even for out-of-domain input")
+
+    # ---- model and features -----------------------------------------------------------------------------
     def build_model(self, encoder: BertEncoder, label_names: list[str] | None) -> nn.Module:
         if not label_names or len(label_names) < 2:
             raise ValueError(f"classification needs at least two label names, got {label_names}")
@@ -123,7 +188,7 @@ class ClassificationFamily(Family):
                 for name in label_names if not seen[name]]
 
     def build_features(self, rows, tokenizer: BertTokenizer, label_names: list[str] | None, settings: dict) -> list[dict]:
-        rows = _as_list(rows)
+        rows = as_rows(rows)
         features = _encode(rows, tokenizer, settings["max_seq_length"])
         if _is_labelled(rows):
             for feature, row in zip(features, rows, strict=True):
@@ -131,7 +196,7 @@ class ClassificationFamily(Family):
         return features
 
     def token_lengths(self, rows, tokenizer: BertTokenizer) -> list[int]:
-        return [len(enc) for enc in _encode_untruncated(_as_list(rows), tokenizer)]
+        return [len(enc) for enc in _encode_untruncated(as_rows(rows), tokenizer)]
 
     def _target(self, row: dict, label_names: list[str]) -> int:
         """The training target of a row: the index of its label name."""
@@ -159,7 +224,7 @@ class ClassificationFamily(Family):
     def weighted_metric(self, predictions, rows, metric, label_names=None, settings=None):
         """scikit-learn's metric with sample weights: the same numbers as the repeated rows."""
         label_names = list(label_names or predictions[0]["probabilities"])
-        gold = np.array([self._target(row, label_names) for row in _as_list(rows)])
+        gold = np.array([self._target(row, label_names) for row in as_rows(rows)])
         pred = np.array([label_names.index(p["label"]) for p in predictions])
         fn = metrics.METRICS[metric]
 
@@ -172,8 +237,8 @@ class ClassificationFamily(Family):
         """Metrics on label indices. Without ``label_names``, their order is read from the
         ``probabilities`` of the predictions, which ``postprocess`` writes in label order."""
         label_names = list(label_names or predictions[0]["probabilities"])
-        _check_metric_names(metric_names, CLASSIFICATION_METRICS, self.name)
-        rows = _as_list(rows)
+        self.check_metric_names(metric_names)
+        rows = as_rows(rows)
         if not _is_labelled(rows):
             raise ValueError("compute_metrics: the rows carry no gold labels")
         gold = [self._target(row, label_names) for row in rows]
@@ -188,9 +253,73 @@ class ClassificationFamily(Family):
                 results[name] = metrics.METRICS[name](preds, gold)
         return results
 
+    def per_class_report(self, rows, predictions, label_names, spec) -> dict:
+        """scikit-learn's report, keyed by the names people read (the spec's display names)."""
+        return classification_report([r["label"] for r in rows], [p["label"] for p in predictions],
+                                     labels=label_names, target_names=[spec.display_name(n) for n in label_names],
+                                     output_dict=True, zero_division=0)
+
+    def confusion(self, rows, predictions, label_names, spec):
+        return ([spec.display_name(r["label"]) for r in rows], [spec.display_name(p["label"]) for p in predictions],
+                [spec.display_name(n) for n in label_names])
+
 
 class RegressionFamily(ClassificationFamily):
-    name = "regression"
+    """A text pair scored by one number, trained with mean squared error (STS-B)."""
+
+    metrics = REGRESSION_METRICS
+    spec_fields = ()
+    has_label_names = False
+    response = {"score": "score"}
+
+    def __init__(self, name: str = "pair_regression"):
+        super().__init__(name, pair=True)
+
+    def check_spec(self, spec) -> None:
+        pass
+
+    def task_settings(self, spec) -> dict:
+        return {}
+
+    def _label_type(self) -> Value:
+        return Value("float64")
+
+    def normalise(self, rows, label_map):
+        return rows  # scores stay numbers (validate_row turns numeric text into floats)
+
+    def validate_row(self, row, label_set, expected):
+        found = text_problem(row, "text_a") or text_problem(row, "text_b")
+        if found:
+            return found
+        value, number = row.get("label"), None
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            number = float(value)
+        elif isinstance(value, str):
+            try:
+                number = float(value)
+            except ValueError:
+                number = None
+        if number is None or not math.isfinite(number):
+            return problem("label", value, "a finite number (NaN, inf and text are rejected)")
+        row["label"] = number
+        return None
+
+    def infer_label_names(self, train):
+        return None
+
+    def describe_labels(self, rows) -> str:
+        values = [row["label"] for row in rows]
+        return f"scores {min(values):g} to {max(values):g}, mean {statistics.fmean(values):.2f}"
+
+    def input_limit(self, spec, max_seq_length, label_names) -> str:
+        return (f"each input is cut to {max_seq_length} word pieces ([CLS]/[SEP] included), longest text first; "
+                "scores are on the scale of the training scores and are not clipped to it")
+
+    def per_class_report(self, rows, predictions, label_names, spec):
+        return None
+
+    def confusion(self, rows, predictions, label_names, spec):
+        return None
 
     def build_model(self, encoder: BertEncoder, label_names: list[str] | None) -> nn.Module:
         return SequenceClassifier(encoder, 1)
@@ -215,7 +344,7 @@ class RegressionFamily(ClassificationFamily):
         return [{"score": float(x)} for x in _by_row(logits, features, len(rows))]
 
     def weighted_metric(self, predictions, rows, metric, label_names=None, settings=None):
-        gold = np.array([self._target(row, None) for row in _as_list(rows)])
+        gold = np.array([self._target(row, None) for row in as_rows(rows)])
         pred = np.array([p["score"] for p in predictions])
         positions = np.arange(len(gold))
 
@@ -225,16 +354,11 @@ class RegressionFamily(ClassificationFamily):
         return score
 
     def compute_metrics(self, predictions, rows, metric_names, label_names=None, settings=None) -> dict[str, float]:
-        _check_metric_names(metric_names, REGRESSION_METRICS, self.name)
-        rows = _as_list(rows)
+        self.check_metric_names(metric_names)
+        rows = as_rows(rows)
         if not _is_labelled(rows):
             raise ValueError("compute_metrics: the rows carry no gold scores")
         gold = [self._target(row, None) for row in rows]
         preds = [p["score"] for p in predictions]
         return {name: metrics.METRICS[name](preds, gold) for name in metric_names}
 
-
-def _check_metric_names(names, known, family: str) -> None:
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise ValueError(f"metrics {unknown} are not defined for the {family} family; expected some of {list(known)}")

@@ -25,12 +25,14 @@ import logging
 import numpy as np
 import torch
 import torch.nn.functional as F
+from datasets import Features, List, Value
 from torch import nn
 
 from bert_core import metrics
-from bert_core.families.base import Family, Output
+from bert_core.families.base import Family, Output, as_rows
 from bert_core.model import BertEncoder
 from bert_core.tokenizer import BertTokenizer, Encoding
+from bert_core.validation import problem, show, text_problem
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +44,6 @@ OUTSIDE = -1  # char_starts / char_ends value on question tokens and specials
 
 class SpanQA(nn.Module):
     """BERT + ``Linear(H, 2)`` start/end scorer."""
-
-    label_keys = ("start_positions", "end_positions")
 
     def __init__(self, encoder: BertEncoder):
         super().__init__()
@@ -149,10 +149,6 @@ def window_best_span(logits: np.ndarray, in_passage: np.ndarray, n_best: int, ma
     return float(scores[si, ej]), int(starts[si]), int(ends[ej])
 
 
-def _as_list(rows) -> list[dict]:
-    return rows.to_list() if hasattr(rows, "to_list") else list(rows)  # datasets.Dataset or list of dicts
-
-
 def _first_answer(row: dict) -> tuple[int, int] | None:
     """Character span [start, end) of the first gold answer in the context, or None."""
     answers = row.get("answers") or {}
@@ -163,15 +159,77 @@ def _first_answer(row: dict) -> tuple[int, int] | None:
 
 
 class QAFamily(Family):
-    name = "qa"
+    name = "extractive_qa"
+    fields = ("id", "title", "question", "context", "answers")
+    metrics = QA_METRICS
+    local_formats = ("squad", "json", "jsonl", "parquet")
+    spec_fields = ("doc_stride", "max_answer_length")
+    has_label_names = False
     label_keys = ("start_positions", "end_positions")
+    request = {"question": ("question",), "context": ("context",)}
+    response = {"answer": "answer", "start": "start", "end": "end", "score": "score"}
+
+    # ---- the spec and the data ------------------------------------------------------------------------
+    def check_spec(self, spec) -> None:
+        """BERT's SQuAD defaults: windows overlap by 128 tokens (half the passage room of shorter windows),
+        answers of at most 30 tokens; the stride must leave each window new passage tokens."""
+        room = spec.max_seq_length - QA_DEFAULTS["max_query_length"] - 3  # [CLS] question [SEP] passage [SEP]
+        if spec.doc_stride is None:
+            spec.doc_stride = min(QA_DEFAULTS["doc_stride"], room // 2)
+        if spec.max_answer_length is None:
+            spec.max_answer_length = QA_DEFAULTS["max_answer_length"]
+        if spec.doc_stride >= room:
+            raise ValueError(f"doc_stride {spec.doc_stride} leaves no new passage tokens per window: it must be below "
+                             f"max_seq_length - {QA_DEFAULTS['max_query_length'] + 3} = {room} (room for a "
+                             f"{QA_DEFAULTS['max_query_length']}-token question and [CLS]/[SEP]/[SEP])")
+
+    def task_settings(self, spec) -> dict:
+        return {"doc_stride": spec.doc_stride, "max_answer_length": spec.max_answer_length}
+
+    def arrow_features(self) -> Features:
+        text = Value("string")
+        return Features(id=text, title=text, question=text, context=text,
+                        answers={"text": List(text), "answer_start": List(Value("int32"))}, _source=text)
+
+    def validate_row(self, row, label_set, expected):
+        found = text_problem(row, "id") or text_problem(row, "question") or text_problem(row, "context")
+        if found:
+            return found
+        if not isinstance(row.get("title"), str):
+            return problem("title", row.get("title"), "text (may be empty)")
+        context, answers = row["context"], row.get("answers")
+        if not isinstance(answers, dict) or not isinstance(answers.get("text"), list) \
+                or not isinstance(answers.get("answer_start"), list):
+            return problem("answers", answers, "{'text': [str, ...], 'answer_start': [int, ...]}")
+        texts, starts = answers["text"], answers["answer_start"]
+        if not texts or len(texts) != len(starts):
+            return problem("answers", answers, "at least one answer, as many answer_start as text")
+        for i, (text, start) in enumerate(zip(texts, starts, strict=True)):
+            if not isinstance(text, str) or not text:
+                return problem(f"answers.text[{i}]", text, "non-empty text")
+            if not isinstance(start, int) or isinstance(start, bool) or not 0 <= start <= len(context) - len(text):
+                return problem(f"answers.answer_start[{i}]", start,
+                               f"a character offset in 0..{len(context) - len(text)} so the {len(text)}-character "
+                               f"answer fits the {len(context)}-character context")
+            found = context[start:start + len(text)]
+            if found != text:
+                return problem(f"answers.text[{i}]", text, f"the context's text at answer_start {start}, which is "
+                               f"{show(found)}")
+        return None
+
+    def input_limit(self, spec, max_seq_length, label_names) -> str:
+        return (f"the question (at most {QA_DEFAULTS['max_query_length']} tokens) and the passage are read in windows "
+                f"of {max_seq_length} tokens overlapping by {spec.doc_stride}; answers are at most "
+                f"{spec.max_answer_length} tokens, and always a span of the passage (it never says 'no answer')")
+
+    # ---- model and features -----------------------------------------------------------------------------
 
     def build_model(self, encoder: BertEncoder, label_names: list[str] | None) -> nn.Module:
         return SpanQA(encoder)
 
     def build_features(self, rows, tokenizer: BertTokenizer, label_names: list[str] | None, settings: dict) -> list[dict]:
         settings = qa_settings(settings)
-        rows = _as_list(rows)
+        rows = as_rows(rows)
         # Cut long questions first: the windows truncate only the passage ("only_second").
         question_encodings = tokenizer.encode_batch([row["question"] for row in rows], max_length=None)
         questions = [
@@ -205,7 +263,7 @@ class QAFamily(Family):
 
     def token_lengths(self, rows, tokenizer: BertTokenizer) -> list[int]:
         """Question + whole passage: longer than max_seq_length means several windows."""
-        rows = _as_list(rows)
+        rows = as_rows(rows)
         encodings = tokenizer.encode_batch([r["question"] for r in rows], [r["context"] for r in rows], max_length=None)
         return [len(enc) for enc in encodings]
 
@@ -214,7 +272,7 @@ class QAFamily(Family):
         all its windows; ``answer = context[start:end]`` (characters), ``score`` = start + end logit.
         A question whose context has no token gets answer "" and score None."""
         settings = qa_settings(settings)
-        rows = _as_list(rows)
+        rows = as_rows(rows)
         best: list[tuple[float, int, int] | None] = [None] * len(rows)  # (score, char start, char end)
         for logit, feature in zip(logits, features, strict=True):
             char_starts = np.asarray(feature["char_starts"])
@@ -231,7 +289,7 @@ class QAFamily(Family):
 
     def weighted_metric(self, predictions, rows, metric, label_names=None, settings=None):
         """Each question's exact match and F1, averaged by weight (SQuAD's scores are means over questions)."""
-        rows = _as_list(rows)  # predictions[i] answers rows[i]: keyed by position, so repeated ids stay apart
+        rows = as_rows(rows)  # predictions[i] answers rows[i]: keyed by position, so repeated ids stay apart
         answers = {str(i): p["answer"] for i, p in enumerate(predictions)}
         per_question = metrics.squad_per_question(answers, {str(i): list(row["answers"]["text"])
                                                             for i, row in enumerate(rows)})
@@ -240,10 +298,8 @@ class QAFamily(Family):
 
     def compute_metrics(self, predictions, rows, metric_names, label_names=None, settings=None) -> dict[str, float]:
         """SQuAD v1.1 exact match and token F1, each the best over all gold answers of a question."""
-        unknown = [n for n in metric_names if n not in QA_METRICS]
-        if unknown:
-            raise ValueError(f"metrics {unknown} are not defined for extractive QA; expected some of {list(QA_METRICS)}")
-        rows = _as_list(rows)
+        self.check_metric_names(metric_names)
+        rows = as_rows(rows)
         unanswered = [row.get("_source", row["id"]) for row in rows if not (row.get("answers") or {}).get("text")]
         if unanswered:
             raise ValueError(f"compute_metrics: {len(unanswered)} questions have no gold answer, e.g. {unanswered[0]}")

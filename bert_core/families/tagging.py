@@ -19,16 +19,19 @@ the spec's ``tag_scheme``, whose sequences ``check_data`` validates when the dat
 from __future__ import annotations
 
 import logging
+from collections import Counter
 
 import numpy as np
 import torch.nn.functional as F
+from datasets import Features, List, Value
+from sklearn.metrics import classification_report
 from torch import nn
 
 from bert_core import metrics, tag_schemes
-from bert_core.families.base import IGNORE_INDEX, Family, Output
+from bert_core.families.base import IGNORE_INDEX, Family, Output, as_rows
 from bert_core.model import BertEncoder
 from bert_core.tokenizer import BertTokenizer
-from bert_core.validation import DataError, show
+from bert_core.validation import DataError, problem, show
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +76,6 @@ def first_subtoken_labels(word_ids: list[int], word_tags: list[int]) -> list[int
     return labels
 
 
-def _as_list(rows) -> list[dict]:
-    return rows.to_list() if hasattr(rows, "to_list") else list(rows)  # datasets.Dataset or list of dicts
-
-
 def _is_tagged(rows: list[dict]) -> bool:
     """True when every row has tags, False when none has (prediction input); a mix is an error."""
     tagged = [row.get("tags") is not None for row in rows]
@@ -97,8 +96,67 @@ def _tag_ids(row: dict, index: dict[str, int]) -> list[int]:
 
 
 class TaggingFamily(Family):
-    name = "tagging"
+    name = "token_tagging"
+    fields = ("tokens", "tags")
+    metrics = TAGGING_METRICS
+    local_formats = ("conll", "json", "jsonl", "parquet")
+    spec_fields = ("tag_scheme", "repair_tags")
+    request = {"tokens": ("tokens", "text")}
+    response = {"tags": "tags"}
 
+    # ---- the spec and the data ------------------------------------------------------------------------
+    def check_spec(self, spec) -> None:
+        if spec.tag_scheme is not None:
+            spec.tag_scheme = tag_schemes.canonical(spec.tag_scheme)
+        entity_metrics = [m for m in spec.metrics if m.startswith("entity_")]
+        if entity_metrics and spec.tag_scheme is None:
+            raise ValueError(f"metrics {entity_metrics} count entities, which needs a tag_scheme (IOB1, IOB2, IOE1, "
+                             "IOE2, IOBES or BILOU); plain tags (POS) get token_accuracy only")
+        if spec.repair_tags and spec.tag_scheme is None:
+            raise ValueError("repair_tags rewrites sequences into a tag_scheme: give the tag_scheme")
+
+    def task_settings(self, spec) -> dict:
+        return {"tag_scheme": spec.tag_scheme} if spec.tag_scheme is not None else {}
+
+    def arrow_features(self) -> Features:
+        return Features(tokens=List(Value("string")), tags=List(Value("string")), _source=Value("string"))
+
+    def normalise(self, rows, label_map):
+        if label_map:
+            for row in rows:
+                if isinstance(row.get("tags"), list):
+                    row["tags"] = [label_map.get(t, t) for t in row["tags"]]
+        return rows
+
+    def validate_row(self, row, label_set, expected):
+        tokens, tags = row.get("tokens"), row.get("tags")
+        if not isinstance(tokens, list) or not tokens:
+            return problem("tokens", tokens, "a non-empty list of tokens")
+        if not isinstance(tags, list) or len(tags) != len(tokens):
+            n = len(tags) if isinstance(tags, list) else "no"
+            return problem("tags", tags, f"one tag per token: {len(tokens)} tokens but {n} tags")
+        for i, (token, tag) in enumerate(zip(tokens, tags, strict=True)):
+            if not isinstance(token, str) or not token.strip():
+                return problem(f"tokens[{i}]", token, f"non-empty text (token {i + 1} of the sentence)")
+            if not isinstance(tag, str) or not tag or (label_set is not None and tag not in label_set):
+                wanted = expected if label_set is not None else "a tag name"
+                return problem(f"tags[{i}]", tag, f"{wanted} (token {i + 1} of the sentence)")
+        return None
+
+    def infer_label_names(self, train):
+        return sorted({t for r in train if isinstance(r.get("tags"), list) for t in r["tags"] if isinstance(t, str) and t})
+
+    def describe_labels(self, rows) -> str:
+        counts = Counter(tag for row in rows for tag in row["tags"]).most_common()
+        total = sum(n for _, n in counts)
+        shown = [f"{name} {n / total:.1%}" for name, n in counts[:6]]
+        return ", ".join(shown) + (f", +{len(counts) - 6} more" if len(counts) > 6 else "")
+
+    def input_limit(self, spec, max_seq_length, label_names) -> str:
+        return (f"a sentence longer than {max_seq_length} word pieces is cut: the words past the cut get the tag "
+                f"{fallback_tag(label_names or ['O'])!r}")
+
+    # ---- model and features -----------------------------------------------------------------------------
     def build_model(self, encoder: BertEncoder, label_names: list[str] | None) -> nn.Module:
         if not label_names:
             raise ValueError("token tagging needs the tag names")
@@ -129,7 +187,7 @@ class TaggingFamily(Family):
         return repairs
 
     def build_features(self, rows, tokenizer: BertTokenizer, label_names: list[str] | None, settings: dict) -> list[dict]:
-        rows = _as_list(rows)
+        rows = as_rows(rows)
         encodings = tokenizer.encode_batch(
             [list(row["tokens"]) for row in rows], max_length=settings["max_seq_length"], is_pretokenized=True
         )
@@ -158,13 +216,13 @@ class TaggingFamily(Family):
         return features
 
     def token_lengths(self, rows, tokenizer: BertTokenizer) -> list[int]:
-        words = [list(row["tokens"]) for row in _as_list(rows)]
+        words = [list(row["tokens"]) for row in as_rows(rows)]
         return [len(enc) for enc in tokenizer.encode_batch(words, max_length=None, is_pretokenized=True)]
 
     def postprocess(self, logits, features, rows, label_names, settings: dict) -> list[dict]:
         """logits[k]: (T, C) -> {"tokens", "tags", "words_truncated"}: the first sub-token's argmax tag for
         every word, the fallback tag for words without a token (counted in ``words_truncated``)."""
-        rows = _as_list(rows)
+        rows = as_rows(rows)
         fallback = fallback_tag(label_names)
         predictions: list[dict | None] = [None] * len(rows)
         for logit, feature in zip(logits, features, strict=True):
@@ -188,7 +246,7 @@ class TaggingFamily(Family):
     def weighted_metric(self, predictions, rows, metric, label_names=None, settings=None):
         """Per-sentence counts (words right and in all; entities right, predicted, gold), summed by weight:
         token accuracy and micro entity scores are ratios of those sums."""
-        gold = [list(row["tags"]) for row in _as_list(rows)]
+        gold = [list(row["tags"]) for row in as_rows(rows)]
         pred = [list(p["tags"]) for p in predictions]
         if metric == "token_accuracy":
             counts = np.array([(sum(p == g for p, g in zip(ps, gs, strict=True)), len(gs))
@@ -201,10 +259,8 @@ class TaggingFamily(Family):
     def compute_metrics(self, predictions, rows, metric_names, label_names=None, settings=None) -> dict[str, float]:
         """Token accuracy over words; entity scores in seqeval's strict mode for ``settings["tag_scheme"]``
         (conlleval's IOB reading when no scheme is given)."""
-        unknown = [n for n in metric_names if n not in TAGGING_METRICS]
-        if unknown:
-            raise ValueError(f"metrics {unknown} are not defined for token tagging; expected some of {list(TAGGING_METRICS)}")
-        rows = _as_list(rows)
+        self.check_metric_names(metric_names)
+        rows = as_rows(rows)
         if not _is_tagged(rows):
             raise ValueError("compute_metrics: the rows carry no gold tags")
         gold = [list(row["tags"]) for row in rows]
@@ -216,3 +272,16 @@ class TaggingFamily(Family):
             name: metrics.token_accuracy(pred, gold) if name == "token_accuracy" else entities[name.removeprefix("entity_")]
             for name in metric_names
         }
+
+    def feature_stats(self, features) -> dict:
+        return {"words_truncated": sum(f["words_truncated"] for f in features)}
+
+    def per_class_report(self, rows, predictions, label_names, spec) -> dict:
+        """Entity precision, recall and F1 per type, counted as the entity metrics count (a tag scheme);
+        plain tags (POS): scikit-learn's report per tag over words."""
+        gold, pred = [list(r["tags"]) for r in rows], [list(p["tags"]) for p in predictions]
+        if spec.tag_scheme is not None:
+            return metrics.entity_prf(pred, gold, spec.tag_scheme)
+        flat_gold = [t for sentence in gold for t in sentence]
+        flat_pred = [t for sentence in pred for t in sentence]
+        return classification_report(flat_gold, flat_pred, labels=label_names, output_dict=True, zero_division=0)

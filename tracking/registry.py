@@ -61,7 +61,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from bert_core.bootstrap import PairedComparison, paired_bootstrap
-from tasks.tracking import local_store_path
+from tracking.store import local_store_path
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 POLICIES = ("better", "significant", "always", "never")

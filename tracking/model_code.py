@@ -1,6 +1,6 @@
 """The file MLflow runs to build a logged bertflow model ("models from code"), so no pickle is written or read.
 
-`tasks.pyfunc_model.log_model` logs this file as the model's code, with `bert_core` and `tasks` beside it
+`tracking.packaging.log_model` logs this file as the model's code, with `bert_core` and `tracking` beside it
 and the fine-tuned folder (safetensors weights, config.json, tokenizer.json) as the artifact `model_dir`.
 `mlflow.pyfunc.load_model` executes this file, then `BertPyfunc.load_context` reads the weights through
 `bert_core.predict.Predictor`.
@@ -8,6 +8,6 @@ and the fine-tuned folder (safetensors weights, config.json, tokenizer.json) as 
 
 from mlflow.models import set_model
 
-from tasks.pyfunc_model import BertPyfunc
+from tracking.packaging import BertPyfunc
 
 set_model(BertPyfunc())

@@ -27,12 +27,20 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from bert_core.bootstrap import bootstrap_interval, paired_bootstrap
+from bert_core.families import get_family
 from bert_core.home import runs_root
 from bert_core.spec import load_spec
-from tasks.registry import CHAMPION, N_RESAMPLES, describe_versions, model_name, pair_on_rows, run_predictions
-from tasks.tracking import experiment_name
+from tracking.registry import (
+    CHAMPION,
+    N_RESAMPLES,
+    describe_versions,
+    model_name,
+    pair_on_rows,
+    run_predictions,
+)
+from tracking.store import experiment_name
 
-# Run params (dotted, as tasks.tracking.log_params_safely logs them) shown per version.
+# Run params (dotted, as tracking.store.log_params_safely logs them) shown per version.
 HYPERPARAMETERS = {"learning_rate": "training.learning_rate", "batch_size": "training.batch_size",
                    "epochs": "training.epochs", "max_train_samples": "training.max_train_samples"}
 NOT_COMPARABLE = "not comparable: different dev rows"
@@ -70,7 +78,7 @@ def compare_versions(task: str, confidence: float = 0.95, n_resamples: int = N_R
             gold = [_row(line) for line in mine]
             predictions = [line["prediction"] for line in mine]
             interval = bootstrap_interval(spec.family, predictions, gold, metric, spec.labels, n_resamples,
-                                          confidence, seed, spec.metric_settings())
+                                          confidence, seed, get_family(spec.family).task_settings(spec))
             row |= {"score": interval.point, "low": interval.low, "high": interval.high, "dev_rows": len(gold)}
             row |= _versus_champion(v["version"], champion, mine, lines.get(champion), spec, confidence,
                                     n_resamples, seed)
@@ -96,7 +104,7 @@ def _versus_champion(version: str, champion: str | None, mine: list[dict], their
         return {"note": NOT_COMPARABLE}
     gold, new, old = paired
     gap = paired_bootstrap(spec.family, new, old, gold, spec.primary_metric, spec.labels, n_resamples, confidence,
-                           seed, spec.metric_settings())
+                           seed, get_family(spec.family).task_settings(spec))
     if gap.low > 0:
         note = f"better than champion v{champion} ({confidence:.0%})"
     elif gap.high < 0:
@@ -236,7 +244,7 @@ def run_comparison(task: str, confidence: float = 0.95, n_resamples: int = N_RES
     """``compare_versions`` written to ``<run_root>/<task>/compare-<time>`` (chart, markdown, CSV) and, with
     ``log_to_mlflow``, logged under ``compare/`` to a new run in the experiment ``bertflow-<task>`` (else
     the newest version's run's). The tracking URI must already be configured
-    (``tasks.tracking.configure_tracking``)."""
+    (``tracking.store.configure_tracking``)."""
     spec = load_spec(task)
     name = name or model_name(spec.name)
     rows = compare_versions(task, confidence, n_resamples, name=name)

@@ -10,9 +10,9 @@ import shlex
 
 import pandas as pd
 
+from bert_core.families import get_family
 from bert_core.spec import TaskSpec
 from bert_core.training import TrainConfig
-from tasks.data import DataInfo
 
 RECIPE = ("learning_rate", "batch_size", "epochs", "max_steps", "warmup_ratio", "weight_decay", "max_seq_length",
           "seed", "precision", "max_train_samples", "max_eval_samples")
@@ -26,9 +26,10 @@ def task_description(spec: TaskSpec, policy: str) -> str:
             "beat it. Each version's description is its model card.")
 
 
-def model_card(spec: TaskSpec, cfg: TrainConfig, data: DataInfo, trained: dict, evaluation: dict, decision: dict,
+def model_card(spec: TaskSpec, cfg: TrainConfig, data, trained: dict, evaluation: dict, decision: dict,
                example: pd.DataFrame, pretrained: str, language: str | None, run_id: str) -> str:
-    """Markdown for people: task, labels, data, recipe, dev metrics with intervals, calls, limits."""
+    """Markdown for people: task, labels, data, recipe, dev metrics with intervals, calls, limits.
+    ``data``: the download task's DataInfo (rows per split, source, fingerprint, carve, dropped, labels)."""
     name, version = decision["model_name"], decision["version"]
     uri = f"models:/{name}/{version}"
     lines = [f"# {name} v{version}: {spec.description or spec.name}", "",
@@ -39,14 +40,14 @@ def model_card(spec: TaskSpec, cfg: TrainConfig, data: DataInfo, trained: dict, 
         shown = ", ".join(f"`{n}`" + (f" {spec.display_name(n)}" if spec.display_name(n) != n else "")
                           for n in data.label_names[:30])
         more = f", ... ({len(data.label_names)} in all)" if len(data.label_names) > 30 else ""
-        lines.append(f"| {'tags' if spec.family == 'token_tagging' else 'labels'} | {shown}{more} |")
+        lines.append(f"| {'tags' if 'tags' in get_family(spec.family).fields else 'labels'} | {shown}{more} |")
     lines += [f"| pretrained | {pretrained} |", f"| MLflow run | `{run_id}` |", ""]
     lines += _data(data, cfg) + _recipe(spec, cfg, trained) + _metrics(spec, evaluation)
-    lines += _calls(spec.family, uri, example) + _limits(spec, cfg, data, language)
+    lines += _calls(get_family(spec.family).request, uri, example) + _limits(spec, cfg, data, language)
     return "\n".join(lines) + "\n"
 
 
-def _data(data: DataInfo, cfg: TrainConfig) -> list[str]:
+def _data(data, cfg: TrainConfig) -> list[str]:
     def used(split: str, n: int) -> str:
         cap = cfg.max_train_samples if split == "train" else cfg.max_eval_samples
         return f"{split} {min(n, cap or n):,}" + (f" (of {n:,})" if cap and cap < n else "")
@@ -84,12 +85,12 @@ def _metrics(spec: TaskSpec, evaluation: dict) -> list[str]:
     return [*lines, ""]
 
 
-def _calls(family: str, uri: str, example: pd.DataFrame) -> list[str]:
+def _calls(request: dict[str, tuple[str, ...]], uri: str, example: pd.DataFrame) -> list[str]:
     records = json.loads(example.head(1).to_json(orient="records", force_ascii=False))
     first = records[0]
     flags = {"text": "--text", "text_a": "--text", "text_b": "--text-b", "question": "--question",
              "context": "--context"}
-    if family == "token_tagging":
+    if "tokens" in request:
         options = "--tokens " + " ".join(shlex.quote(w) for w in first["tokens"])
     else:
         options = " ".join(f"{flags[k]} {shlex.quote(str(v))}" for k, v in first.items() if k in flags)
@@ -102,22 +103,10 @@ def _calls(family: str, uri: str, example: pd.DataFrame) -> list[str]:
             f"mlflow.pyfunc.load_model({uri!r}).predict(pd.DataFrame({records!r}))", "```", ""]
 
 
-def _limits(spec: TaskSpec, cfg: TrainConfig, data: DataInfo, language: str | None) -> list[str]:
-    length = cfg.max_seq_length or spec.max_seq_length
-    if spec.family == "extractive_qa":
-        reach = (f"the question (at most 64 tokens) and the passage are read in windows of {length} tokens "
-                 f"overlapping by {spec.doc_stride}; answers are at most {spec.max_answer_length} tokens, and always "
-                 "a span of the passage (it never says 'no answer')")
-    elif spec.family == "token_tagging":
-        reach = (f"a sentence longer than {length} word pieces is cut: the words past the cut get the tag "
-                 f"'{'O' if 'O' in (data.label_names or []) else (data.label_names or ['?'])[0]}'")
-    else:
-        reach = f"each input is cut to {length} word pieces ([CLS]/[SEP] included), longest text first"
-    lines = ["## Limits", "", f"- {reach}.",
-             f"- language: {language or 'not stated by the pretrained checkpoint'} (the pretrained checkpoint's own "
-             "model card); other languages are not supported.",
-             f"- it knows only what its training data showed: {data.source}; scores are dev scores on data "
-             "of that kind, not on yours."]
-    if data.label_names is not None and spec.family != "token_tagging":
-        lines.append(f"- it always answers one of its {len(data.label_names)} labels, even for out-of-domain input.")
-    return [*lines, ""]
+def _limits(spec: TaskSpec, cfg: TrainConfig, data, language: str | None) -> list[str]:
+    reach = get_family(spec.family).input_limit(spec, cfg.max_seq_length or spec.max_seq_length, data.label_names)
+    return ["## Limits", "", f"- {reach}.",
+            f"- language: {language or 'not stated by the pretrained checkpoint'} (the pretrained checkpoint's own "
+            "model card); other languages are not supported.",
+            f"- it knows only what its training data showed: {data.source}; scores are dev scores on data "
+            "of that kind, not on yours.", ""]

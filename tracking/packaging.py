@@ -2,8 +2,8 @@
 answers JSON requests for any of the four families.
 
 The logged model holds the ``save_finetuned`` folder as the artifact ``model_dir`` (safetensors weights,
-config.json, tokenizer.json) and ``bert_core`` + ``tasks`` as code. It is logged "from code"
-(``tasks/pyfunc_code.py`` builds a ``BertPyfunc``), so nothing is pickled: logging writes no
+config.json, tokenizer.json) and ``bert_core`` + ``tracking`` as code. It is logged "from code"
+(``tracking/model_code.py`` builds a ``BertPyfunc``), so nothing is pickled: logging writes no
 ``python_model.pkl`` and loading unpickles nothing. Weights load through ``bert_core.predict``; the family
 comes from the model folder's own config. (Versions logged before this held a ``python_model.pkl`` of
 the family name; MLflow still loads them, and refuses them with a clear message where
@@ -41,27 +41,10 @@ from mlflow.pyfunc import PythonModelContext
 from mlflow.types.schema import ColSpec, Schema
 
 import bert_core
-import tasks
+from bert_core.families import get_family
 
 MAX_TEXT_CHARS = 20_000  # ~4k words: far beyond any task here, small enough to bound one request's work
 EXAMPLE_ROWS = 3
-# For each canonical field (docs/design.md), the DataFrame columns that may carry it, preferred first.
-FIELDS = {
-    "single_classification": {"text_a": ("text", "text_a")},
-    "pair_classification": {"text_a": ("text_a", "text"), "text_b": ("text_b", "text_pair")},
-    "pair_regression": {"text_a": ("text_a", "text"), "text_b": ("text_b", "text_pair")},
-    "token_tagging": {"tokens": ("tokens", "text")},
-    "extractive_qa": {"question": ("question",), "context": ("context",)},
-}
-# Output column -> the prediction field it shows. A classifier's `label` is the name people read (the spec's
-# display name), `label_value` the label as the data stores it.
-OUTPUTS = {
-    "single_classification": {"label": "label_name", "label_value": "label", "score": "score"},
-    "pair_classification": {"label": "label_name", "label_value": "label", "score": "score"},
-    "pair_regression": {"score": "score"},
-    "token_tagging": {"tags": "tags"},
-    "extractive_qa": {"answer": "answer", "start": "start", "end": "end", "score": "score"},
-}
 # What `bert_core.predict` imports at serving time (not Prefect, not matplotlib), pinned to this machine's.
 SERVING_REQUIREMENTS = (
     "mlflow", "torch", "tokenizers", "safetensors", "numpy", "pandas", "datasets", "huggingface_hub",
@@ -83,9 +66,6 @@ class BertPyfunc(mlflow.pyfunc.PythonModel):
         from bert_core.predict import Predictor  # torch is imported only when a model is really loaded
 
         self.predictor = Predictor(context.artifacts["model_dir"])
-        if self.predictor.family_name not in FIELDS:
-            raise MlflowException(f"model folder holds a {self.predictor.family_name!r} model; this server knows "
-                                  f"{sorted(FIELDS)}")
         self.family = self.predictor.family_name
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
@@ -93,7 +73,7 @@ class BertPyfunc(mlflow.pyfunc.PythonModel):
             raise MlflowException("BertPyfunc.predict before load_context: load it with mlflow.pyfunc.load_model")
         rows = frame_to_rows(self.family, model_input)
         predictions = self.predictor.predict(rows)
-        columns = OUTPUTS[self.family]
+        columns = get_family(self.family).response
         return pd.DataFrame([{column: p[key] for column, key in columns.items()} for p in predictions],
                             columns=list(columns))
 
@@ -103,7 +83,7 @@ def frame_to_rows(family: str, frame: pd.DataFrame) -> list[dict]:
     if not isinstance(frame, pd.DataFrame):
         raise invalid(f"expected a DataFrame (columns {_expected(family)}), got {type(frame).__name__}")
     columns = {}
-    for field, names in FIELDS[family].items():
+    for field, names in get_family(family).request.items():
         present = [n for n in names if n in frame.columns]
         if not present:  # (the schema check has already dropped columns the signature does not know)
             raise invalid(f"missing input column {names[0]!r}; a {family} model expects columns {_expected(family)}")
@@ -118,9 +98,7 @@ def frame_to_rows(family: str, frame: pd.DataFrame) -> list[dict]:
             row[field] = _check(record[column], column, i)
             if field == "tokens" and column == "text":
                 row[field] = row[field].split()
-        if family == "single_classification":
-            row["text_b"] = None
-        if family == "extractive_qa":
+        if "id" in get_family(family).fields:  # QA predictions come back keyed by it
             row["id"] = str(i) if _missing(record.get("id")) else str(record["id"])
         rows.append(row)
     return rows
@@ -164,14 +142,14 @@ def _show(value) -> str:
 
 
 def _expected(family: str) -> str:
-    return ", ".join(" or ".join(repr(n) for n in names) for names in FIELDS[family].values())
+    return ", ".join(" or ".join(repr(n) for n in names) for names in get_family(family).request.values())
 
 
 def rows_to_frame(family: str, rows: list[dict]) -> pd.DataFrame:
     """Canonical rows (gold labels and ``_source`` are dropped) -> a request DataFrame in the preferred
     column names: the input example logged with the model."""
     data = {}
-    for field, names in FIELDS[family].items():
+    for field, names in get_family(family).request.items():
         data[names[0]] = [list(r[field]) if field == "tokens" else r[field] for r in rows]
     return pd.DataFrame(data)
 
@@ -180,7 +158,7 @@ def rows_to_frame(family: str, rows: list[dict]) -> pd.DataFrame:
 def log_model(model_dir: str | Path, family: str, input_example_rows: list[dict],
               registered_model_name: str | None = None) -> ModelInfo:
     """Log ``model_dir`` as a pyfunc named ``model`` in the active run; returns its ``ModelInfo``
-    (``model_info.model_uri`` is what ``tasks.registry.register_version`` takes)."""
+    (``model_info.model_uri`` is what ``tracking.registry.register_version`` takes)."""
     model_dir = str(Path(model_dir).resolve())
     example = rows_to_frame(family, list(input_example_rows)[:EXAMPLE_ROWS])
     python_model = BertPyfunc()
@@ -191,10 +169,10 @@ def log_model(model_dir: str | Path, family: str, input_example_rows: list[dict]
     signature.inputs = _accepted_inputs(family, signature.inputs)
     return mlflow.pyfunc.log_model(
         name="model",
-        python_model=str(Path(__file__).with_name("pyfunc_code.py")),  # models from code: nothing pickled
+        python_model=str(Path(__file__).with_name("model_code.py")),  # models from code: nothing pickled
         artifacts={"model_dir": model_dir},
-        # The served model imports bert_core and tasks from the logged copy: works outside this checkout.
-        code_paths=[str(Path(bert_core.__file__).parent), str(Path(tasks.__file__).parent)],
+        # The served model imports bert_core and this package from the logged copy: works outside this checkout.
+        code_paths=[str(Path(bert_core.__file__).parent), str(Path(__file__).parent)],
         pip_requirements=serving_requirements(),
         signature=signature,
         input_example=example,
@@ -206,8 +184,9 @@ def _accepted_inputs(family: str, inferred: Schema) -> Schema:
     """The inferred columns plus their alternative names, all optional: the schema check must let
     ``text``/``text_pair`` through, and ``frame_to_rows`` names what is really missing, row by row."""
     types = {c.name: c.type for c in inferred.inputs}
-    specs = [ColSpec(types.get(n, "string"), n, required=False) for names in FIELDS[family].values() for n in names]
-    if family == "extractive_qa":
+    specs = [ColSpec(types.get(n, "string"), n, required=False)
+             for names in get_family(family).request.values() for n in names]
+    if "id" in get_family(family).fields:
         specs.append(ColSpec("string", "id", required=False))
     return Schema(specs)
 
