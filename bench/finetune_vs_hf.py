@@ -188,7 +188,7 @@ def run_ours(args) -> dict:
     cfg = TrainConfig(
         learning_rate=args.learning_rate, batch_size=args.batch_size, epochs=args.epochs, seed=args.seed,
         warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay, max_grad_norm=1.0, precision=args.precision,
-        group_by_length=True, max_seq_length=MAX_LENGTH, eval_every=10**9, checkpoint_every=10**9,
+        group_by_length=True, max_seq_length=MAX_LENGTH, eval_every=10**9, checkpoint_every=None, checkpoint_minutes=None,
         progress_bar=False, num_threads=args.threads,
     )
     started = {}

@@ -16,7 +16,7 @@ all-MiniLM-L6-v2 on the task's FULL training split and score the spec's eval spl
             max_seq_length / doc_stride from the spec, the same seed, threads and precision (ours' "auto":
             bf16 autocast where the CPU has native bf16, else fp32; hf gets ``bf16=True`` exactly then).
   ours      ``fit(...)`` as the pipeline runs it (length-grouped batches, its default); it keeps the best
-            epoch's model. No mid-run resumable checkpoints (``checkpoint_every`` huge), as hf saves none.
+            epoch's model. No mid-run resumable checkpoints (``checkpoint_every`` and ``checkpoint_minutes`` off), as hf saves none.
   hf        ``Trainer`` with ``eval_strategy="epoch"``, ``save_strategy="no"``, random batch order (no
             length grouping, run_glue's default), dynamic padding (DataCollatorWithPadding /
             DataCollatorForTokenClassification) instead of run_glue's / run_qa's pad-to-max_length, which
@@ -87,7 +87,7 @@ def recipe(spec, job: dict):
     from bert_core.training import TrainConfig
 
     return TrainConfig(seed=job["seed"], epochs=job["epochs"], num_threads=job["threads"], progress_bar=False,
-                       checkpoint_every=10**9).with_defaults(spec.defaults)
+                       checkpoint_every=None, checkpoint_minutes=None).with_defaults(spec.defaults)
 
 
 def load_rows(job: dict):

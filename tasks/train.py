@@ -1,7 +1,7 @@
 """The `fine_tune` task: `bert_core.training.fit` with its progress sent to MLflow and to Prefect.
 
 Checkpoints go to `<run_dir>/training/checkpoints`; a retry of this task (same `run_dir`) resumes from
-the newest complete one, so a crash costs at most `checkpoint_every` steps.
+the newest complete one, so a crash costs at most `checkpoint_minutes` of training (or `checkpoint_every` steps).
 """
 
 from __future__ import annotations

@@ -186,3 +186,35 @@ def test_unset_threads_default_to_the_free_cores_unless_omp_num_threads_says(mon
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     monkeypatch.setattr(threads.torch, "get_num_threads", lambda: 3)
     assert threads.default_threads() == 3
+
+
+def test_a_checkpoint_written_in_the_background_holds_the_step_it_was_taken_at(tmp_path):
+    from bert_core.training.state import CheckpointWriter, load_checkpoint
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model(torch.randn(2, 4)).sum().backward()
+    optimizer.step()
+    taken = {k: v.clone() for k, v in model.state_dict().items()}
+    writer = CheckpointWriter(tmp_path / "ckpt", keep=2)
+    path = writer.save(7, model, optimizer, {"best": 0.5, "history": []})
+    with torch.no_grad():  # training goes on while the write is in flight
+        model.weight.add_(1.0)
+    writer.close()
+    restored = torch.nn.Linear(4, 3)
+    state = load_checkpoint(path, restored, torch.optim.AdamW(restored.parameters(), lr=0.1))
+    assert state["step"] == 7 and state["best"] == 0.5
+    assert all(torch.equal(restored.state_dict()[k], v) for k, v in taken.items())
+
+
+def test_a_failed_background_write_is_raised_on_the_training_thread(tmp_path):
+    from bert_core.training.state import CheckpointWriter
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the checkpoint folder should go")
+    model = torch.nn.Linear(2, 2)
+    writer = CheckpointWriter(blocker, keep=1)
+    writer.save(1, model, torch.optim.AdamW(model.parameters()), {})
+    with pytest.raises(OSError):
+        writer.close()

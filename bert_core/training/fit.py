@@ -43,12 +43,12 @@ from bert_core.training.features import (
     features_fingerprint,
 )
 from bert_core.training.optim import build_optimizer, lr_at, set_lr
-from bert_core.training.state import list_checkpoints, load_checkpoint, save_checkpoint
+from bert_core.training.state import CheckpointWriter, list_checkpoints, load_checkpoint
 from bert_core.training.threads import default_threads
 
 # TrainConfig fields that may change between an interrupted run and its resumption.
-RESUME_INDIFFERENT = {"checkpoint_every", "keep_checkpoints", "log_every", "progress_bar", "num_threads",
-                      "eval_batch_size"}
+RESUME_INDIFFERENT = {"checkpoint_every", "checkpoint_minutes", "keep_checkpoints", "log_every", "progress_bar",
+                      "num_threads", "eval_batch_size"}
 
 
 class Callback(Protocol):
@@ -243,11 +243,24 @@ def _check_resumable(checkpoint: Path, resume_key: dict) -> None:
 def train(run: Run, state: TrainState, callbacks) -> bool:
     """Steps from ``state.step`` to the end, with log events, evaluations and checkpoints at their cadence;
     returns whether early stopping ended it."""
+    writer = CheckpointWriter(run.output_dir / "checkpoints", run.cfg.keep_checkpoints)
+    try:
+        stopped_early = _loop(run, state, callbacks, writer)
+    except BaseException:
+        with contextlib.suppress(Exception):  # a checkpoint being written still reaches the disk
+            writer.close()
+        raise
+    writer.close()
+    return stopped_early
+
+
+def _loop(run: Run, state: TrainState, callbacks, writer: CheckpointWriter) -> bool:
     cfg, d = run.cfg, run.dist
     bar = tqdm(total=run.total_steps, initial=state.step, desc=f"fine-tune {run.spec.name}", unit="step",
                disable=not (d.is_main and cfg.progress_bar), dynamic_ncols=True)
     stopped_early = False
     window_start, window_examples = time.perf_counter(), state.examples
+    last_checkpoint = time.monotonic()
     while state.step < run.total_steps and not stopped_early:
         epoch, index_in_epoch = divmod(state.step, run.steps_per_epoch)
         batches = step_batches([len(f["input_ids"]) for f in run.train_features], cfg.batch_size, cfg.seed, epoch,
@@ -270,15 +283,22 @@ def train(run: Run, state: TrainState, callbacks) -> bool:
                 state.train_seconds += time.perf_counter() - window_start
                 stopped_early = evaluate(run, state, callbacks)
                 window_start = time.perf_counter()
-            if d.is_main and (state.step % cfg.checkpoint_every == 0 or state.step == run.total_steps or stopped_early):
-                path = save_checkpoint(run.output_dir / "checkpoints", state.step, run.model, run.optimizer,
-                                       dataclasses.asdict(state), cfg.keep_checkpoints)
+            if d.is_main and (_checkpoint_due(cfg, state.step, last_checkpoint) or state.step == run.total_steps
+                              or stopped_early):
+                path = writer.save(state.step, run.model, run.optimizer, dataclasses.asdict(state))
+                last_checkpoint = time.monotonic()
                 _notify(callbacks, "on_checkpoint", state.step, path)
             distributed.barrier(d)
             if state.step >= run.total_steps or stopped_early:
                 break
     bar.close()
     return stopped_early
+
+
+def _checkpoint_due(cfg: TrainConfig, step: int, last: float) -> bool:
+    by_steps = cfg.checkpoint_every is not None and step % cfg.checkpoint_every == 0
+    by_time = cfg.checkpoint_minutes is not None and time.monotonic() - last >= cfg.checkpoint_minutes * 60
+    return by_steps or by_time
 
 
 def train_step(run: Run, state: TrainState, batch_indices: list[int], lr: float) -> float:
