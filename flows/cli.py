@@ -87,6 +87,31 @@ def _parser() -> argparse.ArgumentParser:
     _finetune_options(p)
     p.set_defaults(command=cmd_suite, name="suite")
 
+    p = sub.add_parser("sweep", help="hyperparameter search for a task (the sweep flow), then register the best trial",
+                       description="Trials are fine-tunes with some TrainConfig fields varied; the Optuna study is "
+                       "kept in a database, so the same command again resumes an interrupted sweep. Example: "
+                       "bertflow sweep mrpc --space learning_rate=2e-5,3e-5,5e-5 --space batch_size=16,32")
+    p.add_argument("task", help="built-in task name (see `bertflow tasks`) or a spec YAML path")
+    p.add_argument("--space", action="append", type=_space_option, metavar="FIELD=VALUES", required=True,
+                   help="a searched TrainConfig field: FIELD=V1,V2,... (a list: grid axis or categorical), or "
+                   "FIELD=LOW:HIGH, FIELD=LOW:HIGH:log, FIELD=LOW:HIGH:STEP (a range, --sampler tpe only); repeat "
+                   "for more fields")
+    p.add_argument("--sampler", choices=["grid", "tpe"], default="grid", help="default grid")
+    p.add_argument("--n-trials", type=int, metavar="N", help="trials to finish; default: the whole grid, or 10 for tpe")
+    p.add_argument("--max-concurrency", type=int, default=1, metavar="N", help="trials at once (default 1)")
+    p.add_argument("--pruner", choices=["median", "none"], default="median", help="default median")
+    p.add_argument("--pruning-startup-trials", type=int, default=3, metavar="N",
+                   help="trials that finish before any is pruned (default 3)")
+    p.add_argument("--storage", help="Optuna storage URL; default: $BERTFLOW_OPTUNA_STORAGE, else "
+                   "$BERTFLOW_HOME/optuna.db")
+    p.add_argument("--study-name", help="default: <task>-<hash of the search>, so the same command resumes")
+    p.add_argument("--sampler-seed", type=int, default=0, metavar="N", help="seeds the sampler (default 0)")
+    p.add_argument("--no-register", action="store_true", help="do not register the best trial's model")
+    p.add_argument("--deployment", help="run each trial through this finetune deployment's work pool; default: "
+                   "processes here")
+    _finetune_options(p)
+    p.set_defaults(command=cmd_sweep, name="sweep")
+
     p = sub.add_parser("predict", help="predict with a logged or registered model",
                        description="Rows come from the options (repeat an option for more rows: the n-th "
                        "--text goes with the n-th --text-b), or as JSON lines on stdin (columns: text / text_a, "
@@ -307,6 +332,63 @@ def cmd_suite(args) -> int:
                      deployment=args.deployment)
     print(_table([{k: r[k] for k in ("task", "primary_metric", "score", "model", "alias", "train_seconds")}
                   for r in rows]))
+    return 0
+
+
+def _space_option(text: str) -> tuple[str, object]:
+    """`FIELD=V1,V2` -> (field, [v1, v2]); `FIELD=LOW:HIGH[:log|:STEP]` -> (field, Range)."""
+    from bert_core.search import Range
+
+    field, sep, values = text.partition("=")
+    if not sep or not field or not values:
+        raise argparse.ArgumentTypeError(f"expected FIELD=V1,V2,... or FIELD=LOW:HIGH[:log|:STEP], got {text!r}")
+    if ":" in values:
+        low, high, *rest = values.split(":")
+        if len(rest) > 1:
+            raise argparse.ArgumentTypeError(f"a range is LOW:HIGH, LOW:HIGH:log or LOW:HIGH:STEP, got {values!r}")
+        extra = {"log": True} if rest == ["log"] else {"step": _scalar(rest[0])} if rest else {}
+        try:
+            return field, Range(low=_scalar(low), high=_scalar(high), **extra)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(f"{field}: {err.errors()[0]['msg'] if hasattr(err, 'errors') else err}") from None
+    return field, [_scalar(v) for v in values.split(",")]
+
+
+def _scalar(text: str):
+    """'16' -> 16, '2e-5' -> 2e-05, 'true' -> True, else the text."""
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def cmd_sweep(args) -> int:
+    from bert_core.spec import load_spec
+
+    load_spec(args.task)
+    space = dict(args.space)
+    if len(space) != len(args.space):
+        raise ValueError("--space names a field twice")
+    from flows.sweep import SweepParams, sweep
+
+    params = SweepParams(base=_finetune_params(args, args.task), space=space, sampler=args.sampler,
+                         n_trials=args.n_trials, max_concurrency=args.max_concurrency, pruner=args.pruner,
+                         pruning_startup_trials=args.pruning_startup_trials, storage=args.storage,
+                         study_name=args.study_name, seed=args.sampler_seed, register_best=not args.no_register,
+                         deployment=args.deployment)
+    result = _run_flow(args, sweep, params=params)
+    metric = load_spec(args.task).primary_metric
+    print(_table([{"trial": t["number"], "state": t["state"], **t["params"],
+                   metric: "-" if t["value"] is None else f"{t['value']:.4f}", "mlflow run": t["mlflow_run_id"] or "-"}
+                  for t in result["trials"]]))
+    best, registered = result["best"], result["registered"]
+    print(f"best: trial {best['number']}, {metric} {best['value']:.4f}"
+          + (f"; {registered['model_uri']} is {registered['alias']}" if registered else ""))
+    print(f"study {result['study']} in {result['storage']}; table {result['table']}, plot {result['plot']}")
     return 0
 
 

@@ -32,7 +32,7 @@ from flows.summary import FinetuneSummary
 from tasks.data import download
 from tasks.evaluate import evaluate
 from tasks.lost_attempts import close_lost_attempts
-from tasks.register import register
+from tasks.register import log_trained_model, register
 from tasks.retry_policy import give_up_unless_transient
 from tasks.tokenize import tokenize
 from tasks.train import fine_tune
@@ -61,7 +61,8 @@ def finetune(params: FinetuneParams = FinetuneParams()) -> dict:  # noqa: B008 (
                 folder.keep_only_results()
             folder.update(status=run_folder.FINISHED, ended=run_folder.now())
             summary.run_dir_bytes = run_folder.size(folder.path)
-        _say(f"done: {spec.primary_metric} {summary.score:.4f}, {summary.model_uri} is {summary.alias}; run folder "
+        model = f"{summary.model_uri} is {summary.alias}" if summary.model_uri else "no model registered"
+        _say(f"done: {spec.primary_metric} {summary.score:.4f}, {model}; run folder "
              f"{folder.path} keeps {summary.run_dir_bytes / 1e6:,.1f} MB")
         return summary.as_dict()
     except Exception as err:
@@ -85,6 +86,10 @@ def _tracked_run(params: FinetuneParams, spec: TaskSpec, cfg: TrainConfig, folde
             "code_version": tracking.code_version(),
             "prefect.flow_run_id": flow_run.id or "none", "prefect.flow_run_name": flow_run.name or "none",
             "prefect.deployment": deployment.name or "none"}
+    if trial := params.sweep_trial:  # the trial's run is a child of the sweep's run in the MLflow UI
+        tags |= {"sweep_study": trial.study, "sweep_trial": str(trial.trial_number)}
+        if trial.parent_run_id:
+            tags["mlflow.parentRunId"] = trial.parent_run_id
     log.info("%s: run folder %s, MLflow %s", spec.name, run_dir, tracking.mask_secrets(uri))
 
     experiment_id = tracking.experiment_for(spec.name, uri)
@@ -126,7 +131,7 @@ def _tracked_run(params: FinetuneParams, spec: TaskSpec, cfg: TrainConfig, folde
                  + f" ({'from the cache' if features['cache_hit'] else 'built'}, max_seq_length "
                  f"{features['settings']['max_seq_length']})")
             tracking.log_params_safely({"features": features["settings"]})
-            trained = fine_tune(spec, cfg, data, str(run_dir), run_id, params.pretrained, cache_dir)
+            trained = fine_tune(spec, cfg, data, str(run_dir), run_id, params.pretrained, cache_dir, params.sweep_trial)
             resumed = f", resumed at step {trained['resumed_from_step']}" if trained["resumed_from_step"] else ""
             _say(f"3/5 fine-tune: {trained['train_rows']:,} rows, {trained['final_step']:,} steps in "
                  f"{trained['train_seconds']:.0f} s ({trained['examples_per_second']:.1f} examples/s, "
@@ -140,25 +145,39 @@ def _tracked_run(params: FinetuneParams, spec: TaskSpec, cfg: TrainConfig, folde
                 + f" (eval {spec.primary_metric} 95% interval {low:.4f} to {high:.4f})")
             # The registry notes when versions were scored on different dev rows: other data or eval cap.
             dev_rows = rows_name(data.fingerprint, "eval", cfg.max_eval_samples)
-            decision = register(spec, cfg, data, trained, evaluation, run_id, params.registry_policy, dev_rows,
-                                params.registry_confidence, params.pretrained)
-            _say(f"5/5 register: {decision['model_uri']} is {decision['alias']}: {decision['reason']}")
+            decision, logged = None, None
+            if trained["pruned_at"]:
+                mlflow.set_tag("sweep_pruned_at", trained["pruned_at"])
+                _say(f"5/5 pruned by the sweep at evaluation {trained['pruned_at']}: no model logged")
+            else:
+                logged = log_trained_model(spec, cfg, data, trained, evaluation, run_id, dev_rows, params.pretrained)
+                if params.sweep_trial:
+                    _say(f"5/5 logged {logged['logged_model_uri']}; a sweep trial registers nothing (the sweep "
+                         "registers its best trial)")
+                else:
+                    decision = register(spec, run_id, logged, evaluation["splits"]["eval"], dev_rows,
+                                        params.registry_policy, params.registry_confidence, data.label_names,
+                                        {k: trained[k] for k in ("train_seconds", "examples_per_second")})
+                    _say(f"5/5 register: {decision['model_uri']} is {decision['alias']}: {decision['reason']}")
         except BaseException as err:  # noqa: BLE001 (record it, then let Prefect see the failure)
             mlflow.set_tag("error", tracking.mask_secrets(f"{type(err).__name__}: {err}")[:5000])
             mlflow.log_text(tracking.mask_secrets(traceback.format_exc()), "error.txt")
             raise  # start_run's context manager ends the MLflow run as FAILED
 
+    decision = decision or {}
     return FinetuneSummary(
         task=spec.name, family=spec.family, mlflow_run_id=run_id, tracking_uri=tracking.mask_secrets(uri),
-        model_name=decision["model_name"], model_version=decision["version"], model_uri=decision["model_uri"],
-        alias=decision["alias"], champion=decision["became_champion"], decision=decision["reason"],
-        primary_metric=spec.primary_metric, score=decision["new_score"],
-        interval=evaluation["intervals"][spec.primary_metric], champion_score_before=decision["champion_score"],
+        model_name=decision.get("model_name"), model_version=decision.get("version"),
+        model_uri=decision.get("model_uri"), alias=decision.get("alias"), champion=decision.get("became_champion"),
+        decision=decision.get("reason"), primary_metric=spec.primary_metric,
+        score=evaluation["splits"]["eval"][spec.primary_metric],
+        interval=evaluation["intervals"][spec.primary_metric], champion_score_before=decision.get("champion_score"),
         metrics=evaluation["metrics"], train_rows=trained["train_rows"], eval_rows=trained["eval_rows"],
         steps=trained["final_step"], train_seconds=trained["train_seconds"],
         examples_per_second=trained["examples_per_second"], run_dir=str(run_dir), run_dir_bytes=None,
         # tokenize found its features cached; fit found tokenize's (False there = a key mismatch, a bug).
-        feature_cache={"tokenize_hit": features["cache_hit"], "fit_hit": trained["feature_cache_hit"]})
+        feature_cache={"tokenize_hit": features["cache_hit"], "fit_hit": trained["feature_cache_hit"]},
+        logged_model_uri=logged["logged_model_uri"] if logged else None, pruned_at=trained["pruned_at"])
 
 
 def _set_aside_if_changed(folder: run_folder.RunFolder, fingerprint: str, code_version: str) -> None:

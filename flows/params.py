@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
 
+from bert_core.search import SweepTrial
 from bert_core.spec import builtin_specs
 from bert_core.training import TrainConfig
 
@@ -19,6 +20,13 @@ from bert_core.training import TrainConfig
 BuiltinTask = Literal[tuple(builtin_specs())]  # type: ignore[valid-type]
 
 RegistryPolicy = Literal["better", "significant"]
+
+
+def refuse_password(uri: str | None, what: str, instead: str) -> str | None:
+    """Prefect stores and shows flow parameters in the clear: credentials belong in the environment."""
+    if uri and urlsplit(uri).password:
+        raise ValueError(f"{what} must not hold a password (Prefect stores parameters in the clear); {instead}")
+    return uri
 
 
 def _spec_defaults() -> str:
@@ -68,16 +76,15 @@ class FinetuneParams(BaseModel):
     run_root: str | None = Field(
         None, description="Where run folders (data, checkpoints, model, predictions, plots) go; empty = "
         "$BERTFLOW_HOME/runs.")
+    sweep_trial: SweepTrial | None = Field(
+        None, description="Set by the sweep flow on its trials (leave empty): the fine-tune reports its dev metric "
+        "to the Optuna trial, may be pruned, logs its model and registers none.")
 
     @field_validator("tracking_uri")
     @classmethod
     def _no_password_in_uri(cls, uri: str | None) -> str | None:
-        # Prefect stores and shows flow parameters: credentials belong in the environment instead.
-        if uri and urlsplit(uri).password:
-            raise ValueError("tracking_uri must not hold a password (Prefect stores parameters in the clear); "
-                             "set MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) "
-                             "in the worker's environment instead")
-        return uri
+        return refuse_password(uri, "tracking_uri", "set MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (or "
+                               "MLFLOW_TRACKING_TOKEN) in the worker's environment instead")
 
     @field_serializer("training")
     def _training_as_set(self, training: TrainConfig) -> dict:

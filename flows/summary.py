@@ -19,12 +19,12 @@ class FinetuneSummary:
     family: str
     mlflow_run_id: str
     tracking_uri: str  # secrets masked
-    model_name: str
-    model_version: str
-    model_uri: str
-    alias: str  # champion or challenger
-    champion: bool
-    decision: str  # why it got its alias
+    model_name: str | None  # the model fields are None when nothing was registered (a sweep's trial)
+    model_version: str | None
+    model_uri: str | None
+    alias: str | None  # champion or challenger
+    champion: bool | None
+    decision: str | None  # why it got its alias
     primary_metric: str
     score: float  # the eval split's primary metric
     interval: tuple[float, float] | None  # its 95% bootstrap interval
@@ -38,6 +38,8 @@ class FinetuneSummary:
     run_dir: str | None
     run_dir_bytes: int | None  # what the run folder keeps after the run
     feature_cache: dict | None = None  # tokenize's and fit's cache hits (a local run only)
+    logged_model_uri: str | None = None  # the model logged in the run (None: a pruned sweep trial)
+    pruned_at: int | None = None  # a sweep trial stopped by the pruner: at this evaluation
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -49,9 +51,10 @@ class FinetuneSummary:
         low, high = (metrics.get(f"interval/eval_{spec.primary_metric}_{end}") for end in ("low", "high"))
         return cls(
             task=spec.name, family=spec.family, mlflow_run_id=run.info.run_id, tracking_uri="",
-            model_name=tags["model_name"], model_version=tags["model_version"],
-            model_uri=f"models:/{tags['model_name']}/{tags['model_version']}", alias=tags["model_alias"],
-            champion=tags["model_alias"] == "champion", decision=tags.get("model_decision", ""),
+            model_name=tags.get("model_name"), model_version=tags.get("model_version"),
+            model_uri=f"models:/{tags['model_name']}/{tags['model_version']}" if "model_name" in tags else None,
+            alias=tags.get("model_alias"), champion=tags["model_alias"] == "champion" if "model_alias" in tags else None,
+            decision=tags.get("model_decision"),
             primary_metric=spec.primary_metric, score=metrics[f"eval_{spec.primary_metric}"],
             interval=(low, high) if low is not None else None, champion_score_before=None,
             # The evaluate task's `<split>_<metric>` scores: not per-step curves (`train/...`), intervals,
@@ -60,14 +63,20 @@ class FinetuneSummary:
             train_rows=_int(metrics.get("train_rows")), eval_rows=_int(metrics.get("eval_rows")),
             steps=_int(metrics.get("final_step")),
             train_seconds=metrics["train_seconds"], examples_per_second=metrics["examples_per_second"],
-            run_dir=params.get("run_dir"), run_dir_bytes=None)
+            run_dir=params.get("run_dir"), run_dir_bytes=None, logged_model_uri=tags.get("logged_model_uri"),
+            pruned_at=_int(tags.get("sweep_pruned_at")))
 
     def text(self) -> str:
         """A few lines for people: the score, the model and its alias, the training, where things are."""
         interval = f" (95% interval {self.interval[0]:.4f} to {self.interval[1]:.4f})" if self.interval else ""
         rows = f" on {self.eval_rows:,} dev rows" if self.eval_rows else ""
-        lines = [f"{self.task}: {self.primary_metric} {self.score:.4f}{interval}{rows}",
-                 f"  model       {self.model_uri}: {self.alias}, {self.decision}"]
+        lines = [f"{self.task}: {self.primary_metric} {self.score:.4f}{interval}{rows}"]
+        if self.model_uri:
+            lines.append(f"  model       {self.model_uri}: {self.alias}, {self.decision}")
+        elif self.pruned_at:
+            lines.append(f"  model       none: pruned by the sweep at evaluation {self.pruned_at}")
+        else:
+            lines.append(f"  model       {self.logged_model_uri} (logged, not registered)")
         trained = f"{self.train_rows:,} rows, " if self.train_rows else ""
         steps = f"{self.steps:,} steps in " if self.steps else ""
         lines.append(f"  training    {trained}{steps}{self.train_seconds:.0f} s ({self.examples_per_second:.1f} examples/s)")

@@ -15,6 +15,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
 from bert_core.checkpoint import OFFLINE_DEFAULT
+from bert_core.search import SweepTrial, TrialReporter
 from bert_core.spec import TaskSpec
 from bert_core.training import TrainConfig, fit
 from tasks.data import DataInfo, load_split
@@ -63,16 +64,21 @@ class TrackingCallback:
 # bad settings fail at once (tasks/retry_policy.py).
 @task(retries=1, retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
 def fine_tune(spec: TaskSpec, cfg: TrainConfig, data: DataInfo, run_dir: str, run_id: str,
-              pretrained: str | None = None, cache_dir: str | None = None) -> dict:
+              pretrained: str | None = None, cache_dir: str | None = None, trial: SweepTrial | None = None) -> dict:
     """Fine-tune on the saved train split, select on the eval split; returns paths and numbers only.
 
-    `cfg` must already hold the spec's defaults. `run_id`: the MLflow run receiving the metrics.
+    `cfg` must already hold the spec's defaults. `run_id`: the MLflow run receiving the metrics. `trial`: the
+    sweep trial this fine-tune is, whose pruner may stop it (`pruned_at` in the result: that evaluation).
     """
     train_rows = load_split(data, "train", cfg.max_train_samples)
     eval_rows = load_split(data, "eval", cfg.max_eval_samples)
     output_dir = Path(run_dir) / "training"
+    callbacks = [TrackingCallback(run_id, spec.name)]
+    reporter = TrialReporter(trial, spec.primary_metric) if trial else None
+    if reporter:
+        callbacks.append(reporter)
     result = fit(spec, cfg, output_dir, train_rows, eval_rows, data.label_names, pretrained=pretrained,
-                 data_fingerprint=data.fingerprint, callbacks=[TrackingCallback(run_id, spec.name)],
+                 data_fingerprint=data.fingerprint, callbacks=callbacks,
                  cache_dir=cache_dir,
                  extra_meta={"data_fingerprint": data.fingerprint, "pretrained": pretrained or OFFLINE_DEFAULT})
     if result.best_metric is None:  # every evaluation gave NaN (e.g. a constant regression output)
@@ -88,5 +94,6 @@ def fine_tune(spec: TaskSpec, cfg: TrainConfig, data: DataInfo, run_dir: str, ru
         "model_dir": str(result.model_dir), "primary_metric": result.primary_metric, "best_metric": result.best_metric,
         "metrics": result.eval_metrics, "history_path": str(history_path), "precision": result.precision,
         "resumed_from_step": result.resumed_from_step, "stopped_early": result.stopped_early,
-        "feature_cache_hit": result.feature_stats["feature_cache_hit"], "threads": result.threads, **summary,
+        "feature_cache_hit": result.feature_stats["feature_cache_hit"], "threads": result.threads,
+        "pruned_at": reporter.pruned_at if reporter else None, **summary,
     }

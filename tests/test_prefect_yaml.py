@@ -16,8 +16,12 @@ CONFIG = yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text(encoding="utf-8")
 DEPLOYMENTS = {d["name"]: d for d in CONFIG["deployments"]}
 
 
+ON_DEMAND = {"on-demand", "sweep"}  # run when asked (the UI's form, the suite), never on a schedule
+FINETUNES = {name for name, d in DEPLOYMENTS.items() if d["entrypoint"] == "flows/finetune.py:finetune"}
+
+
 def test_every_builtin_task_has_a_deployment():
-    tasks = {d["parameters"]["params"]["task"] for d in DEPLOYMENTS.values() if "params" in d["parameters"]}
+    tasks = {DEPLOYMENTS[n]["parameters"]["params"]["task"] for n in FINETUNES if DEPLOYMENTS[n]["parameters"]}
     assert tasks == set(builtin_specs())
     assert "suite" in DEPLOYMENTS
     assert DEPLOYMENTS["suite"]["parameters"]["deployment"] == "bertflow-finetune/on-demand"
@@ -30,7 +34,11 @@ def test_deployment_parameters_validate_against_its_flow(name, monkeypatch):
     monkeypatch.chdir(REPO_ROOT)  # entrypoints are relative to the project, as after the pull step
     flow = load_flow_from_entrypoint(deployment["entrypoint"], use_placeholder_flow=False)
     validated = flow.validate_parameters(deployment["parameters"])  # raises ParameterTypeError when wrong
-    if "params" in deployment["parameters"]:
+    if name == "sweep":  # its trials fan out to on-demand, and the search it shows is the one that runs
+        params = validated["params"]
+        assert params.deployment == "bertflow-finetune/on-demand"
+        assert params.budget() == 6 and params.base.task == "mrpc"
+    elif name in FINETUNES and name != "on-demand":
         params = validated["params"]
         assert params.task == deployment["parameters"]["params"]["task"]
         # What the UI's form shows for each training field (the deployment's value, else the field's
@@ -47,8 +55,10 @@ def test_deployment_parameters_validate_against_its_flow(name, monkeypatch):
 def test_deployment_schedules_and_pool(name):
     deployment = DEPLOYMENTS[name]
     assert deployment["work_pool"]["name"] == "bertflow-process"
-    if name == "on-demand":  # what the suite fans out to: it runs when asked, never on its own
-        assert not deployment.get("schedules") and deployment["parameters"] == {}
+    if name in ON_DEMAND:
+        assert not deployment.get("schedules")
+        if name == "on-demand":  # what the suite and sweeps fan out to: any task, from their parameters
+            assert deployment["parameters"] == {}
         return
     assert deployment["schedules"], "every deployment retrains on a schedule"
     for schedule in deployment["schedules"]:

@@ -1,6 +1,10 @@
 """The model card of a registered version: what it is, what it learned from, how good it is, how to call it,
 and what it cannot do. The register task sets it as the version's description and logs it as
 `model_card.md`; `task_description` is the registered model's description.
+
+A card is written in two steps: `card_body` when the model is logged (everything the run knows), and
+`model_card` when a version exists (its name, version and registry decision on top, its URI in the
+calls). A sweep's trials log only the body; the trial registered after the sweep gets its card then.
 """
 
 from __future__ import annotations
@@ -26,15 +30,21 @@ def task_description(spec: TaskSpec, policy: str) -> str:
             "beat it. Each version's description is its model card.")
 
 
-def model_card(spec: TaskSpec, cfg: TrainConfig, data, trained: dict, evaluation: dict, decision: dict,
-               example: pd.DataFrame, pretrained: str, language: str | None, run_id: str) -> str:
+MODEL_URI = "<MODEL_URI>"  # in a card's body; `model_card` puts the version's URI there
+
+
+def model_card(body: str, name: str, version: str, alias: str, reason: str, description: str) -> str:
+    """A version's card: its name, version and registry decision, then the body with its URI filled in."""
+    return (f"# {name} v{version}: {description}\n\n**{alias}**: {reason}\n\n"
+            + body.replace(MODEL_URI, f"models:/{name}/{version}"))
+
+
+def card_body(spec: TaskSpec, cfg: TrainConfig, data, trained: dict, evaluation: dict, example: pd.DataFrame,
+              pretrained: str, language: str | None, run_id: str) -> str:
     """Markdown for people: task, labels, data, recipe, dev metrics with intervals, calls, limits.
     ``data``: the download task's DataInfo (rows per split, source, fingerprint, carve, dropped, labels)."""
-    name, version = decision["model_name"], decision["version"]
-    uri = f"models:/{name}/{version}"
-    lines = [f"# {name} v{version}: {spec.description or spec.name}", "",
-             f"**{decision['alias']}**: {decision['reason']}", "",
-             "| | |", "|---|---|",
+    uri = MODEL_URI
+    lines = ["| | |", "|---|---|",
              f"| task | `{spec.name}` ({spec.family}), primary metric `{spec.primary_metric}` |"]
     if data.label_names is not None:
         shown = ", ".join(f"`{n}`" + (f" {spec.display_name(n)}" if spec.display_name(n) != n else "")

@@ -1,4 +1,5 @@
-"""PNG plots logged with each run: the learning curve and the dev-set confusion matrix.
+"""PNG plots logged with each run: the learning curve and the dev-set confusion matrix; a sweep's metric
+against each searched parameter.
 
 Figures are drawn on matplotlib's Agg canvas directly (``Figure`` + ``FigureCanvasAgg``), never through
 ``pyplot``: no global backend switch, no figure registry to leak, safe in Prefect's worker threads.
@@ -75,6 +76,42 @@ def confusion_matrix_png(gold: Sequence, pred: Sequence, label_names: Sequence[s
         for (i, j), n in np.ndenumerate(counts):
             ax.text(j, i, str(n), ha="center", va="center", fontsize="small",
                     color="white" if fractions[i, j] > 0.5 else "black")
+    return _save(fig, path)
+
+
+def sweep_png(trials: list[dict], params: Sequence[str], metric: str, path: str | Path,
+              log_scale: Sequence[str] = ()) -> Path:
+    """One panel per searched parameter: each trial's `metric` against its value. ``trials``: dicts with
+    ``params`` (name -> value), ``value`` (the trial's score: final, or the last reported when pruned) and
+    ``state`` (``COMPLETE``, ``PRUNED``, ...). Completed trials are blue dots, pruned ones grey crosses, the
+    best a red star; categorical values sit at evenly spaced positions; ``log_scale`` params get a log axis."""
+    fig = Figure(figsize=(4.2 * max(len(params), 1), 3.6), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, max(len(params), 1)))
+    scored = [t for t in trials if t.get("value") is not None]
+    best = max((t for t in scored if t["state"] == "COMPLETE"), key=lambda t: t["value"], default=None)
+    for ax, name in zip(axes, params, strict=False):
+        values = [t["params"].get(name) for t in scored]
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        ticks = None if numeric else sorted({str(v) for v in values})
+        position = {t: i for i, t in enumerate(ticks or [])}  # a categorical value's place on the axis
+        def x(v, numeric=numeric, position=position):  # noqa: E306
+            return v if numeric else position[str(v)]
+        for state, style in (("COMPLETE", dict(marker="o", color="tab:blue", label="complete")),
+                             ("PRUNED", dict(marker="x", color="gray", label="pruned"))):
+            points = [(x(t["params"][name]), t["value"]) for t in scored if t["state"] == state and name in t["params"]]
+            if points:
+                ax.scatter(*zip(*points, strict=True), **style)
+        if best is not None and name in best["params"]:
+            ax.scatter([x(best["params"][name])], [best["value"]], marker="*", s=180, color="tab:red", label="best")
+        if ticks is not None:
+            ax.set_xticks(range(len(ticks)), ticks)
+        elif name in log_scale:
+            ax.set_xscale("log")
+        ax.set_xlabel(name)
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize="small")
+    fig.suptitle(f"{len(scored)} trials: dev {metric} against each searched parameter")
     return _save(fig, path)
 
 

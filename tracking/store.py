@@ -24,6 +24,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import mlflow
+from mlflow.entities import Param
 from mlflow.exceptions import MlflowException
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
@@ -247,10 +248,10 @@ def flatten_params(params: Mapping, prefix: str = "") -> dict[str, object]:
     return flat
 
 
-def log_params_safely(params: Mapping) -> dict[str, str]:
+def log_params_safely(params: Mapping, run_id: str | None = None) -> dict[str, str]:
     """Log nested params as dotted keys, secrets masked, values cut to MLflow's limit; returns what was logged.
 
-    Logs into the active run (one is started by ``mlflow.log_params`` if none is).
+    Logs into run ``run_id``, else the active run (one is started by ``mlflow.log_params`` if none is).
     """
     logged: dict[str, str] = {}
     for key, value in flatten_params(params).items():
@@ -261,7 +262,11 @@ def log_params_safely(params: Mapping) -> dict[str, str]:
         logged[str(key)[:MAX_ENTITY_KEY_LENGTH]] = text
     items = list(logged.items())
     for start in range(0, len(items), MAX_PARAMS_TAGS_PER_BATCH):
-        mlflow.log_params(dict(items[start : start + MAX_PARAMS_TAGS_PER_BATCH]))
+        batch = dict(items[start : start + MAX_PARAMS_TAGS_PER_BATCH])
+        if run_id:
+            mlflow.tracking.MlflowClient().log_batch(run_id, params=[Param(k, v) for k, v in batch.items()])
+        else:
+            mlflow.log_params(batch)
     return logged
 
 

@@ -56,7 +56,7 @@ class Callback(Protocol):
 
     def on_train_start(self, info: dict) -> None: ...
     def on_step(self, step: int, metrics: dict[str, float]) -> None: ...
-    def on_evaluate(self, step: int, metrics: dict[str, float]) -> None: ...
+    def on_evaluate(self, step: int, metrics: dict[str, float]) -> bool | None: ...  # True: stop training
     def on_checkpoint(self, step: int, path: Path) -> None: ...
     def on_train_end(self, result: FitResult) -> None: ...
 
@@ -346,9 +346,10 @@ def evaluate(run: Run, state: TrainState, callbacks) -> bool:
             save_best(run, {**run.meta, "step": state.step, "eval_metrics": metrics})
         else:
             state.bad_evals += 1
-        _notify(callbacks, "on_evaluate", state.step, metrics)
+        # A callback may stop training too, e.g. a sweep's pruner (bert_core/search.py).
+        asked_to_stop = any(_notify(callbacks, "on_evaluate", state.step, metrics))
         patience = run.cfg.early_stopping_patience
-        stop = patience is not None and state.bad_evals >= patience
+        stop = asked_to_stop or (patience is not None and state.bad_evals >= patience)
     return distributed.broadcast_object(stop, run.dist)
 
 
@@ -371,8 +372,6 @@ def save_best(run: Run, meta: dict) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _notify(callbacks, event: str, *args) -> None:
-    for cb in callbacks:
-        method = getattr(cb, event, None)
-        if method is not None:
-            method(*args)
+def _notify(callbacks, event: str, *args) -> list:
+    """Call `event` on every callback that has it; their answers."""
+    return [method(*args) for cb in callbacks if (method := getattr(cb, event, None)) is not None]
