@@ -7,7 +7,9 @@
 - Tagging: token accuracy (POS) and entity-level precision / recall / F1: seqeval's strict mode for
   the task's tag scheme, or, with no scheme given, exactly as CoNLL's `conlleval.pl` (version
   2004-01-26) counts IOB tags, via seqeval's default (non-strict) mode.
-- Extractive QA: exact match and token F1 exactly as the official SQuAD v1.1 `evaluate-v1.1.py`.
+- Extractive QA: exact match and token F1 exactly as the official SQuAD v1.1 `evaluate-v1.1.py`; with
+  unanswerable questions, as SQuAD 2.0's `evaluate-v2.0.py` (EM/F1, HasAns_*/NoAns_*, best_* over no-answer
+  thresholds, whose search differs from the script's in three documented corner cases).
 
 Every score is a fraction in [0, 1], never a percentage (conlleval and the SQuAD script print
 percentages; multiply by 100 to compare with them).
@@ -15,6 +17,8 @@ percentages; multiply by 100 to compare with them).
 Arguments are always `(preds, labels)` / `(predictions, gold)`: model output first.
 """
 
+import dataclasses
+import math
 import re
 import string
 from collections import Counter
@@ -253,3 +257,181 @@ def squad_em_f1(predictions: dict[str, str], gold: dict[str, list[str]]) -> dict
         exact_match += max(_exact_match(predictions[qid], a) for a in answers)
         f1 += max(_token_f1(predictions[qid], a) for a in answers)
     return {"exact_match": exact_match / len(gold), "f1": f1 / len(gold)}
+
+
+# ---------------------------------------------------------------- extractive QA with unanswerable questions (SQuAD 2.0)
+#
+# As the official `evaluate-v2.0.py`: a question without gold answers is answered correctly only by an empty
+# prediction; EM and F1 are means over all questions, HasAns_* / NoAns_* over the questions with / without gold
+# answers; best_exact / best_f1 (`find_best_thresh`) are the best EM / F1 over no-answer thresholds, walking the
+# questions in order of how sure the model is that they have an answer. Deviations, all in the threshold search
+# and all so that its threshold gives exactly the score reported: see `best_no_answer_threshold`.
+
+SQUAD_V2_METRICS = ("exact_match", "f1", "has_ans_exact_match", "has_ans_f1", "no_ans_exact_match", "no_ans_f1",
+                    "best_exact_match", "best_exact_match_threshold", "best_f1", "best_f1_threshold")
+# Thresholds, not scores: a spec cannot select models on them.
+SQUAD_V2_THRESHOLDS = ("best_exact_match_threshold", "best_f1_threshold")
+# Two candidate scores closer than this (in questions) are equal: summing F1 fractions in another order (a
+# bootstrap's weights vs repeated rows) must not change which threshold wins.
+_TIE = 1e-9
+
+
+def squad_v2_gold(answers: Sequence[str]) -> list[str]:
+    """The gold texts the v2.0 script scores against: the answers that normalise to some text, else ``[""]`` (no
+    answer: only a prediction that normalises to nothing matches it)."""
+    return [a for a in answers if normalize_answer(a)] or [""]
+
+
+def _v2_tokens(s: str) -> list[str]:
+    return normalize_answer(s).split() if s else []
+
+
+def squad_v2_exact(prediction: str, gold: str) -> float:
+    return float(normalize_answer(prediction) == normalize_answer(gold))
+
+
+def squad_v2_f1(prediction: str, gold: str) -> float:
+    """v2.0 token F1: v1.1's, except that when either side has no token it is 1 if neither has one, else 0 (v1.1
+    scores two empty answers 0)."""
+    pred_tokens, gold_tokens = _v2_tokens(prediction), _v2_tokens(gold)
+    if not pred_tokens or not gold_tokens:
+        return float(pred_tokens == gold_tokens)
+    num_same = sum((Counter(pred_tokens) & Counter(gold_tokens)).values())
+    if num_same == 0:
+        return 0.0
+    precision = num_same / len(pred_tokens)
+    recall = num_same / len(gold_tokens)
+    return 2 * precision * recall / (precision + recall)
+
+
+def squad_v2_per_question(predictions: Sequence[str], gold: Sequence[Sequence[str]]) -> np.ndarray:
+    """(Q, 2): each prediction's exact match and F1, the best over its question's gold texts (``squad_v2_gold``)."""
+    rows = []
+    for prediction, answers in zip(predictions, gold, strict=True):
+        texts = squad_v2_gold(answers)
+        rows.append((max(squad_v2_exact(prediction, a) for a in texts), max(squad_v2_f1(prediction, a) for a in texts)))
+    return np.array(rows, dtype=np.float64).reshape(-1, 2)
+
+
+def best_no_answer_threshold(margins, if_answered, if_empty, weights=None) -> tuple[float, float]:
+    """(best score, threshold t): answering exactly the questions with margin > t, with their best span, and leaving
+    the others empty scores best; the score is a mean over the (weighted) questions. The v2.0 script's
+    ``find_best_thresh`` with ``na_prob`` = -margin.
+
+    ``margins``: (Q,) each question's best span score minus its no-answer score (-inf or nan: it has no span and is
+    never answered); ``if_answered`` / ``if_empty``: (Q,) its score (exact match or F1) answered with its best span /
+    left empty; ``weights``: (Q,) how often each question counts (None: once; 0: absent).
+
+    As the official script, the questions are answered in order of decreasing margin, starting from none, and a
+    score replaces the best only when strictly higher (here: by more than 1e-9), so of equal scores the one that
+    answers fewest questions wins. Where it differs, so that the threshold gives exactly the score reported, also
+    when the same questions are scored again with slightly different logits (another batch size, fp32 instead of
+    bf16):
+    - questions with equal margins are answered together (the script may stop inside a tie, a score no threshold
+      gives, and which one it gets depends on the order of its input);
+    - the threshold is halfway between the margins of the last question answered and the first left unanswered
+      (the script's is the last answered question's own na_prob, which the least noise flips); one logit above the
+      largest margin when answering none is best (the script reports 0.0 there, which may answer some), one below
+      the smallest when answering all is;
+    - a question's gain from being answered is ``if_answered - if_empty`` (the script subtracts 1 for any non-empty
+      prediction to a question without answers, even one that normalises to nothing, like "the", which scores 1).
+    """
+    margins = np.asarray(margins, dtype=np.float64)
+    w = np.ones(len(margins)) if weights is None else np.asarray(weights, dtype=np.float64)
+    if not w.sum() > 0:
+        raise ValueError("best_no_answer_threshold: no questions")
+    total = w.sum()
+    base = float(w @ np.asarray(if_empty, dtype=np.float64))
+    keep = (w > 0) & np.isfinite(margins)
+    if not keep.any():  # nothing can be answered: every threshold gives the same score
+        return base / total, 0.0
+    gains = (w * (np.asarray(if_answered, dtype=np.float64) - np.asarray(if_empty, dtype=np.float64)))[keep]
+    order = np.argsort(-margins[keep], kind="stable")
+    sorted_gains = gains[order]
+    distinct = margins[keep][order][np.append(True, np.diff(margins[keep][order]) != 0)]  # decreasing
+    last = np.flatnonzero(np.append(np.diff(margins[keep][order]) != 0, True))  # the last question of each tie
+    cumulative = np.cumsum(sorted_gains)[last]  # score over `base` when answering up to that tie
+    edges = np.concatenate([[distinct[0] + 2.0], distinct, [distinct[-1] - 2.0]])
+    thresholds = (edges[:-1] + edges[1:]) / 2  # thresholds[g]: answer the first g ties
+    best, best_threshold = 0.0, float(thresholds[0])  # answering none
+    for gain, threshold in zip(cumulative, thresholds[1:], strict=True):
+        if gain > best + _TIE:
+            best, best_threshold = float(gain), float(threshold)
+    return float((base + best) / total), best_threshold
+
+
+@dataclasses.dataclass
+class SquadV2Questions:
+    """What SQuAD 2.0's metrics need per question, scored once, so that the metrics of any weighting of the
+    questions (a bootstrap resample) are exact without scoring texts again."""
+
+    scores: np.ndarray  # (Q, 2) exact match, F1 of each prediction
+    has_answer: np.ndarray  # (Q,) bool: the question has gold answers (the script's qid_to_has_ans)
+    if_answered: np.ndarray  # (Q, 2) exact match, F1 of its best span (what it would answer)
+    if_empty: np.ndarray  # (Q, 2) exact match, F1 of an empty prediction
+    margins: np.ndarray  # (Q,) best span score - no-answer score; -inf: no span; all nan: not given
+
+    @classmethod
+    def score(cls, predictions: Sequence[str], gold: Sequence[Sequence[str]], best_spans: Sequence[str] | None = None,
+              margins: Sequence[float | None] | None = None) -> "SquadV2Questions":
+        """``predictions``: the answer texts ("" = no answer); ``gold``: each question's gold texts ([] = none);
+        ``best_spans``, ``margins``: each question's best span and its margin over the no-answer score, for the
+        threshold search (a margin of None: the question has no span; without margins the best_* metrics are nan)."""
+        n = len(gold)
+        scores = squad_v2_per_question(predictions, gold)
+        if_answered = squad_v2_per_question(best_spans, gold) if best_spans is not None else scores
+        margins = np.full(n, np.nan) if margins is None else np.array(
+            [-np.inf if m is None else m for m in margins], dtype=np.float64)
+        return cls(scores, np.array([bool(a) for a in gold], dtype=bool).reshape(n), if_answered,
+                   squad_v2_per_question([""] * n, gold), margins)
+
+    def metrics(self, names: Sequence[str], weights=None) -> dict[str, float]:
+        """The named metrics (of ``SQUAD_V2_METRICS``) of the questions weighted by ``weights`` ((Q,), None: once
+        each); fractions in [0, 1], thresholds in logits; nan where undefined (HasAns_* with no question that has an
+        answer: the script leaves those keys out)."""
+        w = np.ones(len(self.scores)) if weights is None else np.asarray(weights, dtype=np.float64)
+        out: dict[str, float] = {}
+        for name in names:
+            column = 1 if name.endswith(("f1", "f1_threshold")) else 0
+            if name in ("exact_match", "f1"):
+                out[name] = _weighted_mean(self.scores[:, column], w)
+            elif name.startswith(("has_ans_", "no_ans_")):
+                subset = self.has_answer if name.startswith("has_ans_") else ~self.has_answer
+                out[name] = _weighted_mean(self.scores[:, column], w * subset)
+            elif name.startswith("best_"):
+                if np.isnan(self.margins).all():
+                    out[name] = math.nan
+                    continue
+                best, threshold = best_no_answer_threshold(self.margins, self.if_answered[:, column],
+                                                           self.if_empty[:, column], w)
+                out[name] = threshold if name.endswith("_threshold") else best
+            else:
+                raise ValueError(f"{name!r} is not a SQuAD 2.0 metric; expected one of {list(SQUAD_V2_METRICS)}")
+        return out
+
+
+def _weighted_mean(values: np.ndarray, weights: np.ndarray) -> float:
+    total = weights.sum()
+    return float(weights @ values / total) if total > 0 else math.nan
+
+
+def squad_v2(predictions: dict[str, str], gold: dict[str, list[str]], best_spans: dict[str, str] | None = None,
+             margins: dict[str, float | None] | None = None) -> dict[str, float]:
+    """All of ``SQUAD_V2_METRICS`` (fractions in [0, 1]; the script prints 0..100), by question id.
+
+    ``predictions``: id -> answer ("" = no answer), one for every gold id (the script fails on a missing one);
+    ``gold``: id -> gold texts ([] = unanswerable); ``best_spans`` / ``margins``: id -> the best span (answered or
+    not) and best span score - no-answer score, for best_*: the script run on the best spans with na_prob = -margin.
+    """
+    if not gold:
+        raise ValueError("squad_v2: no gold questions")
+    missing = [qid for qid in gold if qid not in predictions]
+    if missing:
+        raise ValueError(f"squad_v2: {len(missing)} questions have no prediction, e.g. {missing[0]!r}")
+    ids = list(gold)
+    questions = SquadV2Questions.score(
+        [predictions[q] for q in ids], [gold[q] for q in ids],
+        None if best_spans is None else [best_spans[q] for q in ids],
+        None if margins is None else [margins[q] for q in ids])
+    names = SQUAD_V2_METRICS if margins is not None else SQUAD_V2_METRICS[:6]
+    return questions.metrics(names)

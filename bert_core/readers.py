@@ -183,7 +183,11 @@ def _read_conll(spec: TaskSpec, rel: str, data: bytes, problems: Problems) -> li
 
 
 def _read_squad(spec: TaskSpec, rel: str, data: bytes, problems: Problems) -> list[dict]:
-    """One row per question of the official SQuAD JSON; `_source` is its JSON path."""
+    """One row per question of the official SQuAD JSON (v1.1 or 2.0); `_source` is its JSON path.
+
+    SQuAD 2.0's unanswerable questions (`is_impossible: true`, `answers: []`) become rows with no answers, which
+    only a family that allows them accepts (the others refuse the row, naming this path); `is_impossible` must
+    agree with `answers`, and `plausible_answers` (not gold) are left out."""
     doc = _parse_json(rel, _decode(rel, data, spec.local.encoding))
     articles = doc.get("data") if isinstance(doc, dict) else None
     if not isinstance(articles, list):
@@ -198,12 +202,30 @@ def _read_squad(spec: TaskSpec, rel: str, data: bytes, problems: Problems) -> li
                     problems.report(f"{where}.qas[{k}]: field 'answers': got {show(answers)}, "
                                     "expected a list of {'text': ..., 'answer_start': ...}")
                     continue
+                mismatch = _impossible_mismatch(qa.get("is_impossible"), answers)
+                if mismatch:
+                    problems.report(f"{where}.qas[{k}]: {mismatch}")
+                    continue
                 rows.append({"id": qa.get("id"), "title": article.get("title"), "question": qa.get("question"),
                              "context": paragraph.get("context"),
                              "answers": {"text": [a.get("text") for a in answers],
                                          "answer_start": [a.get("answer_start") for a in answers]},
                              "_source": f"{where}.qas[{k}]"})
     return rows
+
+
+def _impossible_mismatch(impossible: Any, answers: list) -> str | None:
+    """SQuAD 2.0's `is_impossible` (absent in v1.1) against the question's answers, or None when they agree."""
+    if impossible is None:
+        return None
+    if not isinstance(impossible, bool):
+        return f"field 'is_impossible': got {show(impossible)}, expected true or false"
+    if impossible and answers:
+        return (f"field 'answers': got {show(answers)}, expected [] for a question with is_impossible: true "
+                "(SQuAD 2.0 keeps its candidate answers in 'plausible_answers')")
+    if not impossible and not answers:
+        return "field 'answers': got [], expected at least one answer for a question with is_impossible: false"
+    return None
 
 
 def _items(parent: Any, key: str, where: str, problems: Problems) -> list:

@@ -5,10 +5,11 @@ import pytest
 from bert_core.families import get_family
 from bert_core.spec import SpecError, TaskSpec, builtin_specs, load_spec
 
-BUILTINS = ["cola", "conll2003_ner", "conll2003_pos", "mnli", "mrpc", "rte", "snli", "squad", "sst2", "stsb"]
+BUILTINS = ["cola", "conll2003_ner", "conll2003_pos", "mnli", "mrpc", "rte", "snli", "squad", "squad_v2", "sst2",
+            "stsb"]
 
 
-def test_builtin_specs_lists_the_ten():
+def test_builtin_specs_lists_them_all():
     assert builtin_specs() == BUILTINS
 
 
@@ -34,6 +35,7 @@ def test_builtin_parses_and_is_consistent(name):
     ("conll2003_pos", "token_tagging", "token_accuracy"),
     ("conll2003_ner", "token_tagging", "entity_f1"),
     ("squad", "extractive_qa", "f1"),
+    ("squad_v2", "extractive_qa_with_no_answer", "f1"),
 ])
 def test_family_and_primary_metric(name, family, primary):
     spec = load_spec(name)

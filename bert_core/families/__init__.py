@@ -7,6 +7,7 @@ from __future__ import annotations
 from bert_core.families.base import IGNORE_INDEX, Family, Output, as_rows, collate
 from bert_core.families.classification import ClassificationFamily, RegressionFamily, SequenceClassifier
 from bert_core.families.qa import QAFamily, SpanQA, best_span
+from bert_core.families.qa_no_answer import NoAnswerQAFamily
 from bert_core.families.tagging import TaggingFamily, TokenTagger
 
 FAMILIES: dict[str, Family] = {family.name: family for family in (
@@ -15,6 +16,8 @@ FAMILIES: dict[str, Family] = {family.name: family for family in (
     RegressionFamily("pair_regression"),
     TaggingFamily(),
     QAFamily(),
+    # SQuAD 2.0: extractive QA whose questions may have no answer; a family, not a spec flag (why: its module).
+    NoAnswerQAFamily(),
 )}
 
 
@@ -26,6 +29,7 @@ def get_family(name: str) -> Family:
 
 
 __all__ = [
-    "FAMILIES", "IGNORE_INDEX", "ClassificationFamily", "Family", "Output", "QAFamily", "RegressionFamily",
-    "SequenceClassifier", "SpanQA", "TaggingFamily", "TokenTagger", "as_rows", "best_span", "collate", "get_family",
+    "FAMILIES", "IGNORE_INDEX", "ClassificationFamily", "Family", "NoAnswerQAFamily", "Output", "QAFamily",
+    "RegressionFamily", "SequenceClassifier", "SpanQA", "TaggingFamily", "TokenTagger", "as_rows", "best_span",
+    "collate", "get_family",
 ]

@@ -170,6 +170,13 @@ class Family:
         """
         raise NotImplementedError
 
+    def tune(self, predictions: list[dict], rows, settings: dict) -> dict:
+        """Settings this family learns from the labelled rows of the split a run selects on, given predictions
+        made with ``settings`` (extractive QA with unanswerable questions: its no-answer threshold). ``fit``
+        predicts again with them, scores that, and saves them with the best model (its meta, read back through
+        ``TASK_SETTINGS``). Nothing to learn by default."""
+        return {}
+
     def compute_metrics(
         self, predictions: list[dict], rows, metric_names: list[str], label_names: list[str] | None = None,
         settings: dict | None = None,

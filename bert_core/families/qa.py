@@ -158,6 +158,28 @@ def _first_answer(row: dict) -> tuple[int, int] | None:
     return start, start + len(answers["text"][0])
 
 
+def question_spans(logits, features, n_questions: int,
+                   settings: dict) -> tuple[list[tuple[float, int, int] | None], list[float | None]]:
+    """Per question, over all its windows: the best span (score, char start, char end), or None when no window
+    has a passage token; and the null ("no answer") score, the lowest start[CLS] + end[CLS] of its windows
+    ([CLS] is each window's position 0), or None when it has no window.
+
+    ``logits[k]``: (T, 2) of ``features[k]``; ``settings``: ``qa_settings`` (n_best, max_answer_length)."""
+    best: list[tuple[float, int, int] | None] = [None] * n_questions  # (score, char start, char end)
+    null: list[float | None] = [None] * n_questions
+    for logit, feature in zip(logits, features, strict=True):
+        char_starts = np.asarray(feature["char_starts"])
+        logit = np.asarray(logit, dtype=np.float64)[: len(char_starts)]  # (T, 2)
+        span = window_best_span(logit, char_starts != OUTSIDE, settings["n_best"], settings["max_answer_length"])
+        k = feature["example_index"]
+        if span is not None and (best[k] is None or span[0] > best[k][0]):
+            best[k] = (span[0], feature["char_starts"][span[1]], feature["char_ends"][span[2]])
+        window_null = float(logit[0, 0] + logit[0, 1])
+        if null[k] is None or window_null < null[k]:
+            null[k] = window_null
+    return best, null
+
+
 class QAFamily(Family):
     name = "extractive_qa"
     fields = ("id", "title", "question", "context", "answers")
@@ -168,6 +190,7 @@ class QAFamily(Family):
     label_keys = ("start_positions", "end_positions")
     request = {"question": ("question",), "context": ("context",)}
     response = {"answer": "answer", "start": "start", "end": "end", "score": "score"}
+    unanswerable = False  # whether a question may have no answer (bert_core/families/qa_no_answer.py)
 
     # ---- the spec and the data ------------------------------------------------------------------------
     def check_spec(self, spec) -> None:
@@ -202,8 +225,11 @@ class QAFamily(Family):
                 or not isinstance(answers.get("answer_start"), list):
             return problem("answers", answers, "{'text': [str, ...], 'answer_start': [int, ...]}")
         texts, starts = answers["text"], answers["answer_start"]
-        if not texts or len(texts) != len(starts):
-            return problem("answers", answers, "at least one answer, as many answer_start as text")
+        if len(texts) != len(starts):
+            return problem("answers", answers, "as many answer_start as text")
+        if not texts and not self.unanswerable:
+            return problem("answers", answers, "at least one answer (a question without one, SQuAD 2.0's is_impossible, "
+                           "needs family extractive_qa_with_no_answer)")
         for i, (text, start) in enumerate(zip(texts, starts, strict=True)):
             if not isinstance(text, str) or not text:
                 return problem(f"answers.text[{i}]", text, "non-empty text")
@@ -240,7 +266,8 @@ class QAFamily(Family):
         if cut:
             log.warning("%d of %d questions cut to max_query_length=%d tokens", cut, len(rows), settings["max_query_length"])
 
-        labelled = any(_first_answer(row) is not None for row in rows)
+        # Rows with gold answers (any: a split may hold only unanswerable questions) get training targets.
+        labelled = any(isinstance(row.get("answers"), dict) for row in rows)
         features = []
         for i, (row, question) in enumerate(zip(rows, questions, strict=True)):
             answer = _first_answer(row)
@@ -273,14 +300,7 @@ class QAFamily(Family):
         A question whose context has no token gets answer "" and score None."""
         settings = qa_settings(settings)
         rows = as_rows(rows)
-        best: list[tuple[float, int, int] | None] = [None] * len(rows)  # (score, char start, char end)
-        for logit, feature in zip(logits, features, strict=True):
-            char_starts = np.asarray(feature["char_starts"])
-            logit = np.asarray(logit, dtype=np.float64)[: len(char_starts)]  # (T, 2)
-            span = window_best_span(logit, char_starts != OUTSIDE, settings["n_best"], settings["max_answer_length"])
-            k = feature["example_index"]
-            if span is not None and (best[k] is None or span[0] > best[k][0]):
-                best[k] = (span[0], feature["char_starts"][span[1]], feature["char_ends"][span[2]])
+        best, _ = question_spans(logits, features, len(rows), settings)
         predictions = []
         for row, span in zip(rows, best, strict=True):
             score, start, end = (None, 0, 0) if span is None else span

@@ -45,3 +45,18 @@ def evaluate_features(model, family: Family, features: list[dict], rows: list[di
     logits = predict_logits(model, features, pad_id, batch_size, precision, device)
     predictions = family.postprocess(logits, features, rows, label_names, settings)
     return family.compute_metrics(predictions, rows, metric_names, label_names, settings), predictions
+
+
+def evaluate_and_tune(model, family: Family, features: list[dict], rows: list[dict], label_names, settings: dict,
+                      metric_names: list[str], pad_id: int, batch_size: int = 64, precision: str = "fp32",
+                      device: torch.device = CPU) -> tuple[dict[str, float], list[dict], dict]:
+    """``evaluate_features`` on the split a run selects on, the settings the family learns from it
+    (``Family.tune``: extractive QA's no-answer threshold; nothing for the other families) applied first:
+    (metrics, predictions, learnt settings). Only ``fit`` tunes: scoring a saved model never does."""
+    logits = predict_logits(model, features, pad_id, batch_size, precision, device)
+    predictions = family.postprocess(logits, features, rows, label_names, settings)
+    learnt = family.tune(predictions, rows, settings)
+    if learnt:
+        settings = {**settings, **learnt}
+        predictions = family.postprocess(logits, features, rows, label_names, settings)
+    return family.compute_metrics(predictions, rows, metric_names, label_names, settings), predictions, learnt

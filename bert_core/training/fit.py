@@ -35,7 +35,7 @@ from bert_core.tokenizer import BertTokenizer
 from bert_core.training import distributed
 from bert_core.training.batching import make_batch, micro_batches, step_batches
 from bert_core.training.config import TrainConfig
-from bert_core.training.evaluate import autocast, evaluate_features
+from bert_core.training.evaluate import autocast, evaluate_and_tune
 from bert_core.training.features import (
     build_split_features,
     check_fits_checkpoint,
@@ -332,18 +332,19 @@ def train_step(run: Run, state: TrainState, batch_indices: list[int], lr: float)
 
 
 def evaluate(run: Run, state: TrainState, callbacks) -> bool:
-    """Score the eval split on rank 0 and keep the model if it is the best so far; returns whether to stop
-    early (the same answer on every rank)."""
+    """Score the eval split on rank 0 (with the settings the family tunes on it, saved with the model) and keep
+    the model if it is the best so far; returns whether to stop early (the same answer on every rank)."""
     stop = False
     if run.dist.is_main:
-        metrics, _ = evaluate_features(run.model, run.family, run.eval_features, run.eval_rows, run.label_names,
-                                       run.settings, list(run.spec.metrics), run.tokenizer.pad_id,
-                                       run.cfg.eval_batch_size, run.precision, run.dist.device)
+        metrics, _, learnt = evaluate_and_tune(run.model, run.family, run.eval_features, run.eval_rows,
+                                               run.label_names, run.settings, list(run.spec.metrics),
+                                               run.tokenizer.pad_id, run.cfg.eval_batch_size, run.precision,
+                                               run.dist.device)
         state.history.append({"step": state.step, **{f"eval_{k}": v for k, v in metrics.items()}})
         if _is_better(metrics[run.spec.primary_metric], state.best):
             state.best, state.best_step, state.best_metrics, state.bad_evals = (
                 metrics[run.spec.primary_metric], state.step, metrics, 0)
-            save_best(run, {**run.meta, "step": state.step, "eval_metrics": metrics})
+            save_best(run, {**run.meta, **learnt, "step": state.step, "eval_metrics": metrics})
         else:
             state.bad_evals += 1
         # A callback may stop training too, e.g. a sweep's pruner (bert_core/search.py).
