@@ -8,6 +8,8 @@
     bertflow predict models:/bert-sst2@champion --text "a gripping film"
     echo '{"text": "a gripping film"}' | bertflow predict models:/bert-sst2@champion
     bertflow compare sst2                            # registered versions side by side
+    bertflow score models:/bert-sst2@champion reviews.csv --column text=review   # batch predictions of a file
+    bertflow score models:/bert-sst2@champion --folder inbox --pattern '*.csv'    # a folder's new files
 
 Failures print the error's message (no traceback; `--verbose` keeps Prefect's) and exit non-zero.
 """
@@ -126,6 +128,36 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri")
     p.set_defaults(command=cmd_predict, name="predict")
 
+    p = sub.add_parser("score", help="batch predictions of a registered model for a file, or a folder's new files",
+                       description="Runs the bertflow-score flow here: the model URI is pinned to one version "
+                       "(an alias resolved once), the file's rows are read (format from the extension: tsv, csv, "
+                       "json, jsonl, parquet, conll, SQuAD json) and scored; predictions go next to the file as "
+                       "<stem>.predictions.<model>-v<version>.jsonl, one line per input row, rows that cannot be "
+                       "scored listed with their error (and in <stem>.rejected.<model>-v<version>.jsonl); each file "
+                       "gets an MLflow run in the experiment bertflow-score-<model>. With --folder, the files "
+                       "matching --pattern that this version has not scored yet, as the bertflow-score/folder "
+                       "deployment does. See docs/scoring.md.")
+    p.add_argument("model_uri", help="models:/<name>@<alias> (e.g. models:/bert-sst2@champion), "
+                   "models:/<name>/<version> or runs:/<run id>/model")
+    p.add_argument("file", nargs="?", help="the file to score (or give --folder)")
+    p.add_argument("--folder", help="score the files of this folder not yet scored by the model's version")
+    p.add_argument("--pattern", default="*", help="with --folder: which files are inputs, a glob (default: *; "
+                   "scoring's own output files never are)")
+    p.add_argument("--settle-seconds", type=float, default=0, metavar="S", help="with --folder: leave files "
+                   "modified in the last S seconds for a later run (default 0; the deployment uses 60)")
+    p.add_argument("--column", action="append", default=[], metavar="NAME=COLUMN",
+                   help="the file's column for one of the model's request columns, e.g. --column text=review, "
+                   "--column text_a=sentence1 --column text_b=sentence2, --column id=review_id; repeat it")
+    p.add_argument("--format", choices=_input_formats(), help="the file's format (default: from its extension)")
+    p.add_argument("--batch-size", type=int, default=64, metavar="N",
+                   help="inputs per forward pass (QA: passage windows); default 64")
+    p.add_argument("--fail-on-bad-rows", action="store_true", help="fail if any row cannot be scored, naming "
+                   "them, and score nothing (default: score the good rows, list the bad)")
+    p.add_argument("--tracking-uri", help="MLflow URI; default: $MLFLOW_TRACKING_URI, else $BERTFLOW_HOME/mlflow.db")
+    p.add_argument("--json", action="store_true", help="print the result as JSON (default: a few lines for people)")
+    p.add_argument("--verbose", action="store_true", help="show tracebacks and every library's INFO lines")
+    p.set_defaults(command=cmd_score, name="score")
+
     p = sub.add_parser("ui", help="the MLflow UI on bertflow's tracking store",
                        description="Starts `mlflow server` on the store bertflow logs to (--tracking-uri, else "
                        "$MLFLOW_TRACKING_URI, else $BERTFLOW_HOME/mlflow.db), its artifacts beside the database. "
@@ -156,6 +188,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri")
     p.set_defaults(command=cmd_compare, name="compare")
     return parser
+
+
+def _input_formats() -> tuple[str, ...]:
+    from bert_core.request_file import FORMATS
+
+    return FORMATS
 
 
 def _training_options(p: argparse.ArgumentParser) -> None:
@@ -414,6 +452,31 @@ def cmd_predict(args) -> None:
     model = mlflow.pyfunc.load_model(args.model_uri)
     predictions = model.predict(pd.DataFrame(rows))
     print(predictions.to_json(orient="records", lines=True, force_ascii=False).strip())
+
+
+def cmd_score(args) -> int:
+    from pathlib import Path
+
+    if (args.file is None) == (args.folder is None):
+        raise ValueError("give a FILE to score, or --folder DIR (not both)")
+    where = Path(args.file or args.folder).expanduser()
+    if not (where.is_file() if args.file else where.is_dir()):  # here, before a Prefect server is started
+        raise FileNotFoundError(f"{where}: no such {'file' if args.file else 'folder'}")
+    columns = {}
+    for item in args.column:
+        name, sep, column = item.partition("=")
+        if not sep or not name or not column:
+            raise ValueError(f"--column {item!r}: expected NAME=COLUMN, e.g. --column text=review")
+        columns[name] = column
+    from flows.score import score, summary_text  # imports Prefect and MLflow: only when a run is wanted
+
+    result = _run_flow(args, score, model=args.model_uri, file=os.path.abspath(where) if args.file else None,
+                       folder=os.path.abspath(where) if args.folder else None, pattern=args.pattern,
+                       columns=columns or None, input_format=args.format, batch_size=args.batch_size,
+                       fail_on_bad_rows=args.fail_on_bad_rows, settle_seconds=args.settle_seconds,
+                       tracking_uri=args.tracking_uri)
+    print(json.dumps(result, indent=2, default=str) if args.json else summary_text(result))
+    return 0
 
 
 def cmd_ui(args) -> int:

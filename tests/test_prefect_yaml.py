@@ -60,9 +60,24 @@ def test_deployment_schedules_and_pool(name):
         if name == "on-demand":  # what the suite and sweeps fan out to: any task, from their parameters
             assert deployment["parameters"] == {}
         return
+    if name == "file":  # one file, scored when asked
+        assert not deployment.get("schedules") and set(deployment["parameters"]) == {"model"}
+        return
     assert deployment["schedules"], "every deployment retrains on a schedule"
     for schedule in deployment["schedules"]:
         CronSchedule(cron=schedule["cron"], timezone=schedule.get("timezone"))  # raises on a bad cron
+
+
+def test_the_scoring_deployments():
+    """`bertflow-score/folder` scores a folder with the current champion of a task on a schedule, one run at a
+    time; `bertflow-score/file` is the one-file form. Both run the score flow."""
+    folder, file = DEPLOYMENTS["folder"], DEPLOYMENTS["file"]
+    assert folder["entrypoint"] == file["entrypoint"] == "flows/score.py:score"
+    assert {"model", "folder", "pattern"} <= set(folder["parameters"])
+    name, _, alias = folder["parameters"]["model"].removeprefix("models:/").partition("@")
+    assert alias == "champion" and name.removeprefix("bert-") in builtin_specs()
+    assert folder["concurrency_limit"] == {"limit": 1, "collision_strategy": "CANCEL_NEW"}
+    assert folder["parameters"]["settle_seconds"] > 0, "a file still being copied waits for the next run"
 
 
 def test_pull_step_sets_the_working_directory():
