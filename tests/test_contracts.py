@@ -128,3 +128,35 @@ def test_the_pyfunc_predicts_what_the_model_itself_predicts(tmp_path):
         probs = torch.softmax(logits.double(), -1)
         assert got["label_value"] == ["no", "yes"][int(probs.argmax())]
         assert got["score"] == pytest.approx(float(probs.max()), abs=1e-6)
+
+
+def test_recomputed_attention_gives_the_same_loss_and_gradients(monkeypatch):
+    """Large attention maps are recomputed in backward to bound memory (bert_core.model.RECOMPUTE_ATTENTION_ABOVE);
+    the RNG state is replayed, so the dropout masks and hence every gradient are those of the plain path."""
+    import bert_core.model as model_module
+
+    def loss_and_grads(threshold, dropout_seed=1):
+        monkeypatch.setattr(model_module, "RECOMPUTE_ATTENTION_ABOVE", threshold)
+        torch.manual_seed(0)
+        model = get_family("extractive_qa").build_model(
+            BertEncoder(BertConfig(**{**TINY, "attention_probs_dropout_prob": 0.3})), None).train()
+        ids = torch.randint(5, len(VOCAB), (4, 24))
+        mask = torch.ones_like(ids)
+        mask[1, 20:] = 0
+        positions = torch.tensor([1, 2, 3, 0])
+        torch.manual_seed(dropout_seed)
+        out = model(ids, torch.zeros_like(ids), mask, start_positions=positions, end_positions=positions)
+        out.loss.backward()
+        return out.loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    calls = []
+    real_checkpoint = model_module.checkpoint
+    monkeypatch.setattr(model_module, "checkpoint", lambda *a, **k: calls.append(1) or real_checkpoint(*a, **k))
+    kept_loss, kept = loss_and_grads(float("inf"))
+    assert not calls
+    recomputed_loss, recomputed = loss_and_grads(0)
+    assert len(calls) == TINY["num_hidden_layers"]  # every layer took the recompute path
+    assert recomputed_loss == kept_loss and kept.keys() == recomputed.keys()
+    for name, grad in kept.items():
+        assert torch.equal(grad, recomputed[name]), name
+    assert loss_and_grads(float("inf"), dropout_seed=2)[0] != kept_loss  # dropout acts: the replay matters
