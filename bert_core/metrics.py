@@ -222,10 +222,13 @@ def _exact_match(prediction: str, ground_truth: str) -> float:
 
 
 def _token_f1(prediction: str, ground_truth: str) -> float:
-    pred_tokens = normalize_answer(prediction).split()
-    gold_tokens = normalize_answer(ground_truth).split()
-    num_same = sum((Counter(pred_tokens) & Counter(gold_tokens)).values())
     # v1.1 (unlike v2.0) scores two empty answers 0, not 1: kept for exactness.
+    return _overlap_f1(normalize_answer(prediction).split(), normalize_answer(ground_truth).split())
+
+
+def _overlap_f1(pred_tokens: list[str], gold_tokens: list[str]) -> float:
+    """Harmonic mean of token precision and recall over the bag of shared tokens; 0 when none is shared."""
+    num_same = sum((Counter(pred_tokens) & Counter(gold_tokens)).values())
     if num_same == 0:
         return 0.0
     precision = num_same / len(pred_tokens)
@@ -296,12 +299,7 @@ def squad_v2_f1(prediction: str, gold: str) -> float:
     pred_tokens, gold_tokens = _v2_tokens(prediction), _v2_tokens(gold)
     if not pred_tokens or not gold_tokens:
         return float(pred_tokens == gold_tokens)
-    num_same = sum((Counter(pred_tokens) & Counter(gold_tokens)).values())
-    if num_same == 0:
-        return 0.0
-    precision = num_same / len(pred_tokens)
-    recall = num_same / len(gold_tokens)
-    return 2 * precision * recall / (precision + recall)
+    return _overlap_f1(pred_tokens, gold_tokens)
 
 
 def squad_v2_per_question(predictions: Sequence[str], gold: Sequence[Sequence[str]]) -> np.ndarray:
