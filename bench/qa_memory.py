@@ -78,9 +78,10 @@ def train_step(case: str, batch_size: int, precision: str) -> dict:
 
 
 def eval_pass(case: str, batch_size: int, precision: str) -> dict:
-    from bert_core import get_family, load_spec
+    from bert_core import get_family
     from bert_core.families.base import MODEL_INPUTS
     from bert_core.loading import load_task_data
+    from bert_core.spec import load_spec
     from bert_core.training.batching import make_batch
 
     spec = load_spec("squad")
@@ -108,7 +109,9 @@ def run_case(kind: str, case: str, args) -> dict:
     """One case in a fresh interpreter; its JSON result."""
     cmd = [sys.executable, __file__, "--one", kind, case, "--threads", str(args.threads),
            "--batch-size", str(args.batch_size), "--eval-batch-size", str(args.eval_batch_size)]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"{kind} {case} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
