@@ -27,6 +27,7 @@ turns into HTTP 400 instead of a crash.
 from __future__ import annotations
 
 import re
+import warnings
 from importlib import metadata
 from pathlib import Path
 
@@ -165,6 +166,14 @@ def log_model(model_dir: str | Path, family: str, input_example_rows: list[dict]
     python_model.load_context(PythonModelContext(artifacts={"model_dir": model_dir}, model_config={}))
     if python_model.family != family:
         raise ValueError(f"{model_dir} holds a {python_model.family} model, not {family}")
+    with warnings.catch_warnings():
+        # MLflow's hint that integer columns cannot hold missing values is about outputs here (QA's start/end,
+        # tagging's positions), which are never missing; it printed on every QA and tagging run.
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column", category=UserWarning)
+        return _log_model(python_model, family, example, model_dir, registered_model_name)
+
+
+def _log_model(python_model, family: str, example, model_dir: str, registered_model_name: str | None) -> ModelInfo:
     signature = infer_signature(example, python_model.predict(None, example))
     signature.inputs = _accepted_inputs(family, signature.inputs)
     return mlflow.pyfunc.log_model(
