@@ -18,8 +18,8 @@ from torch.utils.checkpoint import checkpoint
 
 from bert_core.config import BertConfig
 
-# Attention probabilities (B * nh * T * T elements per layer) above which training recomputes them in backward
-# rather than keeping them: 8M is B=32 x 12 heads at T=144; SST-2 or CoNLL batches stay below, SQuAD's go above.
+# Attention maps (B * nh * T * T elements per layer) above which CPU training recomputes them in backward rather
+# than keeping them: 8M is B=32 x 12 heads at T=148; SST-2, GLUE or CoNLL batches stay below, SQuAD's go above.
 RECOMPUTE_ATTENTION_ABOVE = 8 * 2**20
 
 
@@ -57,10 +57,11 @@ class SelfAttention(nn.Module):
         q, k, v = self.qkv(x).split(H, dim=-1)  # 3 x (B, T, H)
         q, k, v = (t.view(B, T, self.num_heads, H // self.num_heads).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hd)
         dropout_p = self.attn_dropout if self.training else 0.0
-        if dropout_p and torch.is_grad_enabled() and B * self.num_heads * T * T > RECOMPUTE_ATTENTION_ABOVE:
-            # With dropout, CPU SDPA takes its math path and keeps (B, nh, T, T) scores, probabilities and mask
-            # for backward in every layer: 4.4 GB of a 6.4 GB peak at B=32, T=384 (SQuAD). Recompute them in
-            # backward instead, the same dropout mask included (the RNG state is replayed).
+        if dropout_p and x.device.type == "cpu" and torch.is_grad_enabled() \
+                and B * self.num_heads * T * T > RECOMPUTE_ATTENTION_ABOVE:
+            # With dropout, CPU SDPA takes its math path (GPU kernels fuse dropout) and keeps the (B, nh, T, T)
+            # scores, probabilities and mask of every layer for backward: 4.4 GB of a 6.4 GB peak at B=32, T=384
+            # (SQuAD). Recompute them in backward instead, the same dropout mask included (RNG state replayed).
             y = checkpoint(F.scaled_dot_product_attention, q, k, v, attn_mask=mask, dropout_p=dropout_p,
                            use_reentrant=False)
         else:
