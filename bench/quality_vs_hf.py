@@ -150,14 +150,14 @@ def capture_tagging_scores(spec, store: list[dict]) -> None:
     with one function keeps the comparison about the models. Patches this child process only."""
     fit_module = importlib.import_module("bert_core.training.fit")  # the package's `fit` hides the module
 
-    original = fit_module.evaluate_features
+    original = fit_module.evaluate_and_tune
 
     def evaluate_and_rescore(model, family, features, rows, *args, **kwargs):
-        metrics, predictions = original(model, family, features, rows, *args, **kwargs)
+        metrics, predictions, learnt = original(model, family, features, rows, *args, **kwargs)
         store.append(rescore_tagging(spec, features, rows, predictions))
-        return metrics, predictions
+        return metrics, predictions, learnt
 
-    fit_module.evaluate_features = evaluate_and_rescore
+    fit_module.evaluate_and_tune = evaluate_and_rescore
 
 
 def run_ours(job: dict) -> dict:
