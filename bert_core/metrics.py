@@ -285,18 +285,15 @@ def squad_v2_gold(answers: Sequence[str]) -> list[str]:
     return [a for a in answers if normalize_answer(a)] or [""]
 
 
-def _v2_tokens(s: str) -> list[str]:
-    return normalize_answer(s).split() if s else []
-
-
 def squad_v2_exact(prediction: str, gold: str) -> float:
-    return float(normalize_answer(prediction) == normalize_answer(gold))
+    """v2.0 exact match is v1.1's (an empty gold matches only a prediction that normalises to nothing)."""
+    return _exact_match(prediction, gold)
 
 
 def squad_v2_f1(prediction: str, gold: str) -> float:
     """v2.0 token F1: v1.1's, except that when either side has no token it is 1 if neither has one, else 0 (v1.1
     scores two empty answers 0)."""
-    pred_tokens, gold_tokens = _v2_tokens(prediction), _v2_tokens(gold)
+    pred_tokens, gold_tokens = normalize_answer(prediction).split(), normalize_answer(gold).split()
     if not pred_tokens or not gold_tokens:
         return float(pred_tokens == gold_tokens)
     return _overlap_f1(pred_tokens, gold_tokens)
