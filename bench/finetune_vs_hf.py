@@ -192,7 +192,7 @@ def run_ours(args) -> dict:
         learning_rate=args.learning_rate, batch_size=args.batch_size, epochs=args.epochs, seed=args.seed,
         warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay, max_grad_norm=1.0, precision=args.precision,
         group_by_length=True, max_seq_length=MAX_LENGTH, eval_every=10**9, checkpoint_every=None, checkpoint_minutes=None,
-        progress_bar=False, num_threads=args.threads,
+        progress_bar=False, num_threads=args.threads, embedding_update=args.embedding_update,
     )
     started = {}
 
@@ -263,6 +263,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"], help="ours (c) only")
+    parser.add_argument("--embedding-update", default="dense", choices=["dense", "sparse"],
+                        help="ours (c) only: TrainConfig.embedding_update")
     parser.add_argument("--repeats", type=int, default=1, help="interleaved repeats of each run; median reported")
     parser.add_argument("--runs", default="abc", help="which runs, e.g. 'bc'")
     parser.add_argument("--only", choices=list(RUNS), help=argparse.SUPPRESS)  # the child process
@@ -282,7 +284,8 @@ def main() -> None:
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, threads {args.threads}, "
           f"cpu capability {torch.backends.cpu.get_cpu_capability()}")
     print(f"SST-2 first {args.train_rows} train rows, 872 dev rows; batch {args.batch_size}, lr {args.learning_rate}, "
-          f"epochs {args.epochs}, seed {args.seed}, warmup {args.warmup_ratio}, weight decay {args.weight_decay}")
+          f"epochs {args.epochs}, seed {args.seed}, warmup {args.warmup_ratio}, weight decay {args.weight_decay}; ours' "
+          f"embedding update {args.embedding_update}")
     print(f"measured matmul peak (2048^3, {args.threads} threads): bf16 {peaks['bf16'] / 1e9:.1f} GFLOP/s, "
           f"fp32 {peaks['fp32'] / 1e9:.1f} GFLOP/s; precision auto here: {auto_precision()}; per-token params {shape['params'] / 1e6:.2f}M, "
           f"{shape['layers']} layers, hidden {shape['hidden']}")

@@ -2,6 +2,8 @@
 
     # serve the packaged MiniLM with a fresh SST-2 head, then 1,000 one-sentence requests, 4 at a time
     python bench/serving_load.py --serve --requests 1000 --concurrency 4
+    # the same against the same model served through MLflow's transformers flavor (the peer), one after the other
+    python bench/serving_load.py --serve --peer --requests 1000 --concurrency 1
     # or load a server that is already running (`mlflow models serve -m models:/bert-sst2@champion ...`)
     python bench/serving_load.py --url http://127.0.0.1:5000 --requests 1000 --concurrency 4
 
@@ -191,6 +193,34 @@ def register_minilm(folder: Path) -> tuple[str, str]:
     return f"models:/bert-serving-load/{info.registered_model_version}", uri
 
 
+def register_transformers_peer(folder: Path) -> tuple[str, str]:
+    """The peer: the same MiniLM as a transformers text-classification pipeline, logged with MLflow's own
+    transformers flavor (how one serves a Hugging Face model with MLflow) and registered in a sqlite store under
+    `folder`; returns (models:/ URI, tracking URI)."""
+    sys.path.insert(0, str(REPO))
+    import mlflow
+    import torch
+    import transformers
+
+    from bert_core.checkpoint import resolve_source
+    from tracking.store import configure_tracking
+
+    uri = configure_tracking(f"sqlite:///{folder / 'mlflow.db'}")
+    experiment_id = mlflow.create_experiment("serving-load-peer", (folder / "artifacts").as_uri())
+    torch.manual_seed(0)
+    source = str(resolve_source(None))
+    transformers.logging.set_verbosity_error()
+    pipe = transformers.pipeline(
+        "text-classification", device="cpu",
+        model=transformers.BertForSequenceClassification.from_pretrained(source, num_labels=2),
+        tokenizer=transformers.BertTokenizerFast.from_pretrained(source))
+    with mlflow.start_run(experiment_id=experiment_id, run_name="serving-load-peer"):
+        # Requirements given: inferring them asks for torchvision, which a text model does not need.
+        info = mlflow.transformers.log_model(pipe, name="model", registered_model_name="hf-serving-load",
+                                             input_example=sentences(3), pip_requirements=["torch", "transformers"])
+    return f"models:/hf-serving-load/{info.registered_model_version}", uri
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     where = parser.add_mutually_exclusive_group(required=True)
@@ -200,14 +230,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=20, help="requests sent (and not counted) before timing")
     parser.add_argument("--workers", type=int, default=1, help="uvicorn workers with --serve")
+    parser.add_argument("--peer", action="store_true", help="with --serve: then the same load against the same "
+                        "model as a transformers pipeline served through MLflow's transformers flavor")
     args = parser.parse_args(argv)
     bodies = [json.dumps({"dataframe_records": [{"text": s}]}).encode() for s in sentences()]
 
-    def measure(base: str) -> None:
+    def measure(base: str, side: str = "bertflow", bodies: list[bytes] = bodies) -> None:
         run_load(base, bodies, args.warmup, args.concurrency)
         load_before = os.getloadavg()
         result = run_load(base, bodies, args.requests, args.concurrency)
-        report = {**result.summary(), "cpus": os.cpu_count(),
+        report = {"side": side, **result.summary(), "cpus": os.cpu_count(),
                   "loadavg_1min_before_after": [round(load_before[0], 1), round(os.getloadavg()[0], 1)]}
         print(json.dumps(report))
         for problem, count in result.errors.most_common(5):
@@ -220,6 +252,12 @@ def main(argv: list[str] | None = None) -> None:
         model_uri, tracking_uri = register_minilm(Path(tmp))
         with serve(model_uri, tracking_uri, Path(tmp) / "serve.log", workers=args.workers) as (base, _):
             measure(base)
+    if args.peer:
+        with tempfile.TemporaryDirectory(prefix="serving-load-peer-") as tmp:
+            model_uri, tracking_uri = register_transformers_peer(Path(tmp))
+            with serve(model_uri, tracking_uri, Path(tmp) / "serve.log", workers=args.workers) as (base, _):
+                # The flavor's signature is a list of strings (its input example): the same sentence, in that form.
+                measure(base, "transformers flavor", [json.dumps({"inputs": [s]}).encode() for s in sentences()])
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from bert_core.training.config import TrainConfig
 from bert_core.training.evaluate import CPU, autocast
 from bert_core.training.features import check_fits_checkpoint, feature_settings
 from bert_core.training.fit import seed_everything
-from bert_core.training.optim import build_optimizer
+from bert_core.training.optim import build_optimizer, clip_gradients
 from bert_core.training.threads import default_threads
 
 TIMED_STEPS = 3  # each after an untimed step on the same batch
@@ -117,7 +117,7 @@ def _estimate(family, encoder, label_names, features: list[dict], cfg: TrainConf
     seed_everything(cfg.seed)
     precision = cfg.resolved_precision(CPU)
     model = family.build_model(encoder, label_names).train()
-    optimizer = build_optimizer(model, cfg.learning_rate, cfg.weight_decay)
+    optimizer = build_optimizer(model, cfg.learning_rate, cfg.weight_decay, cfg.embedding_update)
     lengths = [len(f["input_ids"]) for f in features]
     batches = step_batches(lengths, cfg.batch_size, cfg.seed, 0, cfg.group_by_length)
     steps_per_epoch = len(batches)
@@ -130,7 +130,7 @@ def _estimate(family, encoder, label_names, features: list[dict], cfg: TrainConf
             loss = model(**make_batch(features, indices, pad_id, keys)).loss
         loss.backward()
         if cfg.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            clip_gradients(model, cfg.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - start)

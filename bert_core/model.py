@@ -154,7 +154,9 @@ class BertEncoder(nn.Module):
                 f"{self.config.max_position_embeddings}; truncate inputs (max_seq_length)"
             )
         mask = None
-        if attention_mask is not None and not bool(attention_mask.all()):
+        # Skipping an all-ones mask lets SDPA pick a faster kernel; under torch.compile the data-dependent test
+        # would break the graph, so a compiled model always takes the mask.
+        if attention_mask is not None and (torch.compiler.is_compiling() or not bool(attention_mask.all())):
             mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T), broadcast over heads and queries
         x = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
         for layer in self.layers:

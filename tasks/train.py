@@ -6,10 +6,14 @@ the newest complete one, so a crash costs at most `checkpoint_minutes` of traini
 
 from __future__ import annotations
 
+import contextlib
 import json
+import time
 from pathlib import Path
 
 import mlflow
+from mlflow.entities import Metric
+from mlflow.utils.time import get_current_time_millis
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
@@ -20,6 +24,8 @@ from bert_core.spec import TaskSpec
 from bert_core.training import TrainConfig, fit
 from tasks.data import DataInfo, load_split
 from tasks.retry_policy import retry_if_transient
+
+MAX_METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch call
 
 # Logged once per run, beside the evaluate task's `<split>_<metric>` scores.
 TRAINING_METRICS = ("train_seconds", "examples_per_second", "tokens_per_second", "best_step", "final_step",
@@ -38,11 +44,20 @@ class TrackingCallback:
     Per-step metrics go under `train/` and the evaluations made during training under `dev_curve/`,
     so the MLflow UI shows them as two chart sections; the final scores of the best model are logged
     by the evaluate task as `eval_<metric>`.
+
+    Neither may slow training down. Every step's metrics keep their own step and time, but reach the store in
+    one batch every `FLUSH_SECONDS` (and at each evaluation and at the end): one call instead of one per log
+    event. The call is made on the training thread on purpose: MLflow's background sender takes its CPU from the
+    training threads anyway when they use every core, and it did not pay when measured (docs/benchmarks.md).
+    The progress artifact, a call to the Prefect API, is updated at most every `FLUSH_SECONDS` too.
     """
+
+    FLUSH_SECONDS = 30.0
 
     def __init__(self, run_id: str, task_name: str):
         self.run_id, self.task_name = run_id, task_name
-        self.total_steps, self.progress_id = 1, None
+        self.total_steps, self.progress_id, self.step = 1, None, 0
+        self.client, self.pending, self.flushed_at = mlflow.MlflowClient(), [], time.monotonic()
 
     def on_train_start(self, info: dict) -> None:
         self.total_steps = max(info["total_steps"], 1)
@@ -52,12 +67,30 @@ class TrackingCallback:
             description=f"{self.task_name}: optimizer steps done of {info['total_steps']}")
 
     def on_step(self, step: int, metrics: dict[str, float]) -> None:
-        mlflow.log_metrics({f"train/{k}": float(v) for k, v in metrics.items()}, step=step, run_id=self.run_id)
-        if self.progress_id is not None:
-            update_progress_artifact(self.progress_id, progress=100 * step / self.total_steps)
+        self.step = step
+        self._add("train", step, metrics)
+        if time.monotonic() - self.flushed_at >= self.FLUSH_SECONDS:
+            self.flush()
 
     def on_evaluate(self, step: int, metrics: dict[str, float]) -> None:
-        mlflow.log_metrics({f"dev_curve/{k}": float(v) for k, v in metrics.items()}, step=step, run_id=self.run_id)
+        self._add("dev_curve", step, metrics)
+        self.flush()
+
+    def on_train_end(self, result) -> None:
+        self.flush()
+
+    def flush(self) -> None:
+        """Send the metrics gathered since the last flush and update the progress artifact."""
+        for start in range(0, len(self.pending), MAX_METRICS_PER_BATCH):
+            self.client.log_batch(self.run_id, metrics=self.pending[start:start + MAX_METRICS_PER_BATCH])
+        self.pending = []
+        if self.progress_id is not None:
+            update_progress_artifact(self.progress_id, progress=100 * self.step / self.total_steps)
+        self.flushed_at = time.monotonic()
+
+    def _add(self, section: str, step: int, metrics: dict[str, float]) -> None:
+        now = get_current_time_millis()
+        self.pending += [Metric(f"{section}/{k}", float(v), now, step) for k, v in metrics.items()]
 
 
 # An immediate retry resumes from the newest checkpoint after a crash of unknown cause; a diverged loss or
@@ -77,10 +110,14 @@ def fine_tune(spec: TaskSpec, cfg: TrainConfig, data: DataInfo, run_dir: str, ru
     reporter = TrialReporter(trial, spec.primary_metric) if trial else None
     if reporter:
         callbacks.append(reporter)
-    result = fit(spec, cfg, output_dir, train_rows, eval_rows, data.label_names, pretrained=pretrained,
-                 data_fingerprint=data.fingerprint, callbacks=callbacks,
-                 cache_dir=cache_dir,
-                 extra_meta={"data_fingerprint": data.fingerprint, "pretrained": pretrained or OFFLINE_DEFAULT})
+    try:
+        result = fit(spec, cfg, output_dir, train_rows, eval_rows, data.label_names, pretrained=pretrained,
+                     data_fingerprint=data.fingerprint, callbacks=callbacks,
+                     cache_dir=cache_dir,
+                     extra_meta={"data_fingerprint": data.fingerprint, "pretrained": pretrained or OFFLINE_DEFAULT})
+    finally:  # a failed or interrupted fine-tune keeps the curve up to its last step
+        with contextlib.suppress(Exception):
+            callbacks[0].flush()
     if result.best_metric is None:  # every evaluation gave NaN (e.g. a constant regression output)
         raise ValueError(f"{spec.name}: no evaluation gave a usable {result.primary_metric!r}, so no model was "
                          f"kept; dev-curve metrics are in the MLflow run {run_id}")

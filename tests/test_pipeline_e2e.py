@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from pathlib import Path
 
 import mlflow
 import pandas as pd
@@ -103,6 +104,10 @@ def check_run(summary: dict, task: str, budget: dict, floors: dict[str, float], 
     assert run.data.metrics[f"eval_{primary}"] == pytest.approx(summary["score"])
     assert {"train/loss", "train/lr", "train/examples_per_second", f"dev_curve/{primary}",
             "train_seconds"} <= set(run.data.metrics)
+    # Per-step metrics are sent in the background: every step of history.json must be in the store by the end.
+    history = json.loads(Path(client.download_artifacts(run.info.run_id, "history.json")).read_text())
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == \
+        [h["step"] for h in history if "loss" in h]
     logged = {a.path for a in client.list_artifacts(run.info.run_id)}
     logged |= {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
     expected = {"task_spec.yaml", "history.json", "evaluation/predictions_eval.jsonl",

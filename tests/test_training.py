@@ -218,3 +218,54 @@ def test_a_failed_background_write_is_raised_on_the_training_thread(tmp_path):
     writer.save(1, model, torch.optim.AdamW(model.parameters()), {})
     with pytest.raises(OSError):
         writer.close()
+
+
+def test_sparse_embedding_update_moves_only_the_batch_rows_as_adamw_would(tiny_no_dropout):
+    """embedding_update="sparse": on its first step a row of the batch gets exactly AdamW's update (both start from
+    zero moments, clipping included); rows outside the batch keep their values, where dense AdamW decays them."""
+    from bert_core import get_family, load_pretrained
+    from bert_core.training.optim import build_optimizer, clip_gradients
+
+    ids = torch.tensor([[2, 7, 9, 7, 3], [2, 11, 5, 3, 0]])  # 0 is [PAD]: no gradient
+
+    def words_after_steps(update: str, steps: int) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        encoder, _ = load_pretrained(tiny_no_dropout)
+        model = get_family("single_classification").build_model(encoder, ["neg", "pos"]).train()
+        opt = build_optimizer(model, 1e-2, 0.1, update)
+        words = model.bert.embeddings.word_embeddings.weight
+        seen = [words.detach().clone()]
+        for _ in range(steps):
+            model(ids, attention_mask=(ids != 0).long(), labels=torch.tensor([0, 1])).loss.backward()
+            clip_gradients(model, 0.01)  # small enough to clip: the sparse norm must equal the dense one
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            seen.append(words.detach().clone())
+        return seen
+
+    before, dense = words_after_steps("dense", 1)
+    _, sparse_first, _, sparse_last = words_after_steps("sparse", 3)
+    batch_rows = torch.tensor([2, 3, 5, 7, 9, 11])
+    others = torch.ones(len(before), dtype=torch.bool)
+    others[batch_rows] = False
+    assert torch.allclose(sparse_first[batch_rows], dense[batch_rows], atol=1e-6)
+    assert not torch.equal(sparse_first[batch_rows], before[batch_rows])
+    assert torch.equal(sparse_last[others], before[others])  # untouched over three sparse steps
+    assert not torch.equal(dense[others], before[others])  # dense AdamW's weight decay moved them
+
+
+def test_sparse_embedding_update_learns_and_resumes_exactly(tmp_path, tiny):
+    whole = run(tmp_path, tiny, "whole", epochs=2, embedding_update="sparse")
+
+    class Crash:
+        def on_step(self, step, metrics):
+            if step == 8:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, tiny, "cut", epochs=2, embedding_update="sparse", callbacks=[Crash()])
+    resumed = run(tmp_path, tiny, "cut", epochs=2, embedding_update="sparse")
+    assert resumed.resumed_from_step == 5
+    a, b = final_weights(whole), final_weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert run(tmp_path, tiny, "long", epochs=10, embedding_update="sparse").best_metric >= 0.9  # as dense learns it

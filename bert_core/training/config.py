@@ -29,6 +29,10 @@ class TrainConfig(BaseModel):
         None, ge=1, description="Stop after this many evaluations without a better primary metric; None = never.")
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="bf16 autocast or plain fp32; auto = bf16 where the CPU/GPU supports it natively.")
+    embedding_update: Literal["dense", "sparse"] = Field(
+        "dense", description="dense: AdamW on every word-embedding row each step (the BERT recipe); sparse: a sparse "
+        "gradient and AdamW on the rows of the batch's tokens only (faster on CPU; other rows keep their moments "
+        "and skip weight decay, so not the same math; one process only; docs/benchmarks.md).")
     max_train_samples: int | None = Field(None, ge=1, description="Use only the first N training rows.")
     max_eval_samples: int | None = Field(None, ge=1, description="Use only the first N evaluation rows.")
     eval_batch_size: int = Field(64, ge=1, description="Examples per forward pass during evaluation.")

@@ -42,7 +42,7 @@ from bert_core.training.features import (
     feature_settings,
     features_fingerprint,
 )
-from bert_core.training.optim import build_optimizer, lr_at, set_lr
+from bert_core.training.optim import build_optimizer, clip_gradients, lr_at, set_lr
 from bert_core.training.state import CheckpointWriter, list_checkpoints, load_checkpoint
 from bert_core.training.threads import default_threads
 
@@ -181,6 +181,9 @@ def setup(spec: TaskSpec, cfg: TrainConfig, output_dir: Path, train_rows: list[d
     eval_rows = list(eval_rows)[: cfg.max_eval_samples]
     if not train_rows or not eval_rows:
         raise ValueError(f"task {spec.name}: empty split (train {len(train_rows)} rows, eval {len(eval_rows)} rows)")
+    if cfg.embedding_update == "sparse" and d.world_size > 1:
+        raise ValueError("embedding_update 'sparse' runs in one process only (DDP would all-reduce a dense copy); "
+                         "use 'dense' with torchrun")
     seed_everything(cfg.seed)
     encoder, tokenizer = load_pretrained(pretrained)
     settings = feature_settings(spec, cfg)
@@ -198,7 +201,8 @@ def setup(spec: TaskSpec, cfg: TrainConfig, output_dir: Path, train_rows: list[d
     return Run(
         spec=spec, cfg=cfg, family=family, dist=d, precision=cfg.resolved_precision(d.device), tokenizer=tokenizer,
         model=model, ddp_model=torch.nn.parallel.DistributedDataParallel(model) if d.world_size > 1 else model,
-        optimizer=build_optimizer(model, cfg.learning_rate, cfg.weight_decay), train_rows=train_rows,
+        optimizer=build_optimizer(model, cfg.learning_rate, cfg.weight_decay, cfg.embedding_update),
+        train_rows=train_rows,
         eval_rows=eval_rows, label_names=label_names, settings=settings, train_features=train_features,
         eval_features=eval_features,
         feature_stats={"train_features": len(train_features), "eval_features": len(eval_features),
@@ -259,7 +263,8 @@ def _loop(run: Run, state: TrainState, callbacks, writer: CheckpointWriter) -> b
     bar = tqdm(total=run.total_steps, initial=state.step, desc=f"fine-tune {run.spec.name}", unit="step",
                disable=not (d.is_main and cfg.progress_bar), dynamic_ncols=True)
     stopped_early = False
-    window_start, window_examples = time.perf_counter(), state.examples
+    # A log window's throughput counts its training time only: an evaluation inside it is left out.
+    window_start, window_examples, window_seconds = time.perf_counter(), state.examples, 0.0
     last_checkpoint = time.monotonic()
     while state.step < run.total_steps and not stopped_early:
         epoch, index_in_epoch = divmod(state.step, run.steps_per_epoch)
@@ -273,14 +278,17 @@ def _loop(run: Run, state: TrainState, callbacks, writer: CheckpointWriter) -> b
             if state.step % cfg.log_every == 0 or state.step == run.total_steps:
                 now = time.perf_counter()
                 state.train_seconds += now - window_start
-                rate = (state.examples - window_examples) / max(now - window_start, 1e-9)
+                window_seconds += now - window_start
+                rate = (state.examples - window_examples) / max(window_seconds, 1e-9)
                 logged = {"loss": loss, "lr": lr, "examples_per_second": rate, "epoch": state.step / run.steps_per_epoch}
                 state.history.append({"step": state.step, **logged})
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", ex_s=f"{rate:.1f}")
                 _notify(callbacks, "on_step", state.step, logged)
-                window_start, window_examples = time.perf_counter(), state.examples
+                window_start, window_examples, window_seconds = time.perf_counter(), state.examples, 0.0
             if state.step % run.eval_every == 0 or state.step == run.total_steps:
-                state.train_seconds += time.perf_counter() - window_start
+                now = time.perf_counter()
+                state.train_seconds += now - window_start
+                window_seconds += now - window_start
                 stopped_early = evaluate(run, state, callbacks)
                 window_start = time.perf_counter()
             if d.is_main and (_checkpoint_due(cfg, state.step, last_checkpoint) or state.step == run.total_steps
@@ -325,7 +333,7 @@ def train_step(run: Run, state: TrainState, batch_indices: list[int], lr: float)
         state.examples += len(indices) * d.world_size
         state.tokens += int(batch["attention_mask"].sum()) * d.world_size
     if cfg.max_grad_norm:
-        torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.max_grad_norm)
+        clip_gradients(run.model, cfg.max_grad_norm)
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
     return loss_sum

@@ -6,12 +6,89 @@ import torch
 from torch import nn
 
 
-def build_optimizer(model: nn.Module, learning_rate: float, weight_decay: float) -> torch.optim.AdamW:
-    """Decay 2-D weights (linear and embedding matrices); biases and LayerNorm weights are 1-D and exempt."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+class AdamW(torch.optim.AdamW):
+    """torch's fused AdamW (one kernel for the whole update), except for param groups marked ``sparse_rows``.
+
+    A sparse-rows group holds the word-embedding matrix when it gets a sparse gradient (``nn.Embedding(sparse=True)``):
+    only the rows of the batch's tokens, so no dense (V, H) gradient is zero-filled, accumulated, clipped and read
+    by the update each step. Those rows get AdamW's update (moments, bias correction with the group's step count,
+    decoupled weight decay); the other rows keep their values and moments, as in TensorFlow Addons' LazyAdam and
+    torch's SparseAdam. Dense AdamW would still move them by their decaying momentum and by weight decay, so this
+    is not the same math (``TrainConfig.embedding_update``). The state has AdamW's keys: checkpoints hold it as usual.
+    """
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        held = []
+        for group in self.param_groups:
+            if group.get("sparse_rows"):
+                for p in group["params"]:
+                    if p.grad is not None:
+                        self._sparse_rows_step(p, group)
+                        held.append((p, p.grad))
+                        p.grad = None  # the fused step below skips parameters without a gradient
+        try:
+            return super().step(closure)
+        finally:
+            for p, grad in held:
+                p.grad = grad
+
+    def _sparse_rows_step(self, p: torch.Tensor, group: dict) -> None:
+        """p: (V, H); p.grad: sparse, its rows those of the batch's tokens. One AdamW step on those rows."""
+        state = self.state[p]
+        if not state:
+            state["step"] = torch.tensor(0.0)
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        state["step"] += 1
+        step = float(state["step"])
+        (beta1, beta2), lr, eps = group["betas"], group["lr"], group["eps"]
+        grad = p.grad.coalesce()  # repeated tokens and accumulation micro-batches summed per row
+        rows, grad = grad.indices()[0], grad.values()  # (R,), (R, H)
+        exp_avg = state["exp_avg"].index_select(0, rows).lerp_(grad, 1 - beta1)
+        exp_avg_sq = state["exp_avg_sq"].index_select(0, rows).mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        state["exp_avg"].index_copy_(0, rows, exp_avg)
+        state["exp_avg_sq"].index_copy_(0, rows, exp_avg_sq)
+        weights = p.index_select(0, rows).mul_(1 - lr * group["weight_decay"])
+        denom = (exp_avg_sq / (1 - beta2**step)).sqrt_().add_(eps)
+        p.index_copy_(0, rows, weights.addcdiv_(exp_avg, denom, value=-lr / (1 - beta1**step)))
+
+
+def build_optimizer(model: nn.Module, learning_rate: float, weight_decay: float,
+                    embedding_update: str = "dense") -> AdamW:
+    """Decay 2-D weights (linear and embedding matrices); biases and LayerNorm weights are 1-D and exempt.
+
+    ``embedding_update="sparse"`` switches the word embedding to sparse gradients and gives it the sparse-rows
+    update (see ``AdamW``); the gradient layout and the update go together, so both are set here."""
+    sparse = []
+    if embedding_update == "sparse":
+        for name, module in model.named_modules():
+            if name.endswith("word_embeddings") and isinstance(module, nn.Embedding):
+                module.sparse = True
+                sparse.append(module.weight)
+    trainable = [p for p in model.parameters() if p.requires_grad and not any(p is q for q in sparse)]
+    decay = [p for p in trainable if p.dim() >= 2]
+    no_decay = [p for p in trainable if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=learning_rate, betas=(0.9, 0.999), eps=1e-8, fused=True)  # one kernel for the whole update
+    if sparse:
+        groups.append({"params": sparse, "weight_decay": weight_decay, "sparse_rows": True})
+    return AdamW(groups, lr=learning_rate, betas=(0.9, 0.999), eps=1e-8, fused=True)
+
+
+def clip_gradients(model: nn.Module, max_norm: float) -> torch.Tensor:
+    """``clip_grad_norm_`` over all gradients, sparse ones included (which torch's does not take); the norm."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not any(g.is_sparse for g in grads):
+        return torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    grads = [g.coalesce() if g.is_sparse else g for g in grads]
+    for p, g in zip([p for p in model.parameters() if p.grad is not None], grads, strict=True):
+        p.grad = g  # coalesced: each row once, so the norm below is the gradient's
+    total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g._values() if g.is_sparse else g)
+                                                  for g in grads]))
+    scale = (max_norm / (total + 1e-6)).clamp(max=1.0)
+    for g in grads:
+        (g._values() if g.is_sparse else g).mul_(scale)
+    return total
 
 
 def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float) -> float:
