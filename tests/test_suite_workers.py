@@ -49,7 +49,11 @@ def worker(real_data_flow_root):
         yield {"deployment_id": deployment_id, "log": real_data_flow_root / "worker.log", "process": process}
     finally:
         os.killpg(process.pid, signal.SIGTERM)
-        process.wait(60)
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:  # seen once: Prefect's worker stuck in its graceful shutdown, runs all done
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(30)
         log.close()
 
 
