@@ -46,8 +46,8 @@ class TrackingCallback:
     by the evaluate task as `eval_<metric>`.
 
     Neither may slow training down. Every step's metrics keep their own step and time, but reach the store in
-    one batch every `FLUSH_SECONDS` (and at each evaluation and at the end): one call instead of one per log
-    event. The call is made on the training thread on purpose: MLflow's background sender takes its CPU from the
+    one batch every `FLUSH_SECONDS`, at each evaluation and when `fine_tune` ends (also on failure): one call
+    instead of one per log event. The call is made on the training thread on purpose: MLflow's background sender takes its CPU from the
     training threads anyway when they use every core, and it did not pay when measured (docs/benchmarks.md).
     The progress artifact, a call to the Prefect API, is updated at most every `FLUSH_SECONDS` too.
     """
@@ -74,9 +74,6 @@ class TrackingCallback:
 
     def on_evaluate(self, step: int, metrics: dict[str, float]) -> None:
         self._add("dev_curve", step, metrics)
-        self.flush()
-
-    def on_train_end(self, result) -> None:
         self.flush()
 
     def flush(self) -> None:

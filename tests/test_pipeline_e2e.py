@@ -104,7 +104,7 @@ def check_run(summary: dict, task: str, budget: dict, floors: dict[str, float], 
     assert run.data.metrics[f"eval_{primary}"] == pytest.approx(summary["score"])
     assert {"train/loss", "train/lr", "train/examples_per_second", f"dev_curve/{primary}",
             "train_seconds"} <= set(run.data.metrics)
-    # Per-step metrics are sent in the background: every step of history.json must be in the store by the end.
+    # Per-step metrics are sent in batches: every step of history.json must be in the store by the end.
     history = json.loads(Path(client.download_artifacts(run.info.run_id, "history.json")).read_text())
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == \
         [h["step"] for h in history if "loss" in h]

@@ -77,12 +77,13 @@ def build_optimizer(model: nn.Module, learning_rate: float, weight_decay: float,
 
 def clip_gradients(model: nn.Module, max_norm: float) -> torch.Tensor:
     """``clip_grad_norm_`` over all gradients, sparse ones included (which torch's does not take); the norm."""
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    if not any(g.is_sparse for g in grads):
-        return torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-    grads = [g.coalesce() if g.is_sparse else g for g in grads]
-    for p, g in zip([p for p in model.parameters() if p.grad is not None], grads, strict=True):
-        p.grad = g  # coalesced: each row once, so the norm below is the gradient's
+    params = [p for p in model.parameters() if p.grad is not None]
+    if not any(p.grad.is_sparse for p in params):
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+    for p in params:
+        if p.grad.is_sparse:
+            p.grad = p.grad.coalesce()  # each row once, so the norm below is the gradient's
+    grads = [p.grad for p in params]
     total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g._values() if g.is_sparse else g)
                                                   for g in grads]))
     scale = (max_norm / (total + 1e-6)).clamp(max=1.0)
