@@ -21,7 +21,8 @@ Printed per run: train examples/s, real (non-pad) tokens/s, the share of process
 padding, peak RSS, dev accuracy and model FLOP utilisation (MFU): training FLOPs of the real tokens,
 6 * (non-embedding params) * tokens + 12 * layers * hidden * tokens * length (attention), per second,
 over the peak of a 2048x2048 matmul in the precision the run used (bf16 or fp32), measured here with the
-same threads. HFU counts the padded tokens too.
+same threads. HFU counts the padded tokens too. Both count the whole model; ours skips the last layer's
+positions other than [CLS] (``SequenceClassifier.cls_only``), so part of its MFU is work not done.
 With --repeats R the runs are interleaved (a, b, c, a, b, c, ...) and the median is reported (best in
 brackets). The last line is ``ratio_vs_tuned=X ratio_vs_default=Y acc_delta=Z mfu=M``: (c)/(b) and (c)/(a)
 in examples/s, (c)'s dev accuracy minus (b)'s in points, and (c)'s MFU in percent.
@@ -326,7 +327,8 @@ def main() -> None:
               f"{100 * useful / seconds / peak:>7.1f}{100 * hardware / seconds / peak:>7.1f}"
               f"{100 * statistics.median(r['cpu_util'] for r in runs):>7.0f}")
     print("MFU: training FLOPs of the real tokens per second / measured matmul peak of the run's precision; HFU: of "
-          "the padded tokens. "
+          "the padded tokens. Both count the whole model's FLOPs; ours computes the last layer for [CLS] alone (all "
+          "its head reads), so up to a seventh of the count (most of 1 layer in 6) is work it skips, not work done faster. "
           "CPU %: process CPU time in the timed loop / (wall time x threads); well under 100 means the cores were shared.")
     for which, runs in results.items():
         print(f"  {RUNS[which]}: threads in training {runs[0]['threads']}, optimizer {runs[0]['optimizer']}, "

@@ -17,6 +17,8 @@ backward, clipping at 1.0, fused AdamW with weight decay on matrices, zero_grad)
                       rows only (not the same math as dense AdamW).
 - ``no-attention-dropout``  eager without dropout on the attention probabilities (another recipe): what SDPA's
                       math path, which CPU SDPA takes whenever dropout is on, costs against its fused kernel.
+- ``full-last-layer`` eager with the encoder's last layer computed for every token (``SequenceClassifier.cls_only =
+                      False``), as before the classifier asked for its [CLS] position alone: the same math.
 - ``frozen-words``    eager, with the 30522 x H word embedding frozen: no gradient, no AdamW update (a different
                       recipe: what a row-sparse or lazy update could save at most).
 
@@ -84,6 +86,8 @@ def run_variant(variant: str, data, args) -> dict:
     from bert_core.training.optim import build_optimizer, clip_gradients
 
     model = fresh_model()
+    if name == "full-last-layer":
+        model.cls_only = False
     if name == "frozen-words":
         model.bert.embeddings.word_embeddings.weight.requires_grad_(False)
     if name == "no-attention-dropout":  # SDPA may take a fused kernel instead of its math path

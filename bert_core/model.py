@@ -51,22 +51,32 @@ class SelfAttention(nn.Module):
         self.out = nn.Linear(config.hidden_size, config.hidden_size)
         self.attn_dropout = config.attention_probs_dropout_prob
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """x (B, T, H), mask (B, 1, 1, T) bool, True = attend -> (B, T, H)."""
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, cls_only: bool = False) -> torch.Tensor:
+        """x (B, T, H), mask (B, 1, 1, T) bool, True = attend -> (B, T, H); (B, 1, H) with ``cls_only``: the
+        [CLS] query alone against every key and value."""
         B, T, H = x.shape
-        q, k, v = self.qkv(x).split(H, dim=-1)  # 3 x (B, T, H)
-        q, k, v = (t.view(B, T, self.num_heads, H // self.num_heads).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hd)
+        if cls_only:
+            # The fused weight's rows are [query; key; value]: project the [CLS] position to a query, every position
+            # to keys and values, and skip the other T - 1 queries.
+            w, b = self.qkv.weight, self.qkv.bias
+            q = F.linear(x[:, :1], w[:H], b[:H])  # (B, 1, H)
+            k, v = F.linear(x, w[H:], b[H:]).split(H, dim=-1)  # 2 x (B, T, H)
+        else:
+            q, k, v = self.qkv(x).split(H, dim=-1)  # 3 x (B, T, H)
+        Tq = q.shape[1]
+        q = q.view(B, Tq, self.num_heads, H // self.num_heads).transpose(1, 2)  # (B, nh, Tq, hd)
+        k, v = (t.view(B, T, self.num_heads, H // self.num_heads).transpose(1, 2) for t in (k, v))  # (B, nh, T, hd)
         dropout_p = self.attn_dropout if self.training else 0.0
         if dropout_p and x.device.type == "cpu" and torch.is_grad_enabled() \
-                and B * self.num_heads * T * T > RECOMPUTE_ATTENTION_ABOVE:
+                and B * self.num_heads * Tq * T > RECOMPUTE_ATTENTION_ABOVE:
             # With dropout, CPU SDPA takes its math path (GPU kernels fuse dropout) and keeps the (B, nh, T, T)
             # scores, probabilities and mask of every layer for backward: 4.4 GB of a 6.4 GB peak at B=32, T=384
             # (SQuAD). Recompute them in backward instead, the same dropout mask included (RNG state replayed).
             y = checkpoint(F.scaled_dot_product_attention, q, k, v, attn_mask=mask, dropout_p=dropout_p,
                            use_reentrant=False)
         else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)  # (B, nh, T, hd)
-        y = y.transpose(1, 2).reshape(B, T, H)  # (B, T, H)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)  # (B, nh, Tq, hd)
+        y = y.transpose(1, 2).reshape(B, Tq, H)  # (B, Tq, H)
         return self.out(y)
 
 
@@ -99,9 +109,10 @@ class Layer(nn.Module):
         self.ffn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """(B, T, H) -> (B, T, H)."""
-        x = self.attention_norm(x + self.dropout(self.attention(x, mask)))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, cls_only: bool = False) -> torch.Tensor:
+        """(B, T, H) -> (B, T, H); (B, 1, H), the [CLS] position alone, with ``cls_only``."""
+        residual = x[:, :1] if cls_only else x
+        x = self.attention_norm(residual + self.dropout(self.attention(x, mask, cls_only)))
         return self.ffn_norm(x + self.dropout(self.ffn(x)))
 
 
@@ -118,7 +129,12 @@ class Pooler(nn.Module):
 
 
 class BertEncoder(nn.Module):
-    """Embeddings, N layers and the pooler. Returns ``(sequence_output (B, T, H), pooled_output (B, H))``."""
+    """Embeddings, N layers and the pooler. Returns ``(sequence_output (B, T, H), pooled_output (B, H))``.
+
+    With ``cls_only=True`` the last layer computes the [CLS] position alone (its query, feed-forward and norms;
+    keys and values still come from every token), so ``sequence_output`` is (B, 1, H) and ``pooled_output`` is
+    the same as without it: for heads that read [CLS] only, one layer's work in six saved on MiniLM-L6.
+    """
 
     def __init__(self, config: BertConfig):
         super().__init__()
@@ -144,6 +160,7 @@ class BertEncoder(nn.Module):
         input_ids: torch.Tensor,
         token_type_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        cls_only: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """input_ids, token_type_ids, attention_mask: (B, T); mask 1 = real token, 0 = padding."""
         if token_type_ids is None:
@@ -159,6 +176,7 @@ class BertEncoder(nn.Module):
         if attention_mask is not None and (torch.compiler.is_compiling() or not bool(attention_mask.all())):
             mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T), broadcast over heads and queries
         x = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
-        for layer in self.layers:
-            x = layer(x, mask)
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            x = layer(x, mask, cls_only=cls_only and i == last)
         return x, self.pooler(x)

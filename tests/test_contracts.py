@@ -160,3 +160,36 @@ def test_recomputed_attention_gives_the_same_loss_and_gradients(monkeypatch):
     for name, grad in kept.items():
         assert torch.equal(grad, recomputed[name]), name
     assert loss_and_grads(float("inf"), dropout_seed=2)[0] != kept_loss  # dropout acts: the replay matters
+
+
+@pytest.mark.parametrize("family_name, labels, target", [
+    ("pair_classification", ["no", "maybe", "yes"], torch.tensor([0, 2, 1, 1])),
+    ("pair_regression", None, torch.tensor([0.5, 4.0, 2.5, 1.0])),
+])
+def test_the_cls_only_last_layer_gives_the_full_layers_logits_and_gradients(family_name, labels, target):
+    """[CLS] heads run the encoder's last layer for the [CLS] position alone (``SequenceClassifier.cls_only``):
+    the same logits, loss and gradients as the whole layer, with padding and segment ids in the batch."""
+    torch.manual_seed(0)
+    config = BertConfig(**{**TINY, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0})
+    model = get_family(family_name).build_model(BertEncoder(config), labels).train()
+    ids = torch.randint(5, len(VOCAB), (4, 11))
+    mask = torch.ones_like(ids)
+    mask[1, 7:] = 0
+    segments = torch.zeros_like(ids)
+    segments[:, 5:] = 1
+
+    def run(cls_only):
+        model.cls_only = cls_only
+        model.zero_grad()
+        out = model(ids, segments, mask, labels=target)
+        out.loss.backward()
+        return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    (short, short_grads), (full, full_grads) = run(True), run(False)
+    torch.testing.assert_close(short.logits, full.logits, rtol=1e-5, atol=1e-6)
+    assert short.loss.item() == pytest.approx(full.loss.item(), rel=1e-5)
+    assert short_grads.keys() == full_grads.keys()
+    for name, grad in full_grads.items():
+        torch.testing.assert_close(short_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+    sequence, _ = model.bert(ids, segments, mask, cls_only=True)
+    assert sequence.shape == (4, 1, TINY["hidden_size"])  # the last layer computed one position

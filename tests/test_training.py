@@ -269,3 +269,18 @@ def test_sparse_embedding_update_learns_and_resumes_exactly(tmp_path, tiny):
     a, b = final_weights(whole), final_weights(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert run(tmp_path, tiny, "long", epochs=10, embedding_update="sparse").best_metric >= 0.9  # as dense learns it
+
+
+@pytest.mark.parametrize("group_by_length", [True, False])
+def test_each_epoch_starts_with_its_longest_batch_and_covers_every_row_once(group_by_length):
+    """The first step needs the largest activations (an out-of-memory shows at step 1; later batches fit in the
+    memory it freed); the rest of the order stays the seeded one."""
+    from bert_core.training.batching import step_batches
+
+    lengths = [random.Random(i).randint(3, 120) for i in range(1000)]
+    for epoch in range(3):
+        batches = step_batches(lengths, 32, 7, epoch, group_by_length)
+        assert sorted(i for b in batches for i in b) == list(range(1000))
+        assert max(lengths[i] for i in batches[0]) == max(lengths)
+        assert batches == step_batches(lengths, 32, 7, epoch, group_by_length)  # seeded: a resume replays it
+    assert step_batches(lengths, 32, 7, 0, group_by_length)[1:] != step_batches(lengths, 32, 7, 1, group_by_length)[1:]

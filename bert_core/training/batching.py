@@ -15,7 +15,13 @@ POOL_BATCHES = 50
 
 
 def step_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, group_by_length: bool) -> list[list[int]]:
-    """Index lists, one per optimizer step, for one epoch. The last incomplete batch is kept."""
+    """Index lists, one per optimizer step, for one epoch. The last incomplete batch is kept.
+
+    The batch holding the epoch's longest row goes first: the first step then needs the largest activations, so
+    an out-of-memory shows at step 1, and every later batch fits in memory an earlier one freed (with lengths
+    growing over the epoch glibc's heap keeps each size: peak RSS while training 2,000 SST-2 rows 1617 MB vs
+    1432 MB longest first, docs/benchmarks.md), as the Hugging Face Trainer's length-grouped sampler does.
+    """
     order = list(range(len(lengths)))
     rng = random.Random(f"{seed}:{epoch}")
     rng.shuffle(order)
@@ -26,6 +32,8 @@ def step_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, gro
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     if group_by_length:
         rng.shuffle(batches)  # so the longest batches don't all come first in each pool
+    longest = max(range(len(batches)), key=lambda b: max(lengths[i] for i in batches[b]), default=0)
+    batches[0], batches[longest] = batches[longest], batches[0]
     return batches
 
 

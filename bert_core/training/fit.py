@@ -291,13 +291,13 @@ def _loop(run: Run, state: TrainState, callbacks, writer: CheckpointWriter) -> b
                 window_seconds += now - window_start
                 stopped_early = evaluate(run, state, callbacks)
                 window_start = time.perf_counter()
-            if d.is_main and (_checkpoint_due(cfg, state.step, last_checkpoint) or state.step == run.total_steps
-                              or stopped_early):
-                path = writer.save(state.step, run.model, run.optimizer, dataclasses.asdict(state))
+            last = state.step >= run.total_steps or stopped_early
+            if d.is_main and (_checkpoint_due(cfg, state.step, last_checkpoint) or last):
+                path = writer.save(state.step, run.model, run.optimizer, dataclasses.asdict(state), last=last)
                 last_checkpoint = time.monotonic()
                 _notify(callbacks, "on_checkpoint", state.step, path)
             distributed.barrier(d)
-            if state.step >= run.total_steps or stopped_early:
+            if last:
                 break
     bar.close()
     return stopped_early

@@ -4,7 +4,8 @@ A checkpoint is a folder ``step-000120/`` holding the model and optimizer state,
 ``state.json`` (step, best metric, history). It is written as ``step-000120.tmp/`` and renamed when
 complete, so a process killed mid-write leaves only a ``.tmp`` folder, which is never loaded.
 ``CheckpointWriter`` writes them on a background thread from a copy taken at the step, so a step waits
-for a copy in memory, not for 260 MB to reach the disk.
+for a copy in memory, not for 260 MB to reach the disk; a run's last checkpoint, with no step after it, is
+written at once without the copy.
 """
 
 from __future__ import annotations
@@ -30,12 +31,17 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def snapshot(step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> dict:
-    """Copies of everything a checkpoint holds, taken now: training can go on changing the originals while
-    the copies are written."""
-    return {"step": step,
-            "model": {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()},
-            "trainer": {"optimizer": copy.deepcopy(optimizer.state_dict()), "torch_rng": torch.get_rng_state()},
+def snapshot(step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict,
+             copy_tensors: bool = True) -> dict:
+    """Everything a checkpoint holds, taken now: copies, so training can go on changing the originals while they
+    are written; or, with ``copy_tensors=False``, the live tensors, for a write that ends before they change."""
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    optimizer_state = optimizer.state_dict()
+    if copy_tensors:
+        weights = {k: v.clone() for k, v in weights.items()}
+        optimizer_state = copy.deepcopy(optimizer_state)
+    return {"step": step, "model": weights,
+            "trainer": {"optimizer": optimizer_state, "torch_rng": torch.get_rng_state()},
             "state": json.loads(json.dumps({**state, "step": step}))}
 
 
@@ -78,9 +84,15 @@ class CheckpointWriter:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
-    def save(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> Path:
-        """Start writing a checkpoint of now; returns the folder it will have once complete."""
+    def save(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict,
+             last: bool = False) -> Path:
+        """Start writing a checkpoint of now; returns the folder it will have once complete. The ``last`` one of a
+        run is written now, from the live tensors: no training follows, and its copy (the model and the AdamW
+        moments, 270 MB for MiniLM) was a run's peak RSS."""
         self.wait()
+        if last:
+            return write_checkpoint(self.folder, snapshot(step, model, optimizer, state, copy_tensors=False),
+                                    self.keep)
         taken = snapshot(step, model, optimizer, state)
         self._thread = threading.Thread(target=self._write, args=(taken,), name=f"checkpoint-{step}", daemon=True)
         self._thread.start()
