@@ -188,36 +188,34 @@ def test_unset_threads_default_to_the_free_cores_unless_omp_num_threads_says(mon
     assert threads.default_threads() == 3
 
 
-def test_a_checkpoint_written_in_the_background_holds_the_step_it_was_taken_at(tmp_path):
-    from bert_core.training.state import CheckpointWriter, load_checkpoint
+def test_a_checkpoint_restores_weights_optimizer_and_state_and_keeps_the_newest(tmp_path):
+    from bert_core.training.state import load_checkpoint, save_checkpoint
 
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 3)
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
-    model(torch.randn(2, 4)).sum().backward()
-    optimizer.step()
-    taken = {k: v.clone() for k, v in model.state_dict().items()}
-    writer = CheckpointWriter(tmp_path / "ckpt", keep=2)
-    path = writer.save(7, model, optimizer, {"best": 0.5, "history": []})
-    with torch.no_grad():  # training goes on while the write is in flight
-        model.weight.add_(1.0)
-    writer.close()
+    for step in (5, 6, 7):
+        model(torch.randn(2, 4)).sum().backward()
+        optimizer.step()
+        path = save_checkpoint(tmp_path / "ckpt", step, model, optimizer, {"best": 0.5, "history": []}, keep=2)
+    assert [p.name for p in list_checkpoints(tmp_path / "ckpt")] == ["step-000006", "step-000007"]
     restored = torch.nn.Linear(4, 3)
-    state = load_checkpoint(path, restored, torch.optim.AdamW(restored.parameters(), lr=0.1))
+    restored_optimizer = torch.optim.AdamW(restored.parameters(), lr=0.1)
+    state = load_checkpoint(path, restored, restored_optimizer)
     assert state["step"] == 7 and state["best"] == 0.5
-    assert all(torch.equal(restored.state_dict()[k], v) for k, v in taken.items())
+    assert all(torch.equal(restored.state_dict()[k], v) for k, v in model.state_dict().items())
+    assert torch.equal(restored_optimizer.state_dict()["state"][0]["exp_avg"], optimizer.state_dict()["state"][0]["exp_avg"])
 
 
-def test_a_failed_background_write_is_raised_on_the_training_thread(tmp_path):
-    from bert_core.training.state import CheckpointWriter
+def test_a_failed_checkpoint_write_is_raised_and_leaves_no_checkpoint(tmp_path):
+    from bert_core.training.state import save_checkpoint
 
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the checkpoint folder should go")
     model = torch.nn.Linear(2, 2)
-    writer = CheckpointWriter(blocker, keep=1)
-    writer.save(1, model, torch.optim.AdamW(model.parameters()), {})
     with pytest.raises(OSError):
-        writer.close()
+        save_checkpoint(blocker, 1, model, torch.optim.AdamW(model.parameters()), {}, keep=1)
+    assert list_checkpoints(blocker) == []
 
 
 def test_sparse_embedding_update_moves_only_the_batch_rows_as_adamw_would(tiny_no_dropout):

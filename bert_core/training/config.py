@@ -40,7 +40,7 @@ class TrainConfig(BaseModel):
         None, ge=1, description="Save a resumable checkpoint every N optimizer steps; None = by time only.")
     checkpoint_minutes: float | None = Field(
         10.0, gt=0, description="Save a resumable checkpoint when this many minutes have passed since the last one; "
-        "None = by steps only. Checkpoints are written in the background, and the last step always gets one.")
+        "None = by steps only. The last step always gets one.")
     keep_checkpoints: int = Field(2, ge=1, description="How many of the newest resumable checkpoints to keep.")
     group_by_length: bool = Field(True, description="Batch examples of similar length together (less padding).")
     log_every: int = Field(10, ge=1, description="Report loss, learning rate and throughput every N steps.")

@@ -43,7 +43,7 @@ from bert_core.training.features import (
     features_fingerprint,
 )
 from bert_core.training.optim import build_optimizer, clip_gradients, lr_at, set_lr
-from bert_core.training.state import CheckpointWriter, list_checkpoints, load_checkpoint
+from bert_core.training.state import list_checkpoints, load_checkpoint, save_checkpoint
 from bert_core.training.threads import default_threads
 
 # TrainConfig fields that may change between an interrupted run and its resumption.
@@ -247,18 +247,6 @@ def _check_resumable(checkpoint: Path, resume_key: dict) -> None:
 def train(run: Run, state: TrainState, callbacks) -> bool:
     """Steps from ``state.step`` to the end, with log events, evaluations and checkpoints at their cadence;
     returns whether early stopping ended it."""
-    writer = CheckpointWriter(run.output_dir / "checkpoints", run.cfg.keep_checkpoints)
-    try:
-        stopped_early = _loop(run, state, callbacks, writer)
-    except BaseException:
-        with contextlib.suppress(Exception):  # a checkpoint being written still reaches the disk
-            writer.close()
-        raise
-    writer.close()
-    return stopped_early
-
-
-def _loop(run: Run, state: TrainState, callbacks, writer: CheckpointWriter) -> bool:
     cfg, d = run.cfg, run.dist
     bar = tqdm(total=run.total_steps, initial=state.step, desc=f"fine-tune {run.spec.name}", unit="step",
                disable=not (d.is_main and cfg.progress_bar), dynamic_ncols=True)
@@ -293,7 +281,8 @@ def _loop(run: Run, state: TrainState, callbacks, writer: CheckpointWriter) -> b
                 window_start = time.perf_counter()
             last = state.step >= run.total_steps or stopped_early
             if d.is_main and (_checkpoint_due(cfg, state.step, last_checkpoint) or last):
-                path = writer.save(state.step, run.model, run.optimizer, dataclasses.asdict(state), last=last)
+                path = save_checkpoint(run.output_dir / "checkpoints", state.step, run.model, run.optimizer,
+                                       dataclasses.asdict(state), cfg.keep_checkpoints)
                 last_checkpoint = time.monotonic()
                 _notify(callbacks, "on_checkpoint", state.step, path)
             distributed.barrier(d)
