@@ -23,6 +23,9 @@ padding, peak RSS, dev accuracy and model FLOP utilisation (MFU): training FLOPs
 over the peak of a 2048x2048 matmul in the precision the run used (bf16 or fp32), measured here with the
 same threads. HFU counts the padded tokens too. Both count the whole model; ours skips the last layer's
 positions other than [CLS] (``SequenceClassifier.cls_only``), so part of its MFU is work not done.
+Every side runs with this process's malloc: prefix the command with
+``LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4`` for tcmalloc on every side (what ``bertflow``
+itself picks when the system has it, ``bert_core/allocator.py``); the header says which.
 With --repeats R the runs are interleaved (a, b, c, a, b, c, ...) and the median is reported (best in
 brackets). The last line is ``ratio_vs_tuned=X ratio_vs_default=Y acc_delta=Z mfu=M``: (c)/(b) and (c)/(a)
 in examples/s, (c)'s dev accuracy minus (b)'s in points, and (c)'s MFU in percent.
@@ -283,7 +286,8 @@ def main() -> None:
     peaks = {"bf16": matmul_peak(args.threads), "fp32": matmul_peak(args.threads, torch.float32)}
     shape = model_shape()
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, threads {args.threads}, "
-          f"cpu capability {torch.backends.cpu.get_cpu_capability()}")
+          f"cpu capability {torch.backends.cpu.get_cpu_capability()}, malloc for every side: "
+          f"{os.environ.get('LD_PRELOAD') or 'the system one (glibc)'}")
     print(f"SST-2 first {args.train_rows} train rows, 872 dev rows; batch {args.batch_size}, lr {args.learning_rate}, "
           f"epochs {args.epochs}, seed {args.seed}, warmup {args.warmup_ratio}, weight decay {args.weight_decay}; ours' "
           f"embedding update {args.embedding_update}")

@@ -25,6 +25,14 @@ import typing
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # the command line, not a call from Python: first a faster malloc, when the system has one
+        from bert_core.allocator import start_again_with_faster_malloc
+
+        try:
+            start_again_with_faster_malloc()
+        except ValueError as err:  # BERTFLOW_MALLOC names no library
+            print(f"bertflow: error: {err}", file=sys.stderr)
+            return 2
     args = _parser().parse_args(argv)
     try:
         return args.command(args) or 0
