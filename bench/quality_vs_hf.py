@@ -51,7 +51,6 @@ from __future__ import annotations
 import argparse
 import collections
 import datetime
-import importlib
 import json
 import math
 import os
@@ -148,7 +147,7 @@ def capture_tagging_scores(spec, store: list[dict]) -> None:
     Why: bert_core scores IOB1 NER in seqeval's strict IOB1 mode (since commit f960979), while evaluate's
     seqeval metric, which run_ner uses, is seqeval's default (conlleval) mode: scoring both sides' tags
     with one function keeps the comparison about the models. Patches this child process only."""
-    fit_module = importlib.import_module("bert_core.training.fit")  # the package's `fit` hides the module
+    from bert_core.training import recipe as fit_module
 
     original = fit_module.evaluate_and_tune
 

@@ -30,8 +30,8 @@ from bert_core.training.batching import make_batch, step_batches
 from bert_core.training.config import TrainConfig
 from bert_core.training.evaluate import CPU, autocast
 from bert_core.training.features import check_fits_checkpoint, feature_settings
-from bert_core.training.fit import seed_everything
 from bert_core.training.optim import build_optimizer, clip_gradients
+from bert_core.training.recipe import seed_everything
 from bert_core.training.threads import default_threads
 
 TIMED_STEPS = 3  # each after an untimed step on the same batch

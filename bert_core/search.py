@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from bert_core.home import bertflow_home
 from bert_core.training import TrainConfig
-from bert_core.training.fit import RESUME_INDIFFERENT
+from bert_core.training.recipe import RESUME_INDIFFERENT
 
 HEARTBEAT_SECONDS = 30  # a sweep marks its running trials alive this often
 GRACE_SECONDS = 120  # a running trial unheard of for this long belongs to a sweep that died

@@ -40,7 +40,7 @@ from bert_core.home import runs_root
 from bert_core.loading import ENV_DATA_DIR
 from bert_core.spec import TaskSpec
 from bert_core.training import TrainConfig
-from bert_core.training.fit import RESUME_INDIFFERENT
+from bert_core.training.recipe import RESUME_INDIFFERENT
 from flows.params import FinetuneParams
 
 RECORD = "run.json"

@@ -57,3 +57,16 @@ def test_the_command_starts_again_with_the_library_mapped_or_goes_on_without_one
         assert out.splitlines() == ["start ['a', 'b c']", "mapped False"]
     else:
         assert out.splitlines() == ["start ['a', 'b c']", "start ['a', 'b c']", "mapped True"], library
+
+
+def test_the_training_entry_point_chooses_the_malloc_before_torch_is_imported():
+    """`python -m bert_core.training` imports bert_core and bert_core.training before its __main__ starts again:
+    both import their names lazily, so torch (and its own malloc use) is not loaded twice; the lazy names are
+    the real objects, `fit` the function even after its module was imported first."""
+    code = ("import sys, bert_core, bert_core.training, bert_core.allocator; "
+            "print('torch' in sys.modules); "
+            "import bert_core.training.recipe; from bert_core.training import fit, TrainConfig; "
+            "from bert_core import get_family, load_pretrained; "
+            "print(fit is bert_core.training.recipe.fit, TrainConfig.__name__, callable(get_family))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines() == ["False", "True TrainConfig True"]

@@ -1,18 +1,32 @@
-"""Fine-tuning engine: ``TrainConfig``, ``fit`` (the recipe), evaluation, one-call ``finetune``."""
+"""Fine-tuning engine: ``TrainConfig``, ``fit`` (the recipe), evaluation, one-call ``finetune``.
 
-from bert_core.training.config import TrainConfig
-from bert_core.training.evaluate import evaluate_and_tune, evaluate_features, predict_logits
-from bert_core.training.features import (
-    build_split_features,
-    feature_settings,
-    features_fingerprint,
-    rows_name,
-)
-from bert_core.training.fit import Callback, FitResult, TrainingDiverged, fit
-from bert_core.training.run import evaluate_model_dir, finetune
+The names are imported on first use (PEP 562): ``python -m bert_core.training`` imports this package before its
+``__main__`` chooses the malloc, which must happen before torch is imported.
+"""
 
-__all__ = [
-    "Callback", "FitResult", "TrainConfig", "TrainingDiverged", "build_split_features", "evaluate_and_tune",
-    "evaluate_features", "evaluate_model_dir", "feature_settings", "features_fingerprint", "finetune", "fit",
-    "predict_logits", "rows_name",
-]
+import importlib
+
+_EXPORTS = {
+    "TrainConfig": "bert_core.training.config",
+    "evaluate_and_tune": "bert_core.training.evaluate", "evaluate_features": "bert_core.training.evaluate",
+    "predict_logits": "bert_core.training.evaluate",
+    "build_split_features": "bert_core.training.features", "feature_settings": "bert_core.training.features",
+    "features_fingerprint": "bert_core.training.features", "rows_name": "bert_core.training.features",
+    "Callback": "bert_core.training.recipe", "FitResult": "bert_core.training.recipe",
+    "TrainingDiverged": "bert_core.training.recipe", "fit": "bert_core.training.recipe",
+    "evaluate_model_dir": "bert_core.training.run", "finetune": "bert_core.training.run",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'bert_core.training' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

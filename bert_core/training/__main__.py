@@ -5,8 +5,8 @@ import sys
 from bert_core.allocator import start_again_with_faster_malloc
 
 try:
-    start_again_with_faster_malloc()  # tcmalloc or jemalloc when the system has one (the package import, torch
-    # included, runs twice: ~2.7 s once per training run)
+    start_again_with_faster_malloc()  # tcmalloc or jemalloc when the system has one; the packages import lazily,
+    # so torch is not yet imported here
 except ValueError as err:  # BERTFLOW_MALLOC names no library
     sys.exit(f"python -m bert_core.training: error: {err}")
 

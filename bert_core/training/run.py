@@ -18,7 +18,7 @@ from bert_core.spec import TaskSpec, load_spec
 from bert_core.training.config import TrainConfig
 from bert_core.training.evaluate import evaluate_features
 from bert_core.training.features import TASK_SETTINGS, build_split_features, feature_settings
-from bert_core.training.fit import FitResult, fit
+from bert_core.training.recipe import FitResult, fit
 
 
 def finetune(spec: TaskSpec | str, cfg: TrainConfig, output_dir: str | Path, *, pretrained=None, data_dir=None,
