@@ -19,6 +19,8 @@ backward, clipping at 1.0, fused AdamW with weight decay on matrices, zero_grad)
                       math path, which CPU SDPA takes whenever dropout is on, costs against its fused kernel.
 - ``full-last-layer`` eager with the encoder's last layer computed for every token (``SequenceClassifier.cls_only =
                       False``), as before the classifier asked for its [CLS] position alone: the same math.
+- ``bf16-weights``    the model itself in bf16, no autocast, and fused AdamW on fp32 master copies (grads cast up,
+                      weights cast back after each update): no per-op casts, bf16 element-wise kernels throughout.
 - ``frozen-words``    eager, with the 30522 x H word embedding frozen: no gradient, no AdamW update (a different
                       recipe: what a row-sparse or lazy update could save at most).
 
@@ -32,6 +34,7 @@ other random masks).
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import statistics
 import sys
@@ -93,12 +96,16 @@ def run_variant(variant: str, data, args) -> dict:
     if name == "no-attention-dropout":  # SDPA may take a fused kernel instead of its math path
         for layer in model.bert.layers:
             layer.attention.attn_dropout = 0.0
-    opt = build_optimizer(model, 2e-5, 0.01, "sparse" if name == "sparse-words" else "dense")
+    master = None
+    if name == "bf16-weights":  # the optimizer updates an fp32 copy; the model runs in bf16
+        master = copy.deepcopy(model)
+        model.to(torch.bfloat16)
+    opt = build_optimizer(master or model, 2e-5, 0.01, "sparse" if name == "sparse-words" else "dense")
     precision = args.precision
     dev = torch.device("cpu")
 
     def loss_of(m, batch):
-        with autocast(precision, dev):
+        with autocast(precision if master is None else "fp32", dev):
             logits = m(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"]).logits
         return F.cross_entropy(logits.float(), batch["labels"])
 
@@ -112,8 +119,17 @@ def run_variant(variant: str, data, args) -> dict:
         return loss.detach()
 
     def opt_step():
-        clip_gradients(model, 1.0)
+        if master is None:
+            clip_gradients(model, 1.0)
+            opt.step()
+            return
+        for p, m in zip(model.parameters(), master.parameters()):
+            m.grad = p.grad.float()
+        clip_gradients(master, 1.0)
         opt.step()
+        opt.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            torch._foreach_copy_(list(model.parameters()), list(master.parameters()))
 
     if name == "compile-step":
         fwd_bwd = torch.compile(fwd_bwd, dynamic=dynamic)
