@@ -45,7 +45,8 @@ def evaluate_model_dir(model_dir: str | Path, spec: TaskSpec, rows: list[dict], 
 
 
 def parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m bert_core.training", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("task", help="built-in task name or spec YAML path")
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--pretrained", default=None)
