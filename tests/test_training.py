@@ -158,6 +158,8 @@ def test_two_process_gloo_ddp_matches_one_process(tmp_path, tiny_no_dropout):
                "--pretrained", str(tiny_no_dropout), "--data-dir", str(tmp_path / "data"), "--config", config]
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
+        results = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{"best_metric"')]
+        assert len(results) == 1 and results[0]["eval_metrics"], proc.stdout  # rank 0's line alone
 
     launch(1, "one")
     launch(2, "two")

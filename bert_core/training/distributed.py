@@ -49,3 +49,11 @@ def broadcast_object(value, d: Dist):
 def barrier(d: Dist) -> None:
     if d.world_size > 1:
         dist.barrier()
+
+
+def leave() -> None:
+    """Destroy the process group before the process exits. Without it a rank that finishes first (rank 0 alone
+    evaluates and saves at the end) can abort at exit in gloo's threads ("terminate called without an active
+    exception"), and torchrun then fails the whole run."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

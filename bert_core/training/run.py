@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from bert_core.checkpoint import load_finetuned
 from bert_core.families import get_family
 from bert_core.loading import load_task_data
 from bert_core.spec import TaskSpec, load_spec
+from bert_core.training import distributed
 from bert_core.training.config import TrainConfig
 from bert_core.training.evaluate import evaluate_features
 from bert_core.training.features import TASK_SETTINGS, build_split_features, feature_settings
@@ -63,8 +65,11 @@ def main(argv: list[str] | None = None) -> None:
     overrides = {k: v for k, v in vars(args).items()
                  if k in TrainConfig.model_fields and v is not None}
     cfg = TrainConfig(**{**json.loads(args.config), **overrides})
-    result = finetune(args.task, cfg, args.output_dir, pretrained=args.pretrained, data_dir=args.data_dir)
-    if result.best_metric is not None:
+    try:
+        result = finetune(args.task, cfg, args.output_dir, pretrained=args.pretrained, data_dir=args.data_dir)
+    finally:
+        distributed.leave()
+    if result.best_metric is not None and os.environ.get("RANK", "0") == "0":  # one line per run, not per process
         print(json.dumps({"best_metric": result.best_metric, "primary_metric": result.primary_metric,
                           "eval_metrics": result.eval_metrics, "final_step": result.final_step,
                           "resumed_from_step": result.resumed_from_step}))
