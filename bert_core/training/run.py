@@ -68,10 +68,12 @@ def main(argv: list[str] | None = None) -> None:
     try:
         result = finetune(args.task, cfg, args.output_dir, pretrained=args.pretrained, data_dir=args.data_dir)
     finally:
-        distributed.leave()
+        in_group = distributed.leave()
     if result.best_metric is not None and os.environ.get("RANK", "0") == "0":  # one line per run, not per process
         print(json.dumps({"best_metric": result.best_metric, "primary_metric": result.primary_metric,
                           "eval_metrics": result.eval_metrics, "final_step": result.final_step,
                           "resumed_from_step": result.resumed_from_step}))
+    if in_group:
+        distributed.exit_now(0)
 
 
