@@ -1,10 +1,9 @@
 """Fine-tuning engine: ``TrainConfig``, ``fit`` (the recipe), evaluation, one-call ``finetune``.
 
-The names are imported on first use (PEP 562): ``python -m bert_core.training`` imports this package before its
-``__main__`` chooses the malloc, which must happen before torch is imported.
+The names are imported on first use, not with the package (``bert_core/lazy_exports.py`` says why).
 """
 
-import importlib
+from bert_core.lazy_exports import lazy_exports
 
 _EXPORTS = {
     "TrainConfig": "bert_core.training.config",
@@ -19,14 +18,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'bert_core.training' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
