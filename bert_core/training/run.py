@@ -65,10 +65,10 @@ def main(argv: list[str] | None = None) -> None:
     overrides = {k: v for k, v in vars(args).items()
                  if k in TrainConfig.model_fields and v is not None}
     cfg = TrainConfig(**{**json.loads(args.config), **overrides})
-    try:
-        result = finetune(args.task, cfg, args.output_dir, pretrained=args.pretrained, data_dir=args.data_dir)
-    finally:
-        in_group = distributed.leave()
+    result = finetune(args.task, cfg, args.output_dir, pretrained=args.pretrained, data_dir=args.data_dir)
+    # On success only: after an error, other ranks may still wait in a collective, and destroying the group then
+    # can hang (torchtitan#1342); torchrun ends them instead.
+    in_group = distributed.leave()
     if result.best_metric is not None and os.environ.get("RANK", "0") == "0":  # one line per run, not per process
         print(json.dumps({"best_metric": result.best_metric, "primary_metric": result.primary_metric,
                           "eval_metrics": result.eval_metrics, "final_step": result.final_step,
