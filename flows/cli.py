@@ -26,8 +26,11 @@ import typing
 
 def main(argv: list[str] | None = None) -> int:
     if argv is None:  # the command line, not a call from Python: first a faster malloc, when the system has one
+        # bert_core imports its names lazily, so this loads no torch before the process starts again
+        from bert_core.allocator import start_again_with_faster_malloc
+
         try:
-            _allocator().start_again_with_faster_malloc()
+            start_again_with_faster_malloc()
         except ValueError as err:  # BERTFLOW_MALLOC names no library
             print(f"bertflow: error: {err}", file=sys.stderr)
             return 2
@@ -41,19 +44,6 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"bertflow {args.name}: error: {err}", file=sys.stderr)
         return 1
-
-
-def _allocator():
-    """bert_core/allocator.py loaded by its path: ``import bert_core.allocator`` would first import the package,
-    torch included (2.5 s), only to start the process again."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "bert_core" / "allocator.py"
-    spec = importlib.util.spec_from_file_location("_bertflow_allocator", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _parser() -> argparse.ArgumentParser:
