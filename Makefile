@@ -30,6 +30,6 @@ test: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest -q -ra
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check bert_core tasks tracking flows tests bench
+	$(VENV)/bin/ruff check bert_core tasks tracking flows launcher tests bench
 
 .PHONY: install run test lint

@@ -7,7 +7,7 @@ the SQuAD train split carved out of dev-v1.1.json by the spec's title rule. Sett
 (max_seq_length 128 for SST-2; 384 with doc_stride 128 for SQuAD).
 
 For each task, timed separately (loading the rows and the tokenizer are not timed):
-  tokenize only   ``family.build_features`` (no cache): the work a cache hit saves;
+  tokenize only   ``family.features.build`` (no cache): the work a cache hit saves;
   first run       ``bert_core.feature_cache.cached_features`` into an empty temporary cache folder
                   (tokenize, write the Arrow entry, memory-map it back);
   cached run      the same call again: a hit, the memory-mapped ``datasets.Dataset``;
@@ -66,7 +66,7 @@ def bench_task(name: str, repeats: int) -> list[tuple[str, list[float], int]]:
     labels = data.label_names
 
     def build():
-        return family.build_features(rows, tokenizer, labels, settings)
+        return family.features.build(rows, tokenizer, labels, settings)
 
     times: dict[str, list[float]] = {}
     count = 0

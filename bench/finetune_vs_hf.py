@@ -25,7 +25,7 @@ same threads. HFU counts the padded tokens too. Both count the whole model; ours
 positions other than [CLS] (``SequenceClassifier.cls_only``), so part of its MFU is work not done.
 Every side runs with this process's malloc: prefix the command with
 ``LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4`` for tcmalloc on every side (what ``bertflow``
-itself picks when the system has it, ``bert_core/allocator.py``); the header says which.
+itself picks when the system has it, ``launcher/malloc.py``); the header says which.
 With --repeats R the runs are interleaved (a, b, c, a, b, c, ...) and the median is reported (best in
 brackets). The last line is ``ratio_vs_tuned=X ratio_vs_default=Y acc_delta=Z mfu=M``: (c)/(b) and (c)/(a)
 in examples/s, (c)'s dev accuracy minus (b)'s in points, and (c)'s MFU in percent.
@@ -75,7 +75,7 @@ def our_features(rows, label_names):
     from bert_core.tokenizer import BertTokenizer
 
     tokenizer = BertTokenizer.from_folder(resolve_source(None))
-    return get_family("single_classification").build_features(rows, tokenizer, label_names, {"max_seq_length": MAX_LENGTH})
+    return get_family("single_classification").features.build(rows, tokenizer, label_names, {"max_seq_length": MAX_LENGTH})
 
 
 def model_shape() -> dict:

@@ -107,7 +107,7 @@ def main() -> None:
 
     from bert_core.predict import Predictor
     from bert_core.training.batching import eval_batches, make_batch
-    from bert_core.training.evaluate import autocast, predict_logits
+    from bert_core.training.inference import autocast, predict_logits
 
     texts = sentences(args.rows)
     with tempfile.TemporaryDirectory(prefix="inference-bench-") as tmp:
@@ -116,7 +116,7 @@ def main() -> None:
         predictors = {b: Predictor(model_dir, batch_size=b, precision=args.precision) for b in (1, args.batch_size)}
         ours = predictors[1].model
         rows = [{"text_a": t} for t in texts]
-        features = predictors[1].family.build_features(rows, predictors[1].tokenizer, ["0", "1"], {"max_seq_length": 128})
+        features = predictors[1].family.features.build(rows, predictors[1].tokenizer, ["0", "1"], {"max_seq_length": 128})
         pad = predictors[1].tokenizer.pad_id
         pipe = transformers.pipeline("text-classification", model=peer, tokenizer=hf_tokenizer, device="cpu",
                                      truncation=True, max_length=128)

@@ -100,8 +100,8 @@ def run_trainer(args) -> dict:
     )
 
     from bert_core.checkpoint import resolve_source
+    from bert_core.families.classification import METRICS
     from bert_core.loading import load_task_data
-    from bert_core.metrics import METRICS
 
     transformers.logging.set_verbosity_error()
     spec, cfg = recipe(args)

@@ -9,7 +9,7 @@ with the model loaded:
                window length, random token ids; ours with attention recomputed in backward (the default for
                attention maps this large), ours without it, and transformers' SDPA model.
   eval         forward passes over every window of the carved SQuAD eval split (no grad), batched by length as
-               ``bert_core.training.evaluate.predict_logits`` does: longest first (ours' order), shortest first
+               ``bert_core.training.inference.predict_logits`` does: longest first (ours' order), shortest first
                (the order before), and transformers' model in our order.
 
 Precision as ``precision: auto`` picks it (bf16 autocast where the CPU has native bf16, else fp32) for all.
@@ -89,8 +89,8 @@ def eval_pass(case: str, batch_size: int, precision: str) -> dict:
     model, tokenizer = build_model("hf" if case.startswith("hf") else "ours")
     model.eval()
     rows = load_task_data(spec).splits["eval"]
-    features = family.build_features(rows, tokenizer, None, {"max_seq_length": spec.max_seq_length,
-                                                              **family.task_settings(spec)})
+    features = family.features.build(rows, tokenizer, None, {"max_seq_length": spec.max_seq_length,
+                                                              **family.rows.task_settings(spec)})
     lengths = [len(f["input_ids"]) for f in features]
     sign = 1 if case.endswith("shortest-first") else -1
     order = sorted(range(len(lengths)), key=lambda i: sign * lengths[i])

@@ -441,7 +441,7 @@ def agreement_with_ours(spec, folder, train_rows, label_names, max_len, hf_train
     from bert_core.tokenizer import BertTokenizer
 
     settings = {"max_seq_length": max_len, "doc_stride": spec.doc_stride, "max_answer_length": spec.max_answer_length}
-    ours = get_family(spec.family).build_features(train_rows, BertTokenizer.from_folder(folder), label_names,
+    ours = get_family(spec.family).features.build(train_rows, BertTokenizer.from_folder(folder), label_names,
                                                  {k: v for k, v in settings.items() if v is not None})
     keys = ["input_ids", "token_type_ids"] + (
         ["start_positions", "end_positions"] if spec.family == "extractive_qa" else ["labels"])

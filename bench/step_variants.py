@@ -62,7 +62,7 @@ def batches(n_steps: int, bucket: int):
     data = load_task_data(spec, root)
     rows = data.splits["train"].select(range(32 * n_steps)).to_list()
     tokenizer = BertTokenizer.from_folder(resolve_source(None))
-    feats = get_family("single_classification").build_features(rows, tokenizer, data.label_names, {"max_seq_length": 128})
+    feats = get_family("single_classification").features.build(rows, tokenizer, data.label_names, {"max_seq_length": 128})
     out = []
     for idx in step_batches([len(f["input_ids"]) for f in feats], 32, 42, 0, True):
         from bert_core.families.base import collate
@@ -85,7 +85,7 @@ def run_variant(variant: str, data, args) -> dict:
     """variant: a name, optionally ``-dynamic`` (compile with a symbolic length) and ``@N`` (the batches' bucket)."""
     name = variant.partition("@")[0].removesuffix("-dynamic")
     dynamic = variant.partition("@")[0].endswith("-dynamic") or None
-    from bert_core.training.evaluate import autocast
+    from bert_core.training.inference import autocast
     from bert_core.training.optim import build_optimizer, clip_gradients
 
     model = fresh_model()

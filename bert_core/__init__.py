@@ -3,19 +3,13 @@
 Stable public API: ``load_pretrained(source) -> (encoder, tokenizer)``, where
 ``encoder(input_ids, token_type_ids, attention_mask)`` returns ``(sequence_output, pooled_output)``
 like ``transformers.BertModel``; ``save_finetuned`` / ``load_finetuned``; the family registry.
-
-The names are imported on first use, not with the package (``bert_core/lazy_exports.py`` says why).
 """
 
-from bert_core.lazy_exports import lazy_exports
+from bert_core.checkpoint import load_finetuned, load_pretrained, save_finetuned
+from bert_core.config import BertConfig
+from bert_core.families import FAMILIES, get_family
+from bert_core.model import BertEncoder
+from bert_core.tokenizer import BertTokenizer, Encoding
 
-_EXPORTS = {
-    "load_finetuned": "bert_core.checkpoint", "load_pretrained": "bert_core.checkpoint",
-    "save_finetuned": "bert_core.checkpoint", "BertConfig": "bert_core.config",
-    "FAMILIES": "bert_core.families", "get_family": "bert_core.families", "BertEncoder": "bert_core.model",
-    "BertTokenizer": "bert_core.tokenizer", "Encoding": "bert_core.tokenizer",
-}
-
-__all__ = sorted(_EXPORTS)
-
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = ["FAMILIES", "BertConfig", "BertEncoder", "BertTokenizer", "Encoding", "get_family", "load_finetuned",
+           "load_pretrained", "save_finetuned"]

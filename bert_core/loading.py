@@ -132,7 +132,7 @@ def _load_local(spec: TaskSpec, root: Path, drop_bad_rows: bool, max_rows: dict 
 
     def rows_of(rel: str) -> list[dict]:
         rows = read(spec, rel, contents[rel], Problems(drop_bad_rows, dropped))
-        return get_family(spec.family).normalise(rows, local.label_map)
+        return get_family(spec.family).rows.normalise(rows, local.label_map, spec)
 
     carve = None
     if local.carve is not None:
@@ -251,7 +251,7 @@ def _hub_rows(spec: TaskSpec, ds: Dataset, where: str, dropped: list[str]) -> li
         rows.append(row)
     if unlabelled:
         dropped.append(f"{where}: skipped {unlabelled} rows with label -1 (no gold label)")
-    return get_family(spec.family).normalise(rows, spec.hub.label_map)
+    return get_family(spec.family).rows.normalise(rows, spec.hub.label_map, spec)
 
 
 def _class_label_namer(spec: TaskSpec, feature) -> Callable[[int], str] | None:
@@ -266,7 +266,7 @@ def _class_label_namer(spec: TaskSpec, feature) -> Callable[[int], str] | None:
 def _finish(spec, raw, origins, drop_bad_rows, max_rows, dropped) -> tuple[dict[str, Dataset], list[str] | None, list[str]]:
     """Validate every row of every split, then the whole data (the family's checks); (splits, labels, warnings)."""
     family = get_family(spec.family)
-    label_names = spec.labels if spec.labels is not None else family.infer_label_names(raw["train"])
+    label_names = spec.labels if spec.labels is not None else family.rows.infer_label_names(raw["train"])
     unknown = set(max_rows or {}) - set(raw)
     if unknown:
         raise ValueError(f"max_rows names unknown split(s) {sorted(unknown)}; splits: {list(raw)}")
@@ -281,8 +281,8 @@ def _finish(spec, raw, origins, drop_bad_rows, max_rows, dropped) -> tuple[dict[
             why = f" after dropping {len(dropped) - before} bad row(s)" if len(dropped) > before else ""
             raise DataError(f"{origins[split]}: split {split!r} is empty{why}; expected at least one row")
         validated[split] = good
-    warnings = family.check_data(spec, validated, label_names, origins)
-    features = family.arrow_features()
+    warnings = family.rows.check_data(spec, validated, label_names, origins)
+    features = family.rows.arrow_features()
     splits = {split: Dataset.from_dict({k: [row[k] for row in good] for k in features}, features=features)
               for split, good in validated.items()}
     return splits, label_names, warnings

@@ -1,15 +1,19 @@
 """Official evaluation metrics, as the benchmarks define them.
 
 - GLUE (Wang et al., 2018, "GLUE: A Multi-Task Benchmark and Analysis Platform for NLU"):
-  accuracy, Matthews correlation (CoLA), F1 of the positive class (MRPC, QQP),
+  accuracy, Matthews correlation (CoLA), F1 of the positive class (MRPC, QQP: ``positive_class_f1``),
   Pearson / Spearman correlation (STS-B). Thin wrappers over scikit-learn and scipy.
 - Multi-class: macro / micro / weighted F1, macro precision and recall (scikit-learn's definitions).
 - Tagging: token accuracy (POS) and entity-level precision / recall / F1: seqeval's strict mode for
   the task's tag scheme, or, with no scheme given, exactly as CoNLL's `conlleval.pl` (version
   2004-01-26) counts IOB tags, via seqeval's default (non-strict) mode.
-- Extractive QA: exact match and token F1 exactly as the official SQuAD v1.1 `evaluate-v1.1.py`; with
-  unanswerable questions, as SQuAD 2.0's `evaluate-v2.0.py` (EM/F1, HasAns_*/NoAns_*, best_* over no-answer
-  thresholds, whose search differs from the script's in three documented corner cases).
+- Extractive QA: exact match and token F1 (the overlap of answer words) exactly as the official SQuAD v1.1
+  `evaluate-v1.1.py`; with unanswerable questions, as SQuAD 2.0's `evaluate-v2.0.py` (EM/F1, HasAns_*/NoAns_*,
+  best_* over no-answer thresholds, whose search differs from the script's in three documented corner cases).
+
+Each metric has one name here. The names a spec uses are each family's (bert_core/families/): a spec's ``f1`` is
+``positive_class_f1`` in a classification spec and SQuAD's token F1 (the ``f1`` of ``squad_em_f1`` and
+``squad_v2``, named as the SQuAD scripts name it) in a QA spec.
 
 Every score is a fraction in [0, 1], never a percentage (conlleval and the SQuAD script print
 percentages; multiply by 100 to compare with them).
@@ -22,7 +26,7 @@ import math
 import re
 import string
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from scipy.stats import pearsonr, spearmanr
@@ -49,7 +53,7 @@ def matthews_corr(preds, labels, sample_weight=None) -> float:
     return float(matthews_corrcoef(labels, preds, sample_weight=sample_weight))
 
 
-def f1_binary(preds, labels, positive=1, sample_weight=None) -> float:
+def positive_class_f1(preds, labels, positive=1, sample_weight=None) -> float:
     """F1 of the `positive` class only (MRPC / QQP), not an average over classes."""
     return float(f1_score(labels, preds, pos_label=positive, average="binary", zero_division=0,
                           sample_weight=sample_weight))
@@ -89,24 +93,6 @@ def spearman(preds, labels) -> float:
     """Spearman rank correlation of real-valued scores (STS-B); ties get average ranks."""
     return float(spearmanr(preds, labels).statistic)
 
-
-# Spec metric name -> function(preds, labels) -> float, for the classification / regression family.
-# Tagging specs name "token_accuracy", "entity_f1", "entity_precision", "entity_recall" and QA specs
-# name "exact_match", "f1": those families compute them over whole sentences / question sets with
-# `token_accuracy`, `entity_prf` and `squad_em_f1` below, not through this table (note QA's "f1" is
-# SQuAD token F1, not the `f1_binary` registered here).
-METRICS: dict[str, Callable[..., float]] = {
-    "accuracy": accuracy,
-    "matthews_corr": matthews_corr,
-    "f1": f1_binary,
-    "f1_macro": f1_macro,
-    "f1_micro": f1_micro,
-    "f1_weighted": f1_weighted,
-    "precision_macro": precision_macro,
-    "recall_macro": recall_macro,
-    "pearson": pearson,
-    "spearman": spearman,
-}
 
 # ---------------------------------------------------------------- token tagging
 

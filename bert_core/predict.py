@@ -15,8 +15,8 @@ import torch
 
 from bert_core.checkpoint import load_finetuned
 from bert_core.families import get_family
-from bert_core.training.evaluate import predict_logits
 from bert_core.training.features import TASK_SETTINGS
+from bert_core.training.inference import predict_logits
 
 
 class Predictor:
@@ -33,9 +33,9 @@ class Predictor:
 
     def check_rows(self, rows: list[dict]) -> None:
         """Raise ValueError naming the row and field of the first malformed input (the fields the family's
-        served model takes, ``Family.request``), before any tokenization."""
+        served model takes, ``Family.rows.request``), before any tokenization."""
         for i, row in enumerate(rows):
-            for field in self.family.request:
+            for field in self.family.rows.request:
                 value = row.get(field)
                 if field == "tokens":
                     ok = isinstance(value, (list, tuple)) and value and all(isinstance(w, str) and w.strip() for w in value)
@@ -52,9 +52,9 @@ class Predictor:
         if not rows:
             return []
         self.check_rows(rows)
-        if "id" in self.family.fields:  # QA predictions come back keyed by it
+        if "id" in self.family.rows.fields:  # QA predictions come back keyed by it
             for i, row in enumerate(rows):
                 row.setdefault("id", str(i))
-        features = self.family.build_features(rows, self.tokenizer, self.label_names, self.settings)
+        features = self.family.features.build(rows, self.tokenizer, self.label_names, self.settings)
         logits = predict_logits(self.model, features, self.tokenizer.pad_id, self.batch_size, self.precision)
-        return self.family.postprocess(logits, features, rows, self.label_names, self.settings)
+        return self.family.predictions.postprocess(logits, features, rows, self.label_names, self.settings)

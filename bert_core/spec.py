@@ -28,7 +28,7 @@ from pydantic import (
 from bert_core.families import FAMILIES
 
 # The spec's `family`: a name in the family registry (bert_core/families), which says what else the spec
-# may hold (fields, metrics, formats, family-only fields) and checks it (`Family.check_spec`).
+# may hold (fields, metrics, formats, family-only fields) and checks it (`Family.rows.check_spec`).
 FamilyName = Literal[tuple(FAMILIES)]  # type: ignore[valid-type]
 
 # Carving by row index instead of by a field's value.
@@ -181,7 +181,24 @@ class TaskSpec(_Strict):
         False, description="token_tagging: rewrite a tag sequence that breaks tag_scheme into the scheme's own "
         "spelling of the same entities (each repair is reported), instead of failing on it."
     )
-    metrics: list[str] = Field(min_length=1, description="Metrics to report; the family says which (`Family.metrics`).")
+    label_separator: Literal[";", ",", "|"] | None = Field(
+        None, description="multi_label_classification: the character between a row's labels in its one `labels` "
+        "column, e.g. 'anger;joy' ('' = none of them). Null: the column holds a list (JSON, JSONL, parquet)."
+    )
+    label_columns: list[str] | None = Field(
+        None, description="multi_label_classification: one 0/1 column per label instead of a `labels` column, "
+        "named after its label, e.g. [anger, joy]; `labels` defaults to them, in this order."
+    )
+    thresholds: Literal["global", "per_label"] | None = Field(
+        None, description="multi_label_classification: the probability a label must pass to be predicted, tuned "
+        "on the eval split: one for all labels, or one per label; null: per_label when the eval split has enough "
+        "positive rows of every label, else global (bert_core/families/multi_label.py)."
+    )
+    pos_weight: bool = Field(
+        False, description="multi_label_classification: weigh each label's positive rows in the loss by its "
+        "negatives / positives in the training split, so rare labels count more."
+    )
+    metrics: list[str] = Field(min_length=1, description="Metrics to report; the family says which (`Predictions.metrics`).")
     primary_metric: str = Field(description="Metric for model selection; must be one of `metrics`.")
     max_seq_length: int = Field(128, gt=8, le=4096, description="Max tokens per feature, [CLS]/[SEP] included.")
     doc_stride: int | None = Field(None, gt=0, description="QA only: token overlap between context windows; default "
@@ -196,7 +213,7 @@ class TaskSpec(_Strict):
     def _metrics_fit_family(cls, metrics: list[str], info: ValidationInfo) -> list[str]:
         family = info.data.get("family")
         if family is not None:
-            allowed = FAMILIES[family].metrics
+            allowed = FAMILIES[family].predictions.metrics
             unknown = [m for m in metrics if m not in allowed]
             if unknown:
                 raise ValueError(f"{unknown} not allowed for family {family!r}; allowed: {list(allowed)}")
@@ -236,7 +253,7 @@ class TaskSpec(_Strict):
     def _columns_are_canonical(cls, columns: dict | None, info: ValidationInfo) -> dict | None:
         family = info.data.get("family")
         if columns is not None and family is not None:
-            fields = FAMILIES[family].fields
+            fields = FAMILIES[family].rows.fields
             unknown = [k for k in columns if k not in fields]
             if unknown:
                 raise ValueError(f"{unknown} are not fields of {family!r}; fields: {list(fields)}")
@@ -255,7 +272,7 @@ class TaskSpec(_Strict):
     def _labels_unique(cls, labels: list[str] | None, info: ValidationInfo) -> list[str] | None:
         family = info.data.get("family")
         if labels is not None:
-            if family is not None and not FAMILIES[family].has_label_names:
+            if family is not None and not FAMILIES[family].rows.has_label_names:
                 raise ValueError(f"{family} has no label names; remove `labels`")
             dupes = sorted({x for x in labels if labels.count(x) > 1})
             if dupes or not labels:
@@ -270,16 +287,16 @@ class TaskSpec(_Strict):
         if self.local is not None:
             self._check_local(self.local)
         if self.hub is not None:
-            unknown = [k for k in self.hub.columns or {} if k not in family.fields]
+            unknown = [k for k in self.hub.columns or {} if k not in family.rows.fields]
             if unknown:
                 raise ValueError(f"hub.columns: {unknown} are not fields of {self.family!r}")
         # A field one family reads, set on a spec of another: a mistake to name, not to ignore.
-        foreign = sorted({f for other in FAMILIES.values() for f in other.spec_fields
-                          if f not in family.spec_fields and getattr(self, f) not in (None, False)})
+        foreign = sorted({f for other in FAMILIES.values() for f in other.rows.spec_fields
+                          if f not in family.rows.spec_fields and getattr(self, f) not in (None, False)})
         if foreign:
-            owners = {f: [o.name for o in FAMILIES.values() if f in o.spec_fields] for f in foreign}
+            owners = {f: [o.name for o in FAMILIES.values() if f in o.rows.spec_fields] for f in foreign}
             raise ValueError("; ".join(f"{f} is for {' and '.join(who)}, not {self.family!r}" for f, who in owners.items()))
-        family.check_spec(self)
+        family.rows.check_spec(self)
         for name, bad in (("local.eval_extra", self.local and self.local.eval_extra),
                           ("hub.eval_extra", self.hub and self.hub.eval_extra)):
             if bad and {"train", "eval"} & set(bad):
@@ -294,16 +311,16 @@ class TaskSpec(_Strict):
     def _check_local(self, local: LocalSource) -> None:
         columns = self.columns or {}
         family = FAMILIES[self.family]
-        if local.format not in family.local_formats:
+        if local.format not in family.rows.local_formats:
             raise ValueError(f"local.format {local.format} cannot hold {self.family} rows; use one of "
-                             f"{list(family.local_formats)}")
+                             f"{list(family.rows.local_formats)}")
         if local.format == "squad" and columns:
             raise ValueError("local.format squad defines its own fields; remove `columns`")
         if local.format == "conll" and not all(isinstance(columns.get(k), int) for k in ("tokens", "tags")):
             raise ValueError("local.format conll needs integer `columns` for tokens and tags, e.g. {tokens: 0, tags: 3}")
-        if local.carve is not None and local.carve.by not in (ROW_INDEX, *family.fields):
+        if local.carve is not None and local.carve.by not in (ROW_INDEX, *family.rows.fields):
             raise ValueError(f"local.carve.by {local.carve.by!r}: use {ROW_INDEX!r} or a field of "
-                             f"{self.family!r}: {list(family.fields)}")
+                             f"{self.family!r}: {list(family.rows.fields)}")
 
     def display_name(self, label: str) -> str:
         """The name people read for a label value (the value itself when the spec names none)."""
@@ -311,7 +328,7 @@ class TaskSpec(_Strict):
 
     def column_map(self, source: Literal["local", "hub"]) -> dict[str, str | int]:
         """Canonical field -> source column, defaults applied (identity for unnamed fields)."""
-        mapping: dict[str, str | int] = {f: f for f in FAMILIES[self.family].fields}
+        mapping: dict[str, str | int] = dict(FAMILIES[self.family].rows.source_columns(self))
         mapping.update(self.columns or {})
         if source == "hub" and self.hub is not None and self.hub.columns is not None:
             mapping.update(self.hub.columns)

@@ -1,5 +1,5 @@
 """Row validation for canonical rows (docs/design.md), with errors a person can act on. Each family says
-what a good row is (``Family.validate_row``, worded with ``problem``); this module runs it over a split.
+what a good row is (``Family.rows.validate_row``, worded with ``problem``); this module runs it over a split.
 
 Every message names the row's origin (`_source`, e.g. "SST-2/train.tsv:17"), the canonical field,
 the value (truncated) and what was expected. Bad data fails loudly by default: a silently dropped
@@ -61,7 +61,7 @@ def validate_rows(
     rows: Iterable[dict], family, label_names: list[str] | None, drop_bad_rows: bool = False,
     labels_from_train: bool = False,
 ) -> tuple[list[dict], list[str]]:
-    """Check every row of one split with ``family.validate_row``; return (good rows, one message per dropped row).
+    """Check every row of one split with ``family.rows.validate_row``; return (good rows, one message per dropped row).
 
     `label_names`: the label set (tag set for tagging); None skips the membership check.
     `labels_from_train`: the set was inferred from the training split (the spec lists none), so a label
@@ -76,7 +76,7 @@ def validate_rows(
                      "label in the spec's `labels`, or fix the row)")
     good, dropped = [], []
     for row in rows:
-        found = family.validate_row(row, label_set, expected)
+        found = family.rows.validate_row(row, label_set, expected)
         if found is None:
             good.append(row)
             continue

@@ -1,5 +1,7 @@
-"""The finetune flow's parameters: one pydantic model, so the Prefect UI renders one form with a
-description, default and choices per field, and the CLI and deployments fill the same fields.
+"""The flows' parameters, one pydantic model per flow: `FinetuneParams` (the finetune flow, the suite's and
+the sweep's fine-tunes), `SweepParams` (the sweep flow) and `ScoreParams` (the score flow). Each field has one
+default, one description and one set of choices (a Literal), which the Prefect UI shows as the flow's form,
+deployments and the code fill, and the `bertflow` command turns into its options (flows/cli/options.py).
 
 `training` is `bert_core.training.TrainConfig` itself: the fields a user leaves unset take the task
 spec's defaults (e.g. its learning rate) through `TrainConfig.with_defaults`.
@@ -7,19 +9,24 @@ spec's defaults (e.g. its learning rate) through `TrainConfig.with_defaults`.
 
 from __future__ import annotations
 
+import json
 from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
 
-from bert_core.search import SweepTrial
 from bert_core.spec import builtin_specs
 from bert_core.training import TrainConfig
+from flows import sweep_study
+from flows.sweep_study import Space
+from tasks.sweep_trial import ENV_STORAGE, SweepTrial
+from tracking.request_file import FORMATS
 
 # Built from bert_core/specs/ so a new spec file shows up as a choice without editing this file.
 BuiltinTask = Literal[tuple(builtin_specs())]  # type: ignore[valid-type]
 
 RegistryPolicy = Literal["better", "significant"]
+InputFormat = Literal[FORMATS]  # type: ignore[valid-type]
 
 
 def refuse_password(uri: str | None, what: str, instead: str) -> str | None:
@@ -91,3 +98,90 @@ class FinetuneParams(BaseModel):
         # Only the fields someone set: through JSON (deployments, the Prefect API, the form's default) unset
         # fields must stay unset, or the task spec's defaults would never apply.
         return training.model_dump(exclude_unset=True)
+
+
+class SweepParams(BaseModel):
+    """A search: the fine-tune every trial starts from, what varies, how it is searched, where it is kept."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base: FinetuneParams = Field(
+        default_factory=FinetuneParams, description="The fine-tune each trial runs, its training fields overridden "
+        "by the trial's values (fields set neither here nor by the trial take the task spec's defaults).")
+    space: Space = Field(  # the default: the BERT paper's learning rates and batch sizes
+        default_factory=lambda: {"learning_rate": [5e-5, 3e-5, 2e-5], "batch_size": [16, 32]},
+        description="TrainConfig field -> a list of values (a grid axis; a categorical choice for TPE) or a range "
+        "{low, high, log, step} (TPE only). Searchable: " + ", ".join(sweep_study.SEARCHABLE) + ".")
+    sampler: Literal["grid", "tpe"] = Field(
+        "grid", description="'grid': every combination of the lists; 'tpe': Optuna's TPE sampler, n_trials trials.")
+    n_trials: int | None = Field(
+        None, ge=1, description="Trials to finish (complete or pruned), counting those of an earlier run of the same "
+        "study; empty = the whole grid, or 10 for TPE.")
+    max_concurrency: int = Field(1, ge=1, description="Trials running at once (they share the machine's cores).")
+    deployment: str | None = Field(
+        None, description="Run each trial as a run of this finetune deployment (e.g. 'bertflow-finetune/on-demand') "
+        "on any worker of its pool; the storage must then be a database those workers reach. Empty = in "
+        "processes here.")
+    pruner: Literal["median", "none"] = Field(
+        "median", description="'median': stop a trial whose dev metric at its k-th evaluation is below the median "
+        "of earlier trials' at their k-th; 'none': never prune.")
+    pruning_startup_trials: int = Field(
+        3, ge=0, description="Trials that finish before the pruner stops any.")
+    storage: str | None = Field(
+        None, description="Optuna storage URL (e.g. postgresql://user@host/db, with the password in PGPASSWORD); "
+        "empty = $BERTFLOW_OPTUNA_STORAGE, else sqlite:///$BERTFLOW_HOME/optuna.db.")
+    study_name: str | None = Field(
+        None, description="Empty = '<task>-<hash of this search>': the same sweep run again resumes its study.")
+    seed: int = Field(0, description="Seeds the sampler (trial order, TPE's proposals); each trial trains with the "
+                      "training seed.")
+    register_best: bool = Field(True, description="Register the best trial's model (champion or challenger).")
+
+    @field_validator("storage")
+    @classmethod
+    def _no_password_in_storage(cls, url: str | None) -> str | None:
+        return refuse_password(url, "storage", f"put the URL in ${ENV_STORAGE} on the workers, or the "
+                               "password where the database driver reads it (e.g. PGPASSWORD, ~/.pgpass)")
+
+    def budget(self) -> int:
+        size = sweep_study.grid_size(self.space) if self.sampler == "grid" else None
+        return min(self.n_trials or size, size) if size else (self.n_trials or 10)
+
+    def identity(self) -> dict:
+        """What makes two sweeps the same study: not where results go or how many run at once."""
+        base = self.base.model_dump(mode="json", exclude={"tracking_uri", "run_root", "sweep_trial"})
+        return {"base": base, "space": json.loads(json.dumps(self.space, default=lambda r: r.model_dump())),
+                "sampler": self.sampler, "seed": self.seed}
+
+
+class ScoreParams(BaseModel):
+    """A scoring job: which model, the file or the folder of files it scores, how they are read, where the
+    scoring runs are recorded."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(
+        "models:/bert-sst2@champion", description="models:/<name>@<alias> (e.g. models:/bert-sst2@champion), "
+        "models:/<name>/<version> or runs:/<run id>/model; an alias is resolved to its version once, when the run "
+        "starts.")
+    file: str | None = Field(None, description="One file to score (or give a folder).")
+    folder: str | None = Field(
+        None, description="Score this folder's files that the model's version has not scored yet (or give a "
+        "file).")
+    pattern: str = Field(
+        "*", description="Folder mode: which files are inputs, a glob such as '*.csv' (scoring's own "
+        ".predictions./.rejected. files never are).")
+    columns: dict[str, str] | None = Field(
+        None, description="Request column -> the file's column that holds it (e.g. text -> review, text_a -> "
+        "sentence1, id -> review_id); request columns not mapped are found by name.")
+    input_format: InputFormat | None = Field(
+        None, description="The files' format; default: from each file's extension.")
+    batch_size: int = Field(  # as the evaluation's, which measured the speed of each size (docs/scoring.md)
+        TrainConfig.model_fields["eval_batch_size"].default, ge=1,
+        description="Inputs per forward pass (QA: passage windows; a long passage has several).")
+    fail_on_bad_rows: bool = Field(
+        False, description="Fail a file with any bad row instead of scoring the good ones and listing the bad.")
+    settle_seconds: float = Field(
+        0, ge=0, description="Folder mode: leave files modified this recently for a later run (they may still be "
+        "being written); the folder deployment uses 60.")
+    tracking_uri: str | None = Field(
+        None, description="MLflow store; default: $MLFLOW_TRACKING_URI, else $BERTFLOW_HOME/mlflow.db.")

@@ -1,19 +1,20 @@
 """Run folders: where a finetune flow run works, which earlier folder it resumes, and what `bertflow runs` lists.
 
 A run folder is `<run_root>/<task>/<start time>-<flow run name>`, with a `run.json` record and a `.lock`
-that a flow run holds (`fcntl.flock`) while it works there; the OS releases it when the process dies.
+that a flow run holds (`bert_core/file_lock.py`) while it works there; the OS releases it when the process dies.
 
 `run.json` status: `running` while a flow works there, then `finished` or `failed` (with `error`). A folder
 left `running` with its lock free was interrupted (killed, crashed, machine lost).
 
-What makes an unfinished folder resumable (docs/reliability.md, "Resuming"):
-- `resume_identity`: the task spec's content, the pretrained checkpoint, the training recipe (the
-  TrainConfig with the spec's defaults, less the fields that may change between an interruption and its
-  resumption), the resolved data root and `drop_bad_rows`. A new flow run takes over the newest
-  interrupted or failed folder with the same identity, so `fit` resumes from its checkpoints; otherwise
-  it starts a new folder. Finished folders are never taken over.
-- After taking over, the flow compares the data fingerprint and the code version with the record's: if
-  either changed, the old checkpoints are set aside (`set_aside`), not deleted, and training starts over.
+What makes an unfinished folder resumable (docs/reliability.md, "Resuming") is the fine-tune's identity,
+`bert_core.training.identity.FinetuneIdentity`, recorded in `run.json`:
+- its first part, known before any data is read (the task spec's content, the pretrained checkpoint, the
+  training recipe, the resolved data root, `drop_bad_rows`): a new flow run takes over the newest
+  interrupted or failed folder whose record has the same `identity_key`, so `fit` resumes from its
+  checkpoints; otherwise it starts a new folder. Finished folders are never taken over.
+- its second part, once the data is read (`set_aside_if_changed`): if the data fingerprint or the code
+  version differ from the record's, the old checkpoints are set aside (`set_aside`), not deleted, and
+  training starts over.
 - The tracking store, the run root and the registry policy are not part of it: a folder whose MLflow run
   is in another store (or was deleted) is still taken over, with a warning.
 - A retry of the same flow run always gets its own folder back.
@@ -23,24 +24,21 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
-import hashlib
 import json
 import os
 import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO
 
 from prefect.runtime import flow_run
 
-from bert_core.checkpoint import OFFLINE_DEFAULT
+from bert_core.file_lock import FileLock, try_acquire
 from bert_core.home import runs_root
-from bert_core.loading import ENV_DATA_DIR
 from bert_core.spec import TaskSpec
 from bert_core.training import TrainConfig
-from bert_core.training.recipe import RESUME_INDIFFERENT
+from bert_core.training.identity import FinetuneIdentity, data_root
+from bert_core.training.state import list_checkpoints
 from flows.params import FinetuneParams
 
 RECORD = "run.json"
@@ -56,13 +54,30 @@ def now() -> str:
 class RunFolder:
     path: Path
     record: dict
+    identity: FinetuneIdentity  # this flow run's: its first part, completed by set_aside_if_changed
     taken_over: bool  # an earlier flow run's unfinished folder
-    _lock: IO = dataclasses.field(repr=False)
+    _lock: FileLock = dataclasses.field(repr=False)
 
     def update(self, **fields) -> None:
         """Merge `fields` into run.json, written atomically."""
         self.record.update(fields)
         _write(self.path, self.record)
+
+    def set_aside_if_changed(self, data_fingerprint: str, code_version: str) -> str | None:
+        """Complete this run's identity with the data's fingerprint and the code version, and record it. When
+        the folder's earlier run read other data or ran other code, its checkpoints belong to another
+        fine-tune (fit would refuse them, or resume a recipe that no longer exists): they are set aside and
+        training starts over. Returns the warning line to log then, else None."""
+        self.identity = self.identity.with_data(data_fingerprint, code_version)
+        earlier = _recorded_identity(self.record)
+        changed = (earlier.differences(self.identity) if earlier is not None
+                   else ["this folder's run.json was written by an older bertflow"])
+        stale = self.set_aside("; ".join(changed)) if changed else None
+        self.update(identity=self.identity.to_json())  # after setting aside: a kill in between must not resume them
+        if stale is None:
+            return None
+        since = " since this folder's earlier run" if earlier is not None else ""
+        return f"{' and '.join(changed)}{since}: its checkpoints moved to {stale}, training starts over"
 
     def keep_only_results(self) -> None:
         """After a successful run: delete the resumable checkpoints, the best model's copy (the model is in
@@ -84,26 +99,26 @@ class RunFolder:
         self.update(set_aside=[*self.record.get("set_aside", []), {"folder": stale.name, "why": why}])
         return stale
 
-
-def resume_identity(params: FinetuneParams, spec: TaskSpec, cfg: TrainConfig) -> dict:
-    """What a new flow run must share with an unfinished folder to take it over (see the module docstring).
-    `cfg`: the training config with the spec's defaults filled in, as `fit` sees it."""
-    data_root = params.data_dir or os.environ.get(ENV_DATA_DIR)
-    pretrained = params.pretrained or OFFLINE_DEFAULT
-    if Path(pretrained).expanduser().is_dir():  # a folder: the same one from any working directory
-        pretrained = str(Path(pretrained).expanduser().resolve())
-    return {
-        "task": spec.name,
-        "spec_sha256": hashlib.sha256(spec.model_dump_json().encode()).hexdigest()[:16],
-        "pretrained": pretrained,
-        "training": cfg.model_dump(mode="json", exclude=RESUME_INDIFFERENT),
-        "data_root": str(Path(data_root).expanduser().resolve()) if data_root else None,
-        "drop_bad_rows": params.drop_bad_rows,
-    }
+    def take_over(self) -> str | None:
+        """For a folder taken over from an earlier flow run: keep that run's record under `earlier` and return
+        the warning line that says so and where training resumes; None for this flow run's own folder."""
+        if not self.taken_over:
+            return None
+        was = FAILED if self.record.get("status") == FAILED else INTERRUPTED
+        done = list_checkpoints(self.path / "training" / "checkpoints")
+        self.update(earlier=[*self.record.get("earlier", []), {
+            k: self.record.get(k) for k in ("mlflow_run_id", "tracking_uri", "status", "error", "started", "ended")}])
+        resumes = (f"training resumes from its checkpoint {done[-1].name}" if done
+                   else "it holds no checkpoint, so training starts from the beginning")
+        return (f"{self.record.get('task')}: taking over the {was} run folder {self.path} (same task, data root, "
+                f"checkpoint and recipe): {resumes}")
 
 
-def identity_key(identity: dict) -> str:
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+def identity_of(params: FinetuneParams, spec: TaskSpec, cfg: TrainConfig) -> FinetuneIdentity:
+    """The first part of this fine-tune's identity, known before any data is read. `cfg`: the training
+    config with the spec's defaults filled in, as `fit` sees it."""
+    return FinetuneIdentity.of(spec, cfg, params.pretrained, data_root=data_root(params.data_dir),
+                               drop_bad_rows=params.drop_bad_rows)
 
 
 @contextlib.contextmanager
@@ -111,8 +126,8 @@ def claim(params: FinetuneParams, spec: TaskSpec, cfg: TrainConfig) -> Iterator[
     """The folder this flow run works in, locked until the block ends: its own (a retry), else the newest
     unfinished folder of the same identity, else a new one."""
     task_root = runs_root(params.run_root) / spec.name
-    identity = resume_identity(params, spec, cfg)
-    key = identity_key(identity)
+    identity = identity_of(params, spec, cfg)
+    key = identity.before_data().key()
     if flow_run.id:
         own = task_root / f"{flow_run.scheduled_start_time:%Y%m%d-%H%M%S}-{flow_run.name}"
     else:  # called as plain Python (`finetune.fn(...)`): no flow run to name the folder after
@@ -120,22 +135,20 @@ def claim(params: FinetuneParams, spec: TaskSpec, cfg: TrainConfig) -> Iterator[
     candidates = [own] if own.exists() else [*_unfinished(task_root, key), own]
     for path in candidates:
         path.mkdir(parents=True, exist_ok=True)
-        lock = _try_lock(path)
+        lock = try_acquire(path / LOCK)
         if lock is None:  # another flow run works there now
             continue
-        record = read_record(path) or {"task": spec.name, "identity_key": key, "identity": identity, "created": now()}
-        folder = RunFolder(path, record, taken_over=path != own, _lock=lock)
-        try:
-            yield folder
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-            lock.close()
+        with lock:
+            record = read_record(path) or {"task": spec.name, "identity_key": key, "identity": identity.to_json(),
+                                           "created": now()}
+            yield RunFolder(path, record, identity, taken_over=path != own, _lock=lock)
         return
     raise RuntimeError(f"run folder {own} is locked by another flow run")
 
 
 def _unfinished(task_root: Path, key: str) -> list[Path]:
-    """Folders of earlier runs with this identity that did not finish, newest first."""
+    """Folders of earlier runs with this identity that did not finish, newest first. Records of an older
+    bertflow hold another kind of key: they match nothing, and the run starts a new folder."""
     if not task_root.is_dir():
         return []
     found = [p for p in task_root.iterdir() if (r := read_record(p)) and r.get("identity_key") == key
@@ -143,14 +156,11 @@ def _unfinished(task_root: Path, key: str) -> list[Path]:
     return sorted(found, key=lambda p: p.name, reverse=True)
 
 
-def _try_lock(path: Path) -> IO | None:
-    lock = open(path / LOCK, "a")  # noqa: SIM115 - held for the whole flow run
+def _recorded_identity(record: dict) -> FinetuneIdentity | None:
     try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        lock.close()
+        return FinetuneIdentity.from_json(record.get("identity"))
+    except ValueError:  # a record of an older bertflow
         return None
-    return lock
 
 
 def read_record(path: Path) -> dict | None:
@@ -200,11 +210,10 @@ def _status(path: Path, record: dict) -> str:
     status = record.get("status", RUNNING)
     if status != RUNNING:
         return status
-    lock = _try_lock(path)
-    if lock is None:
+    held = try_acquire(path / LOCK)
+    if held is None:
         return RUNNING
-    fcntl.flock(lock, fcntl.LOCK_UN)
-    lock.close()
+    held.release()
     return INTERRUPTED
 
 
@@ -222,14 +231,13 @@ def prune(runs: list[RunSummary]) -> list[Path]:
     """Delete these run folders, except any a flow run works in now; returns the deleted paths."""
     deleted = []
     for run in runs:
-        lock = _try_lock(run.path) if run.path.is_dir() else None
+        lock = try_acquire(run.path / LOCK) if run.path.is_dir() else None
         if lock is None:
             continue
         # Renamed first, under the lock, so no flow run can take the folder over while it is deleted.
         doomed = run.path.with_name(f".deleting-{run.path.name}")
-        run.path.rename(doomed)
-        fcntl.flock(lock, fcntl.LOCK_UN)
-        lock.close()
+        with lock:
+            run.path.rename(doomed)
         shutil.rmtree(doomed, ignore_errors=True)
         deleted.append(run.path)
     return deleted

@@ -20,67 +20,45 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Literal
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
-from pydantic import Field
 
-from bert_core.request_file import FORMATS
+from flows.params import ScoreParams
 from tasks.score import find_new_files, pin, score_one_file
 from tasks.train import artifact_key
 from tracking import store as tracking
-from tracking.scoring import BATCH_SIZE
-
-InputFormat = Literal[FORMATS]  # type: ignore[valid-type]
 
 
 @flow(name="bertflow-score")
-def score(
-    model: Annotated[str, Field(description="models:/<name>@<alias> (e.g. models:/bert-sst2@champion), "
-                                "models:/<name>/<version> or runs:/<run id>/model; an alias is resolved to its "
-                                "version once, when the run starts.")] = "models:/bert-sst2@champion",
-    file: Annotated[str | None, Field(description="One file to score (give this or `folder`).")] = None,
-    folder: Annotated[str | None, Field(description="Score this folder's files that the model's version has not "
-                                        "scored yet (give this or `file`).")] = None,
-    pattern: Annotated[str, Field(description="Folder mode: which files are inputs, a glob such as '*.csv' "
-                                  "(scoring's own .predictions./.rejected. files never are).")] = "*",
-    columns: Annotated[dict[str, str] | None, Field(description="Request column -> the file's column, e.g. "
-                                                    "{'text': 'review'}; unmapped ones are found by name.")] = None,
-    input_format: Annotated[InputFormat | None, Field(description="The files' format; default: from each "
-                                                      "file's extension.")] = None,
-    batch_size: Annotated[int, Field(ge=1, description="Inputs per forward pass (QA: passage windows; a long "
-                                     "passage has several).")] = BATCH_SIZE,
-    fail_on_bad_rows: Annotated[bool, Field(description="Fail a file with any bad row instead of scoring the "
-                                            "good ones and listing the bad.")] = False,
-    settle_seconds: Annotated[float, Field(ge=0, description="Folder mode: leave files modified this recently "
-                                           "for a later run (they may still be being written).")] = 60,
-    tracking_uri: Annotated[str | None, Field(description="MLflow store; default: $MLFLOW_TRACKING_URI, else "
-                                              "$BERTFLOW_HOME/mlflow.db.")] = None,
-) -> dict:
-    """Score `file`, or the new files of `folder`, with `model`; returns what was scored and skipped."""
-    uri = tracking.configure_tracking(tracking.check_tracking(tracking_uri))
+def score(params: ScoreParams = ScoreParams()) -> dict:  # noqa: B008 (pydantic default = the UI form's)
+    """Score `params.file`, or the new files of `params.folder`, with `params.model`; returns what was scored and
+    skipped."""
+    uri = tracking.configure_tracking(tracking.check_tracking(params.tracking_uri))
+    file, folder, pattern = params.file, params.folder, params.pattern
     if (file is None) == (folder is None):
         raise ValueError("give either a file to score or a folder of files (not both)")
-    pinned = pin(model)
+    pinned = pin(params.model)
     label = pinned["label"]
     shown = f"{pinned['name']} v{pinned['version']}" if pinned["name"] else pinned["uri"]
-    _say(f"model: {model} -> {shown}" if model != pinned["uri"] else f"model: {shown}")
+    _say(f"model: {params.model} -> {shown}" if params.model != pinned["uri"] else f"model: {shown}")
     if file is not None:
         found = {"new": [os.path.abspath(Path(file).expanduser())], "already_scored": [], "settling": [], "conflicts": []}
     else:
         folder = os.path.abspath(Path(folder).expanduser())
-        found = find_new_files(folder, pattern, pinned, settle_seconds)
+        found = find_new_files(folder, pattern, pinned, params.settle_seconds)
         _say(f"folder {folder}: {len(found['new'])} file(s) to score matching {pattern!r}; "
              f"{len(found['already_scored'])} already scored by {label}, {len(found['settling'])} modified in the "
-             f"last {settle_seconds:g} s (left for later), {len(found['conflicts'])} sharing a name stem (skipped)")
+             f"last {params.settle_seconds:g} s (left for later), {len(found['conflicts'])} sharing a name stem "
+             "(skipped)")
         for path in found["conflicts"]:
             get_run_logger().warning("%s: another input has the same name stem, so both would write one predictions "
                                      "file; rename one of them", path)
     scored, failed = [], []
     for path in found["new"]:
         try:
-            scored.append(score_one_file(pinned, path, columns, input_format, batch_size, fail_on_bad_rows))
+            scored.append(score_one_file(pinned, path, params.columns, params.input_format, params.batch_size,
+                                         params.fail_on_bad_rows))
         except Exception as err:
             if file is not None:
                 raise

@@ -22,7 +22,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
-from mlflow.tracking import MlflowClient
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.deployments import run_deployment
@@ -38,6 +37,7 @@ from flows.summary import FinetuneSummary
 from tasks.leaderboard import publish_leaderboard
 from tracking import store as tracking
 from tracking.leaderboard import leaderboard_row
+from tracking.run import finished_run_of_flow_run
 
 GLUE = ["cola", "sst2", "mrpc", "rte", "stsb", "mnli"]
 ALSO = ["conll2003_ner", "squad"]
@@ -126,15 +126,11 @@ def summary_from_mlflow(params: FinetuneParams, flow_run_id: str) -> dict:
     """The finetune flow's summary, rebuilt from the FINISHED MLflow run tagged with `flow_run_id`."""
     spec = load_spec(params.task)
     tracking.configure_tracking(params.tracking_uri)
-    client = MlflowClient()
-    experiment = client.get_experiment_by_name(tracking.experiment_name(spec.name))
-    found = client.search_runs(
-        [experiment.experiment_id] if experiment else [],
-        filter_string=f"tags.`prefect.flow_run_id` = '{flow_run_id}' and attributes.status = 'FINISHED'")
-    if not found:
+    found = finished_run_of_flow_run(tracking.experiment_name(spec.name), flow_run_id)
+    if found is None:
         raise RuntimeError(f"no FINISHED MLflow run of {tracking.experiment_name(spec.name)} is tagged with flow "
                            f"run {flow_run_id}")
-    return FinetuneSummary.from_mlflow(spec, found[0]).as_dict()
+    return FinetuneSummary.from_run(spec, found).as_dict()
 
 
 def _row(name: str, future) -> dict:

@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import dataclasses
 
-from mlflow.entities import Run
-
 from bert_core.spec import TaskSpec
-from tasks.train import TRAINING_METRICS
+from tasks.evaluate import Evaluation
+from tasks.register import Registered
+from tasks.tokenize import FeaturesInfo
+from tasks.train import Trained
+from tracking.registration import LoggedModel
+from tracking.run import RunRecord
+from tracking.training_log import TRAINING_METRICS
 
 
 @dataclasses.dataclass
@@ -45,12 +49,33 @@ class FinetuneSummary:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_mlflow(cls, spec: TaskSpec, run: Run) -> FinetuneSummary:
+    def from_steps(cls, spec: TaskSpec, run_id: str, tracking_uri: str, run_dir: str, features: FeaturesInfo,
+                   trained: Trained, evaluation: Evaluation, logged: LoggedModel | None,
+                   registered: Registered | None) -> FinetuneSummary:
+        """From what the finetune flow's tasks returned (`run_dir_bytes` is filled in once the folder is tidied)."""
+        decision = registered.decision if registered else None
+        return cls(
+            task=spec.name, family=spec.family, mlflow_run_id=run_id, tracking_uri=tracking_uri,
+            model_name=decision.name if decision else None, model_version=decision.version if decision else None,
+            model_uri=registered.model_uri if registered else None, alias=decision.alias if decision else None,
+            champion=decision.became_champion if decision else None, decision=decision.reason if decision else None,
+            primary_metric=spec.primary_metric, score=evaluation.splits["eval"][spec.primary_metric],
+            interval=evaluation.intervals[spec.primary_metric],
+            champion_score_before=decision.champion_score if decision else None,
+            metrics=evaluation.metrics, train_rows=trained.train_rows, eval_rows=trained.eval_rows,
+            steps=trained.final_step, train_seconds=trained.train_seconds,
+            examples_per_second=trained.examples_per_second, run_dir=run_dir, run_dir_bytes=None,
+            # tokenize found its features cached; fit found tokenize's (False there = a key mismatch, a bug).
+            feature_cache={"tokenize_hit": features.cache_hit, "fit_hit": trained.feature_cache_hit},
+            logged_model_uri=logged.model_uri if logged else None, pruned_at=trained.pruned_at)
+
+    @classmethod
+    def from_run(cls, spec: TaskSpec, run: RunRecord) -> FinetuneSummary:
         """From the FINISHED MLflow run of a finetune flow run (tags, metrics and params it logged)."""
-        metrics, tags, params = run.data.metrics, run.data.tags, run.data.params
+        metrics, tags, params = run.metrics, run.tags, run.params
         low, high = (metrics.get(f"interval/eval_{spec.primary_metric}_{end}") for end in ("low", "high"))
         return cls(
-            task=spec.name, family=spec.family, mlflow_run_id=run.info.run_id, tracking_uri="",
+            task=spec.name, family=spec.family, mlflow_run_id=run.run_id, tracking_uri="",
             model_name=tags.get("model_name"), model_version=tags.get("model_version"),
             model_uri=f"models:/{tags['model_name']}/{tags['model_version']}" if "model_name" in tags else None,
             alias=tags.get("model_alias"), champion=tags["model_alias"] == "champion" if "model_alias" in tags else None,

@@ -11,16 +11,13 @@ time, with their message, and are never retried:
 
 from __future__ import annotations
 
-from mlflow.exceptions import MlflowException
 from prefect import get_client, get_run_logger
 from prefect.runtime import flow_run
 
 from bert_core.validation import SourceUnavailable
+from tracking.errors import mlflow_error_may_heal
 from tracking.store import TrackingRefusedError, TrackingUnavailableError
 
-# MLflow error codes of a request that was understood and refused: asking again gets the same answer.
-REFUSED = {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS", "PERMISSION_DENIED",
-           "UNAUTHENTICATED", "BAD_REQUEST", "INVALID_STATE", "FEATURE_DISABLED", "ENDPOINT_NOT_FOUND"}
 # Errors of the input or of the program: the same input fails the same way. (ValueError covers DataError,
 # SpecError and pydantic's ValidationError; ArithmeticError covers a diverged loss.)
 PERMANENT = (ValueError, TypeError, LookupError, ArithmeticError, NotImplementedError, ImportError, AssertionError,
@@ -31,8 +28,8 @@ def is_transient(err: BaseException) -> bool:
     """Whether running the same thing again later may succeed."""
     if isinstance(err, SourceUnavailable | TrackingUnavailableError):
         return not isinstance(err, TrackingRefusedError)
-    if isinstance(err, MlflowException):
-        return err.error_code not in REFUSED
+    if (may_heal := mlflow_error_may_heal(err)) is not None:  # a refused request stays refused (tracking/errors.py)
+        return may_heal
     return not isinstance(err, PERMANENT)
 
 

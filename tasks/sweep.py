@@ -6,46 +6,44 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mlflow.tracking import MlflowClient
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from bert_core.search import Range, Space
 from tasks.train import artifact_key
 from tracking.plots import sweep_png
+from tracking.run import TrackedRun
 
 
 @task(cache_policy=NO_CACHE)
 def publish_sweep(task_name: str, metric: str, trials: list[dict], best: dict | None, registered: dict | None,
-                  space: Space, folder: str, parent_run_id: str) -> dict:
-    """Write `trials.json`, `sweep.md` and `sweep.png` to `folder` and to MLflow run `parent_run_id` (with the
-    trial scores as metrics); returns the files' paths."""
+                  params: list[str], log_axes: list[str], folder: str, parent: TrackedRun) -> dict:
+    """Write `trials.json`, `sweep.md` and `sweep.png` to `folder` and to the sweep's MLflow run `parent` (with
+    the trial scores as metrics); returns the files' paths. `params`: the searched fields, `log_axes` those
+    searched on a log scale."""
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     (out / "trials.json").write_text(json.dumps(trials, indent=1, default=str), encoding="utf-8")
-    log_axes = [name for name, values in space.items() if isinstance(values, Range) and values.log]
-    plot = sweep_png(trials, list(space), metric, out / "sweep.png", log_scale=log_axes)
-    markdown = _markdown(task_name, metric, trials, best, registered, list(space))
+    plot = sweep_png(trials, params, metric, out / "sweep.png", log_scale=log_axes)
+    markdown = _markdown(task_name, metric, trials, best, registered, params)
     (out / "sweep.md").write_text(markdown, encoding="utf-8")
 
-    client = MlflowClient()
     for path in ("trials.json", "sweep.md", "sweep.png"):
-        client.log_artifact(parent_run_id, str(out / path))
+        parent.log_artifact(str(out / path))
     counts = {state: sum(t["state"] == state for t in trials) for state in ("COMPLETE", "PRUNED", "FAIL")}
     for state, n in counts.items():
-        client.log_metric(parent_run_id, f"trials_{state.lower()}", n)
+        parent.log_metric(f"trials_{state.lower()}", n)
     for t in trials:  # the search's progress as one chart: score by trial number
         if t["state"] == "COMPLETE":
-            client.log_metric(parent_run_id, f"trial/{metric}", t["value"], step=t["number"])
+            parent.log_metric(f"trial/{metric}", t["value"], step=t["number"])
     if best is not None:
-        client.log_metric(parent_run_id, f"best_{metric}", best["value"])
-        client.set_tag(parent_run_id, "best_trial", str(best["number"]))
-        client.set_tag(parent_run_id, "best_run_id", best["mlflow_run_id"])
+        parent.log_metric(f"best_{metric}", best["value"])
+        parent.set_tag("best_trial", str(best["number"]))
+        parent.set_tag("best_run_id", best["mlflow_run_id"])
     if registered:
-        client.set_tag(parent_run_id, "model_uri", registered["model_uri"])
+        parent.set_tag("model_uri", registered["model_uri"])
 
-    create_table_artifact([_row(t, list(space), metric) for t in trials], key=artifact_key(task_name, "sweep-trials"),
+    create_table_artifact([_row(t, params, metric) for t in trials], key=artifact_key(task_name, "sweep-trials"),
                           description=f"{task_name} sweep: every trial, its parameters and dev {metric}")
     create_markdown_artifact(markdown, key=artifact_key(task_name, "sweep"), description=f"{task_name} sweep outcome")
     return {"markdown": str(out / "sweep.md"), "plot": str(plot), "json": str(out / "trials.json")}

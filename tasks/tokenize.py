@@ -11,6 +11,7 @@ Tokenization is pure, so it is cached twice over:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from pathlib import Path
 
@@ -23,6 +24,30 @@ from bert_core.spec import TaskSpec
 from bert_core.tokenizer import BertTokenizer
 from bert_core.training import TrainConfig, build_split_features, feature_settings, features_fingerprint
 from tasks.data import DataInfo, load_split
+
+
+@dataclasses.dataclass
+class SplitFeatures:
+    """One split's features."""
+
+    rows: int  # the rows the run uses (its caps applied)
+    features: int  # more than rows when long texts are split into windows (QA)
+    cache_hit: bool
+    stats: dict  # the family's feature stats, e.g. words past max_seq_length (they get a fallback tag)
+
+
+@dataclasses.dataclass
+class FeaturesInfo:
+    """What `tokenize` built (or found): features per split, the settings they were built with, where."""
+
+    splits: dict[str, SplitFeatures]
+    settings: dict  # feature settings (bert_core.training.feature_settings), logged as params
+    cache_dir: str
+
+    @property
+    def cache_hit(self) -> bool:
+        """Every split's features came from the cache."""
+        return all(s.cache_hit for s in self.splits.values())
 
 
 def row_limit(cfg: TrainConfig, split: str) -> int | None:
@@ -49,7 +74,7 @@ def _features_on_disk(context, parameters: dict) -> str | None:
 
 @task(cache_key_fn=_features_on_disk)
 def tokenize(spec: TaskSpec, cfg: TrainConfig, data: DataInfo, pretrained: str | None = None,
-             cache_dir: str | None = None) -> dict:
+             cache_dir: str | None = None) -> FeaturesInfo:
     """Build (or find) the features of every split; returns what was built and whether it was cached.
 
     `cfg` must already hold the spec's defaults (`TrainConfig.with_defaults`), as `fit` will see it.
@@ -61,7 +86,6 @@ def tokenize(spec: TaskSpec, cfg: TrainConfig, data: DataInfo, pretrained: str |
         rows = load_split(data, split, row_limit(cfg, split))
         features, hit = build_split_features(family, tokenizer, rows, data.label_names, settings,
                                              features_fingerprint(data.fingerprint, cfg, split), split, cache_dir)
-        splits[split] = {"rows": len(rows), "features": len(features), "cache_hit": hit}
-        splits[split] |= family.feature_stats(features)  # e.g. words past max_seq_length (they get a fallback tag)
-    return {"cache_hit": all(s["cache_hit"] for s in splits.values()), "splits": splits, "settings": settings,
-            "cache_dir": str(cache_dir or default_cache_dir())}
+        splits[split] = SplitFeatures(rows=len(rows), features=len(features), cache_hit=hit,
+                                      stats=family.features.stats(features))
+    return FeaturesInfo(splits=splits, settings=settings, cache_dir=str(cache_dir or default_cache_dir()))

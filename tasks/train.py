@@ -1,4 +1,5 @@
-"""The `fine_tune` task: `bert_core.training.fit` with its progress sent to MLflow and to Prefect.
+"""The `train_model` task: `bert_core.training.fit` with its progress sent to MLflow (tracking.training_log) and to
+a Prefect progress artifact.
 
 Checkpoints go to `<run_dir>/training/checkpoints`; a retry of this task (same `run_dir`) resumes from
 the newest complete one, so a crash costs at most `checkpoint_minutes` of training (or `checkpoint_every` steps).
@@ -7,29 +8,24 @@ the newest complete one, so a crash costs at most `checkpoint_minutes` of traini
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import time
 from pathlib import Path
 
-import mlflow
-from mlflow.entities import Metric
-from mlflow.utils.time import get_current_time_millis
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
 from bert_core.checkpoint import OFFLINE_DEFAULT
-from bert_core.search import SweepTrial, TrialReporter
 from bert_core.spec import TaskSpec
 from bert_core.training import TrainConfig, fit
+from bert_core.training.identity import FinetuneIdentity
 from tasks.data import DataInfo, load_split
 from tasks.retry_policy import retry_if_transient
-
-MAX_METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch call
-
-# Logged once per run, beside the evaluate task's `<split>_<metric>` scores.
-TRAINING_METRICS = ("train_seconds", "examples_per_second", "tokens_per_second", "best_step", "final_step",
-                    "train_rows", "eval_rows")
+from tasks.sweep_trial import SweepTrial, TrialReporter
+from tracking.run import TrackedRun
+from tracking.training_log import TrainingMetrics, log_training_summary
 
 
 def artifact_key(task_name: str, what: str) -> str:
@@ -38,26 +34,38 @@ def artifact_key(task_name: str, what: str) -> str:
     return f"{slug}-{what}"
 
 
-class TrackingCallback:
-    """fit's progress -> MLflow metrics of run `run_id` and a Prefect progress artifact.
+@dataclasses.dataclass
+class Trained:
+    """What `train_model` produced: the best model's folder and score, and how training went."""
 
-    Per-step metrics go under `train/` and the evaluations made during training under `dev_curve/`,
-    so the MLflow UI shows them as two chart sections; the final scores of the best model are logged
-    by the evaluate task as `eval_<metric>`.
+    model_dir: str  # the best checkpoint, saved by `save_finetuned`
+    primary_metric: str
+    best_metric: float  # its dev score
+    best_step: int
+    metrics: dict[str, float]  # the best evaluation's dev metrics
+    history_path: str  # every logged step and evaluation, as JSON
+    train_rows: int
+    eval_rows: int
+    final_step: int
+    train_seconds: float
+    examples_per_second: float
+    tokens_per_second: float
+    precision: str
+    threads: int
+    resumed_from_step: int | None  # the checkpoint training resumed from
+    stopped_early: bool
+    feature_cache_hit: bool  # fit found the tokenize task's features (False: a key mismatch, a bug)
+    pruned_at: int | None  # a sweep trial stopped by its pruner: at this evaluation
 
-    Neither may slow training down. Every step's metrics keep their own step and time, but reach the store in
-    one batch every `FLUSH_SECONDS`, at each evaluation and when `fine_tune` ends (also on failure): one call
-    instead of one per log event. The call is made on the training thread on purpose: MLflow's background sender takes its CPU from the
-    training threads anyway when they use every core, and it did not pay when measured (docs/benchmarks.md).
-    The progress artifact, a call to the Prefect API, is updated at most every `FLUSH_SECONDS` too.
-    """
 
-    FLUSH_SECONDS = 30.0
+class ProgressArtifact:
+    """A `fit` callback: a Prefect progress artifact, the optimizer steps done of the total. Updating it is a
+    call to the Prefect API, so it happens at most every `TrainingMetrics.FLUSH_SECONDS`, at each evaluation
+    and when `train_model` ends."""
 
-    def __init__(self, run_id: str, task_name: str):
-        self.run_id, self.task_name = run_id, task_name
-        self.total_steps, self.progress_id, self.step = 1, None, 0
-        self.client, self.pending, self.flushed_at = mlflow.MlflowClient(), [], time.monotonic()
+    def __init__(self, task_name: str):
+        self.task_name, self.total_steps, self.progress_id, self.step = task_name, 1, None, 0
+        self.updated_at = time.monotonic()
 
     def on_train_start(self, info: dict) -> None:
         self.total_steps = max(info["total_steps"], 1)
@@ -68,66 +76,56 @@ class TrackingCallback:
 
     def on_step(self, step: int, metrics: dict[str, float]) -> None:
         self.step = step
-        self._add("train", step, metrics)
-        if time.monotonic() - self.flushed_at >= self.FLUSH_SECONDS:
-            self.flush()
+        if time.monotonic() - self.updated_at >= TrainingMetrics.FLUSH_SECONDS:
+            self.update()
 
     def on_evaluate(self, step: int, metrics: dict[str, float]) -> None:
-        self._add("dev_curve", step, metrics)
-        self.flush()
+        self.update()
 
-    def flush(self) -> None:
-        """Send the metrics gathered since the last flush and update the progress artifact."""
-        for start in range(0, len(self.pending), MAX_METRICS_PER_BATCH):
-            self.client.log_batch(self.run_id, metrics=self.pending[start:start + MAX_METRICS_PER_BATCH])
-        self.pending = []
+    def update(self) -> None:
         if self.progress_id is not None:
             update_progress_artifact(self.progress_id, progress=100 * self.step / self.total_steps)
-        self.flushed_at = time.monotonic()
-
-    def _add(self, section: str, step: int, metrics: dict[str, float]) -> None:
-        now = get_current_time_millis()
-        self.pending += [Metric(f"{section}/{k}", float(v), now, step) for k, v in metrics.items()]
+        self.updated_at = time.monotonic()
 
 
 # An immediate retry resumes from the newest checkpoint after a crash of unknown cause; a diverged loss or
 # bad settings fail at once (tasks/retry_policy.py).
 @task(retries=1, retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
-def fine_tune(spec: TaskSpec, cfg: TrainConfig, data: DataInfo, run_dir: str, run_id: str,
-              pretrained: str | None = None, cache_dir: str | None = None, trial: SweepTrial | None = None) -> dict:
+def train_model(spec: TaskSpec, cfg: TrainConfig, data: DataInfo, run_dir: str, run: TrackedRun,
+                pretrained: str | None = None, cache_dir: str | None = None, trial: SweepTrial | None = None,
+                identity: FinetuneIdentity | None = None) -> Trained:
     """Fine-tune on the saved train split, select on the eval split; returns paths and numbers only.
 
-    `cfg` must already hold the spec's defaults. `run_id`: the MLflow run receiving the metrics. `trial`: the
+    `cfg` must already hold the spec's defaults. `run`: the MLflow run receiving the metrics. `trial`: the
     sweep trial this fine-tune is, whose pruner may stop it (`pruned_at` in the result: that evaluation).
+    `identity`: the run folder's (data root and code version included), recorded in every checkpoint.
     """
     train_rows = load_split(data, "train", cfg.max_train_samples)
     eval_rows = load_split(data, "eval", cfg.max_eval_samples)
-    output_dir = Path(run_dir) / "training"
-    callbacks = [TrackingCallback(run_id, spec.name)]
+    metrics, progress = TrainingMetrics(run.run_id), ProgressArtifact(spec.name)
     reporter = TrialReporter(trial, spec.primary_metric) if trial else None
-    if reporter:
-        callbacks.append(reporter)
     try:
-        result = fit(spec, cfg, output_dir, train_rows, eval_rows, data.label_names, pretrained=pretrained,
-                     data_fingerprint=data.fingerprint, callbacks=callbacks,
-                     cache_dir=cache_dir,
+        result = fit(spec, cfg, Path(run_dir) / "training", train_rows, eval_rows, data.label_names,
+                     pretrained=pretrained, data_fingerprint=data.fingerprint,
+                     callbacks=[metrics, progress, *([reporter] if reporter else [])], cache_dir=cache_dir,
+                     identity=identity,
                      extra_meta={"data_fingerprint": data.fingerprint, "pretrained": pretrained or OFFLINE_DEFAULT})
     finally:  # a failed or interrupted fine-tune keeps the curve up to its last step
         with contextlib.suppress(Exception):
-            callbacks[0].flush()
+            metrics.flush()
+        with contextlib.suppress(Exception):
+            progress.update()
     if result.best_metric is None:  # every evaluation gave NaN (e.g. a constant regression output)
         raise ValueError(f"{spec.name}: no evaluation gave a usable {result.primary_metric!r}, so no model was "
-                         f"kept; dev-curve metrics are in the MLflow run {run_id}")
+                         f"kept; dev-curve metrics are in the MLflow run {run.run_id}")
     if result.resumed_from_step:
         get_run_logger().info("resumed from the checkpoint at step %d", result.resumed_from_step)
     history_path = Path(run_dir) / "history.json"
     history_path.write_text(json.dumps(result.history, indent=1), encoding="utf-8")
-    summary = {name: getattr(result, name) for name in TRAINING_METRICS}
-    mlflow.log_metrics({k: float(v) for k, v in summary.items()}, run_id=run_id)
-    return {
-        "model_dir": str(result.model_dir), "primary_metric": result.primary_metric, "best_metric": result.best_metric,
-        "metrics": result.eval_metrics, "history_path": str(history_path), "precision": result.precision,
-        "resumed_from_step": result.resumed_from_step, "stopped_early": result.stopped_early,
-        "feature_cache_hit": result.feature_stats["feature_cache_hit"], "threads": result.threads,
-        "pruned_at": reporter.pruned_at if reporter else None, **summary,
-    }
+    summary = log_training_summary(run.run_id, result)
+    return Trained(
+        model_dir=str(result.model_dir), primary_metric=result.primary_metric, best_metric=result.best_metric,
+        metrics=result.eval_metrics, history_path=str(history_path), precision=result.precision,
+        resumed_from_step=result.resumed_from_step, stopped_early=result.stopped_early,
+        feature_cache_hit=result.feature_stats["feature_cache_hit"], threads=result.threads,
+        pruned_at=reporter.pruned_at if reporter else None, **summary)

@@ -23,8 +23,8 @@ import pytest
 
 from bench.serving_load import free_port
 from bert_core.spec import load_spec
-from bert_core.training.run import parser as training_parser
-from flows.cli import _parser, _training_config
+from bert_core.training.command import parser as training_parser
+from flows.cli import check, parser, run, suite
 from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.integration
@@ -75,12 +75,12 @@ def test_every_bertflow_line_parses_and_names_a_real_task():
     assert {words[0] for words in lines} >= {"tasks", "check", "run", "predict", "compare", "runs", "suite", "ui",
                                              "serve"}, lines
     for words in lines:
-        args = _parser().parse_args(words)  # exits (fails the test) on an unknown option
+        args = parser().parse_args(words)  # exits (fails the test) on an unknown option
         for task in [getattr(args, "task", None), *(getattr(args, "tasks", None) or [])]:
             if task:
                 load_spec(task)
         if words[0] in ("run", "suite", "check"):
-            _training_config(args)  # the training options validate
+            {"run": run, "suite": suite, "check": check}[words[0]].params(args)  # the options validate
     for line in command_lines():
         if line.startswith(".venv/bin/python -m bert_core.training") or line.startswith(".venv/bin/torchrun"):
             words = shlex.split(line)

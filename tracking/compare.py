@@ -78,7 +78,7 @@ def compare_versions(task: str, confidence: float = 0.95, n_resamples: int = N_R
             gold = [_row(line) for line in mine]
             predictions = [line["prediction"] for line in mine]
             interval = bootstrap_interval(spec.family, predictions, gold, metric, spec.labels, n_resamples,
-                                          confidence, seed, get_family(spec.family).task_settings(spec))
+                                          confidence, seed, get_family(spec.family).rows.task_settings(spec))
             row |= {"score": interval.point, "low": interval.low, "high": interval.high, "dev_rows": len(gold)}
             row |= _versus_champion(v["version"], champion, mine, lines.get(champion), spec, confidence,
                                     n_resamples, seed)
@@ -104,7 +104,7 @@ def _versus_champion(version: str, champion: str | None, mine: list[dict], their
         return {"note": NOT_COMPARABLE}
     gold, new, old = paired
     gap = paired_bootstrap(spec.family, new, old, gold, spec.primary_metric, spec.labels, n_resamples, confidence,
-                           seed, get_family(spec.family).task_settings(spec))
+                           seed, get_family(spec.family).rows.task_settings(spec))
     if gap.low > 0:
         note = f"better than champion v{champion} ({confidence:.0%})"
     elif gap.high < 0:

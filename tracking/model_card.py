@@ -50,10 +50,10 @@ def card_body(spec: TaskSpec, cfg: TrainConfig, data, trained: dict, evaluation:
         shown = ", ".join(f"`{n}`" + (f" {spec.display_name(n)}" if spec.display_name(n) != n else "")
                           for n in data.label_names[:30])
         more = f", ... ({len(data.label_names)} in all)" if len(data.label_names) > 30 else ""
-        lines.append(f"| {'tags' if 'tags' in get_family(spec.family).fields else 'labels'} | {shown}{more} |")
+        lines.append(f"| {'tags' if 'tags' in get_family(spec.family).rows.fields else 'labels'} | {shown}{more} |")
     lines += [f"| pretrained | {pretrained} |", f"| MLflow run | `{run_id}` |", ""]
     lines += _data(data, cfg) + _recipe(spec, cfg, trained) + _metrics(spec, evaluation)
-    lines += _calls(get_family(spec.family).request, uri, example) + _limits(spec, cfg, data, language)
+    lines += _calls(get_family(spec.family).rows.request, uri, example) + _limits(spec, cfg, data, language)
     return "\n".join(lines) + "\n"
 
 
@@ -114,7 +114,7 @@ def _calls(request: dict[str, tuple[str, ...]], uri: str, example: pd.DataFrame)
 
 
 def _limits(spec: TaskSpec, cfg: TrainConfig, data, language: str | None) -> list[str]:
-    reach = get_family(spec.family).input_limit(spec, cfg.max_seq_length or spec.max_seq_length, data.label_names)
+    reach = get_family(spec.family).predictions.input_limit(spec, cfg.max_seq_length or spec.max_seq_length, data.label_names)
     return ["## Limits", "", f"- {reach}.",
             f"- language: {language or 'not stated by the pretrained checkpoint'} (the pretrained checkpoint's own "
             "model card); other languages are not supported.",

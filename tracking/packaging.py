@@ -9,7 +9,8 @@ comes from the model folder's own config. (Versions logged before this held a ``
 the family name; MLflow still loads them, and refuses them with a clear message where
 ``MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false``.)
 
-Input columns (one request row per DataFrame row; positions in error messages are 0-based):
+Input columns (one request row per DataFrame row; positions in error messages are 0-based), and after them the
+column names the model's training spec read each field from (SST-2's ``sentence``; ``tracking.request_check``):
 
 | family | input columns | output columns |
 |---|---|---|
@@ -19,9 +20,9 @@ Input columns (one request row per DataFrame row; positions in error messages ar
 | token_tagging | ``tokens`` (list of words) or ``text`` (split on whitespace) | ``tags`` (one per word) |
 | extractive_qa | ``question``, ``context`` (``id`` optional) | ``answer``, ``start``, ``end``, ``score`` |
 
-A missing column, a non-string or empty value, or a text over ``MAX_TEXT_CHARS`` raises
-``MlflowException(INVALID_PARAMETER_VALUE)`` naming the column (and row), which the scoring server
-turns into HTTP 400 instead of a crash.
+A missing column, a non-string or empty value, or a text over ``MAX_TEXT_CHARS`` (the checks of
+``tracking.request_check``, the ones batch scoring makes) raises ``MlflowException(INVALID_PARAMETER_VALUE)``
+naming the column (and row), which the scoring server turns into HTTP 400 instead of a crash.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ from importlib import metadata
 from pathlib import Path
 
 import mlflow
-import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
@@ -43,8 +43,8 @@ from mlflow.types.schema import ColSpec, Schema
 
 import bert_core
 from bert_core.families import get_family
+from tracking.request_check import BadValue, check_value, is_missing, request_columns
 
-MAX_TEXT_CHARS = 20_000  # ~4k words: far beyond any task here, small enough to bound one request's work
 EXAMPLE_ROWS = 3
 # What `bert_core.predict` imports at serving time (not Prefect, not matplotlib), pinned to this machine's.
 SERVING_REQUIREMENTS = (
@@ -58,99 +58,67 @@ def invalid(message: str) -> MlflowException:
 
 
 class BertPyfunc(mlflow.pyfunc.PythonModel):
-    """Serves a ``save_finetuned`` folder; empty until ``load_context`` reads it (family, weights, tokenizer)."""
+    """Serves a ``save_finetuned`` folder; empty until ``load_context`` reads it (family, weights, tokenizer,
+    and the request columns it takes: its family's names, then its training spec's)."""
 
     def __init__(self):
-        self.family, self.predictor = None, None
+        self.family, self.predictor, self.columns = None, None, None
 
     def load_context(self, context: PythonModelContext) -> None:
         from bert_core.predict import Predictor  # torch is imported only when a model is really loaded
 
         self.predictor = Predictor(context.artifacts["model_dir"])
         self.family = self.predictor.family_name
+        # Models saved before their meta kept the spec's column names take the family's names alone.
+        self.columns = request_columns(get_family(self.family), self.predictor.meta.get("spec_columns"))
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         if self.predictor is None:
             raise MlflowException("BertPyfunc.predict before load_context: load it with mlflow.pyfunc.load_model")
-        rows = frame_to_rows(self.family, model_input)
+        rows = frame_to_rows(self.family, model_input, self.columns)
         predictions = self.predictor.predict(rows)
-        columns = get_family(self.family).response
+        columns = get_family(self.family).predictions.response
         return pd.DataFrame([{column: p[key] for column, key in columns.items()} for p in predictions],
                             columns=list(columns))
 
 
-def frame_to_rows(family: str, frame: pd.DataFrame) -> list[dict]:
-    """Request DataFrame -> canonical rows for ``Predictor``, validating every value on the way."""
+def frame_to_rows(family: str, frame: pd.DataFrame, columns: dict[str, tuple[str, ...]]) -> list[dict]:
+    """Request DataFrame -> canonical rows for ``Predictor``, every value checked on the way
+    (``tracking.request_check``). ``columns``: request field -> the column names that may carry it."""
     if not isinstance(frame, pd.DataFrame):
-        raise invalid(f"expected a DataFrame (columns {_expected(family)}), got {type(frame).__name__}")
-    columns = {}
-    for field, names in get_family(family).request.items():
-        present = [n for n in names if n in frame.columns]
-        if not present:  # (the schema check has already dropped columns the signature does not know)
-            raise invalid(f"missing input column {names[0]!r}; a {family} model expects columns {_expected(family)}")
-        columns[field] = present
+        raise invalid(f"expected a DataFrame (columns {_expected(columns)}), got {type(frame).__name__}")
+    present = {}
+    for field, names in columns.items():
+        present[field] = [n for n in names if n in frame.columns]
+        if not present[field]:  # (the schema check has already dropped columns the signature does not know)
+            raise invalid(f"missing input column {names[0]!r}; a {family} model expects columns {_expected(columns)}")
+    keyed = "id" in get_family(family).rows.fields  # QA predictions come back keyed by it
     rows = []
     for i, values in enumerate(frame.itertuples(index=False)):
         record = dict(zip(frame.columns, values, strict=True))
         row = {}
-        for field, present in columns.items():
+        for field, names in present.items():
             # JSON records may mix names ({"text_a": ..} and {"text": ..}); pandas fills the gaps with NaN.
-            column = next((c for c in present if not _missing(record[c])), present[0])
-            row[field] = _check(record[column], column, i)
-            if field == "tokens" and column == "text":
-                row[field] = row[field].split()
-        if "id" in get_family(family).fields:  # QA predictions come back keyed by it
-            row["id"] = str(i) if _missing(record.get("id")) else str(record["id"])
+            column = next((c for c in names if not is_missing(record[c])), names[0])
+            try:
+                row[field] = check_value(field, record[column], column)
+            except BadValue as bad:
+                raise invalid(bad.request_error(i)) from None
+        if keyed:
+            row["id"] = str(i) if is_missing(record.get("id")) else str(record["id"])
         rows.append(row)
     return rows
 
 
-def _check(value, column: str, row: int):
-    """A non-empty string of at most MAX_TEXT_CHARS; for ``tokens``, a non-empty list of them.
-    A ``text`` feeding a tagger is split on whitespace."""
-    where = f"row {row}, column {column!r}"
-    if column == "tokens":
-        if not isinstance(value, (list, tuple, np.ndarray)) or len(value) == 0:
-            raise invalid(f"{where}: expected a non-empty list of words, got {_show(value)}")
-        words = list(value)
-        for k, word in enumerate(words):
-            if not isinstance(word, str) or not word.strip():
-                raise invalid(f"{where}: word {k} is {_show(word)}; expected a non-empty string")
-        _check_length(sum(len(w) + 1 for w in words), where)
-        return words
-    if not isinstance(value, str):
-        raise invalid(f"{where}: expected a string, got {_show(value)}")
-    if not value.strip():
-        raise invalid(f"{where}: the text is empty")
-    _check_length(len(value), where)
-    return value
-
-
-def _check_length(chars: int, where: str) -> None:
-    if chars > MAX_TEXT_CHARS:
-        raise invalid(f"{where}: {chars:,} characters; the limit is {MAX_TEXT_CHARS:,}")
-
-
-def _missing(value) -> bool:
-    return value is None or (isinstance(value, float) and np.isnan(value))  # pandas fills gaps with either
-
-
-def _show(value) -> str:
-    if _missing(value):
-        return "a missing value"
-    text = repr(value)
-    return f"{text[:60]}... ({type(value).__name__})" if len(text) > 60 else f"{text} ({type(value).__name__})"
-
-
-def _expected(family: str) -> str:
-    return ", ".join(" or ".join(repr(n) for n in names) for names in get_family(family).request.values())
+def _expected(columns: dict[str, tuple[str, ...]]) -> str:
+    return ", ".join(" or ".join(repr(n) for n in names) for names in columns.values())
 
 
 def rows_to_frame(family: str, rows: list[dict]) -> pd.DataFrame:
     """Canonical rows (gold labels and ``_source`` are dropped) -> a request DataFrame in the preferred
     column names: the input example logged with the model."""
     data = {}
-    for field, names in get_family(family).request.items():
+    for field, names in get_family(family).rows.request.items():
         data[names[0]] = [list(r[field]) if field == "tokens" else r[field] for r in rows]
     return pd.DataFrame(data)
 
@@ -175,7 +143,7 @@ def log_model(model_dir: str | Path, family: str, input_example_rows: list[dict]
 
 def _log_model(python_model, family: str, example, model_dir: str, registered_model_name: str | None) -> ModelInfo:
     signature = infer_signature(example, python_model.predict(None, example))
-    signature.inputs = _accepted_inputs(family, signature.inputs)
+    signature.inputs = _accepted_inputs(family, python_model.columns, signature.inputs)
     return mlflow.pyfunc.log_model(
         name="model",
         python_model=str(Path(__file__).with_name("model_code.py")),  # models from code: nothing pickled
@@ -189,13 +157,20 @@ def _log_model(python_model, family: str, example, model_dir: str, registered_mo
     )
 
 
-def _accepted_inputs(family: str, inferred: Schema) -> Schema:
+def _accepted_inputs(family: str, columns: dict[str, tuple[str, ...]], inferred: Schema) -> Schema:
     """The inferred columns plus their alternative names, all optional: the schema check must let
-    ``text``/``text_pair`` through, and ``frame_to_rows`` names what is really missing, row by row."""
+    ``text``/``text_pair`` and the spec's names through, and ``frame_to_rows`` names what is really missing,
+    row by row. A spec's name takes the type of its field's preferred column (``tokens``: a list of words)."""
     types = {c.name: c.type for c in inferred.inputs}
-    specs = [ColSpec(types.get(n, "string"), n, required=False)
-             for names in get_family(family).request.values() for n in names]
-    if "id" in get_family(family).fields:
+    own = get_family(family).rows.request
+
+    def column_type(field: str, name: str):
+        if name in types or name in own[field]:  # the family's other names are texts (a tagger's `text` too)
+            return types.get(name, "string")
+        return types.get(own[field][0], "string")
+
+    specs = [ColSpec(column_type(field, n), n, required=False) for field, names in columns.items() for n in names]
+    if "id" in get_family(family).rows.fields:
         specs.append(ColSpec("string", "id", required=False))
     return Schema(specs)
 

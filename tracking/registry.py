@@ -35,24 +35,37 @@ the alias on whichever wrote last. Read-compare-set therefore runs under one loc
 bootstrap behind ``significant`` can take a while on a big dev set, so it runs before the lock against
 the champion seen then; under the lock the champion is read again, and if another flow moved it
 meanwhile, the comparison is redone against the new champion (so the alias ends on the better one).
-Locks:
-- local stores (``sqlite:///...``, ``file:...``): an ``fcntl.flock`` on ``<db>.promotion.lock`` next to
-  the database; exact, and released by the OS if the process dies;
-- remote servers: a lock that the server's own unique constraint makes atomic: creating the registered
-  model ``promotion-lock.<name>`` succeeds for one caller only; the holder deletes it when done, and a
-  lock older than ``STALE_LOCK_S`` (a crashed holder) is broken.
+Locks (``promotion_lock``):
+- local stores (``sqlite:///...``, ``file:...``): a file lock (``bert_core/file_lock.py``) on
+  ``<db>.promotion.lock`` next to the database; exact, and released by the OS if the process dies;
+- tracking servers: MLflow's API offers no atomic test-and-set, so two locks. A file lock under
+  ``$BERTFLOW_HOME/locks`` serialises this machine exactly (a suite's parallel fine-tunes, a worker's
+  flow runs). Other machines are serialised by a lease on the registered model itself, the tag
+  ``bertflow.promotion`` taken with Fischer's timed mutual exclusion: wait until the tag is absent, write
+  a token (time, host, pid), wait ``LEASE_SETTLE_S``, hold the lease if the token is still there; give it
+  back by deleting the tag. A lease whose holder is gone is broken: at once when it was taken on this
+  machine by a dead process (or by this one, which lost the server before giving it back), else once
+  older than ``STALE_LOCK_S``. Limits: it assumes every write lands within ``LEASE_SETTLE_S`` of the
+  read before it, and that host names tell machines apart; a request stalled longer (e.g. inside
+  MLflow's client retries), or a holder on another machine still promoting after ``STALE_LOCK_S``, can
+  let two promotions overlap, and the alias then ends on whichever wrote last (each version's tags keep
+  its own decision). The lease costs ``LEASE_SETTLE_S`` per promotion, and the tag shows on the model
+  in the MLflow UI while a promotion runs.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
+import hashlib
 import json
 import math
+import os
 import random
+import socket
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
@@ -61,6 +74,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from bert_core.bootstrap import PairedComparison, paired_bootstrap
+from bert_core.file_lock import acquire
+from bert_core.home import bertflow_home
 from tracking.store import local_store_path
 
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -68,8 +83,10 @@ POLICIES = ("better", "significant", "always", "never")
 PREDICTIONS_ARTIFACT = "evaluation/predictions_eval.jsonl"  # the evaluate task's dev predictions
 N_RESAMPLES = 1000
 LOCK_TIMEOUT_S = 300
-STALE_LOCK_S = 300  # promotion takes well under a second; a lock this old belongs to a dead process
-_EXISTS = ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS")
+STALE_LOCK_S = 300  # promotion takes well under a second; a lease this old belongs to a dead process
+LEASE_TAG = "bertflow.promotion"  # the registered model's tag a promotion holds on a tracking server
+LEASE_SETTLE_S = 1.0  # Fischer's delay: longer than any write takes to land after the read before it
+_LOST_WRITE = ("BAD_REQUEST", "TEMPORARILY_UNAVAILABLE")  # a SQL store's unique key, or sqlite busy
 
 
 @dataclasses.dataclass
@@ -322,60 +339,85 @@ def _number(value) -> str:
 # ---- the promotion lock --------------------------------------------------------------------------------
 @contextlib.contextmanager
 def promotion_lock(client: MlflowClient, name: str, timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[None]:
-    """Serialise champion read-compare-set per store (file lock) or per model (server-side lock)."""
-    store = local_store_path(mlflow.get_registry_uri())
-    lock = _file_lock(store, timeout_s) if store is not None else _server_lock(client, name, timeout_s)
-    with lock:
+    """Serialise the champion's read-compare-set: per local store, or per registered model on a tracking
+    server (the module docstring says how, and the limits)."""
+    uri = mlflow.get_registry_uri()
+    store = local_store_path(uri)
+    if store is not None:
+        path = store.with_name(store.name + ".promotion.lock") if store.suffix else store / ".promotion.lock"
+    else:
+        path = bertflow_home() / "locks" / f"promotion-{hashlib.sha256(f'{uri} {name}'.encode()).hexdigest()[:16]}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lease = contextlib.nullcontext() if store is not None else _model_lease(client, name, time.monotonic() + timeout_s)
+    with acquire(path, timeout_s), lease:
         yield
 
 
 @contextlib.contextmanager
-def _file_lock(store, timeout_s: float) -> Iterator[None]:
-    path = store.with_name(store.name + ".promotion.lock") if store.suffix else store / ".promotion.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:  # each open() is its own lock owner, so threads exclude each other too
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"promotion lock {path} held for over {timeout_s:.0f} s") from None
-                time.sleep(0.05)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-@contextlib.contextmanager
-def _server_lock(client: MlflowClient, name: str, timeout_s: float) -> Iterator[None]:
-    lock = f"promotion-lock.{name}"
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            client.create_registered_model(lock, description=f"bertflow: promotion of {name} in progress")
-            break
-        except MlflowException as err:
-            if err.error_code not in _EXISTS:
-                raise
-        _break_if_stale(client, lock)
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"registered model {lock!r} (a promotion lock) held for over {timeout_s:.0f} s")
-        time.sleep(0.1 + random.random() * 0.2)  # jitter, so waiters do not retry in lockstep
+def _model_lease(client: MlflowClient, name: str, deadline: float) -> Iterator[None]:
+    """Hold the tag ``LEASE_TAG`` of registered model ``name`` (Fischer's algorithm, see the module docstring)."""
+    token = f"{datetime.now(UTC).isoformat(timespec='seconds')} {_HOST} pid {os.getpid()} {uuid.uuid4().hex[:8]}"
+    _WRITTEN.add(token)
     try:
+        _take_lease(client, name, token, deadline)
         yield
     finally:
-        with contextlib.suppress(MlflowException):
-            client.delete_registered_model(lock)
+        with contextlib.suppress(MlflowException):  # server lost: the lease is broken once its holder is gone
+            if client.get_registered_model(name).tags.get(LEASE_TAG) == token:
+                client.delete_registered_model_tag(name, LEASE_TAG)
+        _WRITTEN.discard(token)
 
 
-def _break_if_stale(client: MlflowClient, lock: str) -> None:
-    with contextlib.suppress(MlflowException):  # gone already: the next create attempt will tell
-        held = client.get_registered_model(lock)
-        if time.time() * 1000 - held.creation_timestamp > STALE_LOCK_S * 1000:
-            client.delete_registered_model(lock)
+def _take_lease(client: MlflowClient, name: str, token: str, deadline: float) -> None:
+    while True:
+        held = client.get_registered_model(name).tags.get(LEASE_TAG)
+        if held is not None and _holder_is_gone(held):
+            with contextlib.suppress(MlflowException):
+                client.delete_registered_model_tag(name, LEASE_TAG)
+            continue
+        if held is None:
+            try:
+                client.set_registered_model_tag(name, LEASE_TAG, token)
+            except MlflowException as err:  # a SQL store refuses the second of two concurrent first writes
+                if err.error_code not in _LOST_WRITE:
+                    raise
+                held = "a concurrent writer"
+            if held is None:  # every contender that read "absent" has written by now: the last one holds it
+                time.sleep(LEASE_SETTLE_S)
+                if client.get_registered_model(name).tags.get(LEASE_TAG) == token:
+                    return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"registered model {name!r}: its promotion lease (tag {LEASE_TAG!r}) is still held "
+                               f"by {held or token}")
+        time.sleep(0.1 + random.random() * 0.2)  # jitter, so waiters do not retry in lockstep
+
+
+_HOST = socket.gethostname()
+_WRITTEN: set[str] = set()  # lease tokens this process wrote and still holds or waits with
+
+
+def _holder_is_gone(token: str) -> bool:
+    """Whether nobody holds the lease ``token`` any more: it is older than ``STALE_LOCK_S``, or was taken on
+    this machine by a process that has died, or by this process, which no longer holds it (an attempt that
+    lost the server before it could give the lease back). A tag value bertflow did not write holds nothing."""
+    try:
+        taken, host, _, pid, _ = token.split()
+        age_s, pid = (datetime.now(UTC) - datetime.fromisoformat(taken)).total_seconds(), int(pid)
+    except ValueError:
+        return True
+    if age_s > STALE_LOCK_S:
+        return True
+    if host != _HOST:
+        return False
+    if pid == os.getpid():
+        return token not in _WRITTEN
+    try:
+        os.kill(pid, 0)  # signal 0: is it alive?
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
 
 
 # ---- reading the registry back -------------------------------------------------------------------------

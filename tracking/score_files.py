@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bert_core.request_file import RequestFile
+from tracking.request_file import RequestFile
 
 PREDICTIONS, REJECTED = "predictions", "rejected"
 _OUTPUT = re.compile(rf".+\.({PREDICTIONS}|{REJECTED})\..+\.jsonl(\.tmp)?")

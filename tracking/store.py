@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import base64
-import fcntl
 import os
 import re
 import socket
@@ -29,6 +28,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
 
+from bert_core.file_lock import acquire
 from bert_core.home import bertflow_home
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -171,12 +171,8 @@ def _create_sqlite_store_once(uri: str, path: Path) -> None:
     ("Online migration expected to match one row ..."); the first holder creates it, the rest find it.
     A new store's Default experiment keeps its artifacts beside the database too: MLflow's own default,
     ./mlruns, would land in whatever folder the first command ran in."""
-    with open(path.with_name(path.name + ".init.lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            SqlAlchemyStore(uri, artifact_root(path))  # creates the tables (and Default) when the file is new
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    with acquire(path.with_name(path.name + ".init.lock")):
+        SqlAlchemyStore(uri, artifact_root(path))  # creates the tables (and Default) when the file is new
 
 
 def _check_http(uri: str, shown: str, timeout_s: float) -> None:

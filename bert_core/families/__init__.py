@@ -1,23 +1,37 @@
-"""The family registry: a spec's ``family`` name -> the object that knows everything about that application
-family (bert_core/families/base.py). Adding a family: its module, and one line here. Adding a dataset of a
-known family needs only a spec file."""
+"""The family registry: a spec's ``family`` name -> the ``Family`` that knows everything about that application
+family (its parts: bert_core/families/base.py). Adding a family: its module, and one line here. Adding a dataset
+of a known family needs only a spec file."""
 
 from __future__ import annotations
 
-from bert_core.families.base import IGNORE_INDEX, Family, Output, as_rows, collate
-from bert_core.families.classification import ClassificationFamily, RegressionFamily, SequenceClassifier
-from bert_core.families.qa import QAFamily, SpanQA, best_span
-from bert_core.families.qa_no_answer import NoAnswerQAFamily
-from bert_core.families.tagging import TaggingFamily, TokenTagger
+from bert_core.families.base import (
+    IGNORE_INDEX,
+    Family,
+    FeatureBuilder,
+    Output,
+    Predictions,
+    Rows,
+    as_rows,
+    collate,
+)
+from bert_core.families.classification import PAIR_CLASSIFICATION, SINGLE_CLASSIFICATION
+from bert_core.families.cls_head import SequenceClassifier
+from bert_core.families.multi_label import MULTI_LABEL_CLASSIFICATION, PAIR_MULTI_LABEL_CLASSIFICATION
+from bert_core.families.qa import EXTRACTIVE_QA, SpanQA, best_span
+from bert_core.families.qa_no_answer import EXTRACTIVE_QA_WITH_NO_ANSWER
+from bert_core.families.regression import PAIR_REGRESSION
+from bert_core.families.tagging import TOKEN_TAGGING, TokenTagger
 
 FAMILIES: dict[str, Family] = {family.name: family for family in (
-    ClassificationFamily("single_classification", pair=False),
-    ClassificationFamily("pair_classification", pair=True),
-    RegressionFamily("pair_regression"),
-    TaggingFamily(),
-    QAFamily(),
+    SINGLE_CLASSIFICATION,
+    PAIR_CLASSIFICATION,
+    PAIR_REGRESSION,
+    TOKEN_TAGGING,
+    EXTRACTIVE_QA,
     # SQuAD 2.0: extractive QA whose questions may have no answer; a family, not a spec flag (why: its module).
-    NoAnswerQAFamily(),
+    EXTRACTIVE_QA_WITH_NO_ANSWER,
+    MULTI_LABEL_CLASSIFICATION,  # any number of labels per text (pair), or none
+    PAIR_MULTI_LABEL_CLASSIFICATION,
 )}
 
 
@@ -29,7 +43,6 @@ def get_family(name: str) -> Family:
 
 
 __all__ = [
-    "FAMILIES", "IGNORE_INDEX", "ClassificationFamily", "Family", "NoAnswerQAFamily", "Output", "QAFamily",
-    "RegressionFamily", "SequenceClassifier", "SpanQA", "TaggingFamily", "TokenTagger", "as_rows", "best_span",
-    "collate", "get_family",
+    "FAMILIES", "IGNORE_INDEX", "Family", "FeatureBuilder", "Output", "Predictions", "Rows", "SequenceClassifier",
+    "SpanQA", "TokenTagger", "as_rows", "best_span", "collate", "get_family",
 ]

@@ -1,8 +1,20 @@
-"""What every family shares: the head's ``Output``, the ``Family`` interface, and the collate function.
+"""What every family shares: the head's ``Output``, the collate function, and the ``Family`` interface.
 
-A family bundles, for one application type of the BERT paper, its head (``build_model``), its
-feature builder, its postprocessing into people-ready predictions and its metrics. Flows and the
-training loop only talk to this interface, so they treat the four families alike.
+A family is one application type of the BERT paper (classification, regression, tagging, extractive QA), as
+a small composition of parts, each answering one question:
+
+- ``rows`` (``Rows``): what the task's data is. The canonical row fields and the spec fields it reads, how a
+  row is normalised and checked, label names, checks of the whole data, how labels are described to people,
+  and which fields a served model takes.
+- ``features`` (``FeatureBuilder``): rows -> model inputs and training targets.
+- ``build_model``: the encoder plus the family's head.
+- ``predictions`` (``Predictions``): the head's logits -> people-ready predictions (settings it may tune on
+  the eval split), their metrics (and the bootstrap form of each), per-class report and confusion matrix, and
+  what a served model returns.
+
+Flows, loading, training and serving ask a family's parts and never branch on family names. Parts that
+families share are shared objects, not base classes to override (``text_encoding.py``: the text and text-pair
+input of classification and regression; ``qa.py``: windows and span search for both extractive QA families).
 """
 
 from __future__ import annotations
@@ -38,7 +50,8 @@ def collate(features: list[dict[str, Any]], pad_id: int = 0, pad_to_multiple_of:
     """Pad a list of feature rows to the batch's longest sequence (dynamic padding).
 
     Lists of ints become (B, T) tensors (``input_ids`` padded with pad_id, ``labels`` lists with -100,
-    the rest with 0); scalars become (B,) tensors; other values (strings, offsets) are dropped.
+    the rest with 0); lists of floats are fixed-length vectors, one entry per label (multi-label targets), stacked
+    to (B, L) float32, never padded; scalars become (B,) tensors; other values (strings, offsets) are dropped.
     ``attention_mask`` (B, T) is 1 on each row's real tokens.
     Rounding T up to a multiple of 8 keeps matmul shapes friendly without much extra padding.
     """
@@ -46,7 +59,9 @@ def collate(features: list[dict[str, Any]], pad_id: int = 0, pad_to_multiple_of:
     length = -(-length // pad_to_multiple_of) * pad_to_multiple_of
     batch: dict[str, torch.Tensor] = {}
     for key, first in features[0].items():
-        if isinstance(first, (list, tuple, np.ndarray)):
+        if isinstance(first, (list, tuple, np.ndarray)) and len(first) and isinstance(first[0], (float, np.floating)):
+            batch[key] = torch.tensor(np.array([f[key] for f in features], dtype=np.float32))  # (B, L)
+        elif isinstance(first, (list, tuple, np.ndarray)):
             fill = pad_id if key == "input_ids" else IGNORE_INDEX if key == "labels" else 0
             arr = np.full((len(features), length), fill, dtype=np.int64)
             for i, f in enumerate(features):
@@ -66,31 +81,21 @@ def as_rows(rows) -> list[dict]:
     return rows.to_list() if hasattr(rows, "to_list") else list(rows)
 
 
-class Family:
-    """Everything one application family knows, in one object: the spec fields and metrics it accepts, its
-    canonical rows and how they are checked, its head, features, postprocessing and metrics, and what a
-    served model of it takes and returns. Flows, loading, training and serving ask the family and never
-    branch on family names; adding a family is a module with a subclass plus one line in ``FAMILIES``."""
+class Rows:
+    """What a task's data is, for one family: the fields of its canonical rows (docs/design.md), the spec
+    fields that describe them, and every check a row or the whole data must pass before training."""
 
-    name: str  # the spec's `family` value, e.g. "pair_classification"
-    # Canonical row fields (docs/design.md), the only names a spec's `columns` may map.
+    # Canonical row fields, the only names a spec's `columns` may map.
     fields: tuple[str, ...]
-    # Metric names a spec may ask for; ``compute_metrics`` returns them under these names.
-    metrics: tuple[str, ...]
+    # What a served model takes: canonical field -> request columns that may carry it, preferred first.
+    request: dict[str, tuple[str, ...]]
     # Local file formats the rows can come from (bert_core/readers.py).
     local_formats: tuple[str, ...] = ("tsv", "csv", "json", "jsonl", "parquet")
     # TaskSpec fields only this family reads (set on a spec of another family, they are an error).
     spec_fields: tuple[str, ...] = ()
     # Whether rows carry names from a label (tag) set: the spec's `labels`, else inferred from train.
     has_label_names: bool = True
-    # Batch keys holding training targets; the trainer passes them to the model with the inputs.
-    label_keys: tuple[str, ...] = ("labels",)
-    # What a served model takes: canonical field -> request columns that may carry it, preferred first.
-    request: dict[str, tuple[str, ...]]
-    # What it returns: response column -> the prediction field it shows.
-    response: dict[str, str]
 
-    # ---- the spec and the data ------------------------------------------------------------------------
     def check_spec(self, spec) -> None:
         """Spec rules of this family (its own fields, its metrics against its labels); may fill defaults.
         Raises ValueError with the message the spec file's error shows."""
@@ -104,9 +109,16 @@ class Family:
         """The column types of canonical rows stored as a ``datasets.Dataset`` (``_source`` included)."""
         raise NotImplementedError
 
-    def normalise(self, rows: list[dict], label_map: dict[str, str] | None) -> list[dict]:
-        """Rows just read from a source -> canonical form: label values as strings through the source's
-        ``label_map`` (where the family has label names), missing optional fields filled."""
+    def source_columns(self, spec) -> dict[str, str]:
+        """Key a reader fills in a row -> the source column it reads, before the spec's ``columns`` rename them
+        (``TaskSpec.column_map``): each canonical field from the column of its own name by default; multi-label's
+        indicator columns are one key per label (bert_core/families/multi_label.py)."""
+        return {field: field for field in self.fields}
+
+    def normalise(self, rows: list[dict], label_map: dict[str, str] | None, spec) -> list[dict]:
+        """Rows just read from one of ``spec``'s sources -> canonical form: label values as strings through the
+        source's ``label_map`` (where the family has label names), missing optional fields filled. ``spec``: for
+        what only it says about the source's spelling (multi-label's ``label_separator``)."""
         return rows
 
     def validate_row(self, row: dict, label_set: set[str] | None, expected: str) -> str | None:
@@ -133,20 +145,14 @@ class Family:
         """The labels of some rows in a few words, for people (`bertflow check`)."""
         return "-"
 
-    def token_lengths(self, rows, tokenizer: BertTokenizer) -> list[int]:
-        """Tokens per row before any truncation, ``[CLS]``/``[SEP]`` included (for reports on the data)."""
-        raise NotImplementedError
 
-    def input_limit(self, spec, max_seq_length: int, label_names: list[str] | None) -> str:
-        """What happens to inputs longer than the model reads, for a model card's limits."""
-        return f"each input is cut to {max_seq_length} word pieces ([CLS]/[SEP] included), longest text first"
+class FeatureBuilder:
+    """Canonical rows -> feature rows: the model's inputs and, for labelled rows, its training targets."""
 
-    # ---- model and features -----------------------------------------------------------------------------
-    def build_model(self, encoder: BertEncoder, label_names: list[str] | None) -> nn.Module:
-        """The encoder under ``.bert`` plus this family's head."""
-        raise NotImplementedError
+    # Batch keys holding training targets; the trainer passes them to the model with the inputs.
+    label_keys: tuple[str, ...] = ("labels",)
 
-    def build_features(self, rows, tokenizer: BertTokenizer, label_names: list[str] | None, settings: dict) -> list[dict]:
+    def build(self, rows, tokenizer: BertTokenizer, label_names: list[str] | None, settings: dict) -> list[dict]:
         """Canonical rows (see docs/design.md) -> feature rows, in row order.
 
         ``rows``: a ``datasets.Dataset`` or a list of dicts. ``settings``: at least ``max_seq_length``.
@@ -157,11 +163,26 @@ class Family:
         """
         raise NotImplementedError
 
-    def feature_stats(self, features) -> dict:
+    def token_lengths(self, rows, tokenizer: BertTokenizer) -> list[int]:
+        """Tokens per row before any truncation, ``[CLS]``/``[SEP]`` included (for reports on the data)."""
+        raise NotImplementedError
+
+    def stats(self, features) -> dict:
         """Counts worth logging about built features (e.g. words cut off by max_seq_length)."""
         return {}
 
-    # ---- predictions and metrics ------------------------------------------------------------------------
+
+class Predictions:
+    """The head's logits -> people-ready predictions, and how good they are: the family's metrics."""
+
+    # Metric names a spec may ask for; ``compute_metrics`` returns them under these names.
+    metrics: tuple[str, ...]
+    # What a served model returns: response column -> the prediction field it shows.
+    response: dict[str, str]
+
+    def __init__(self, family: str):
+        self.family = family  # the family's name, for messages
+
     def postprocess(self, logits: list[np.ndarray], features: list[dict], rows, label_names, settings: dict) -> list[dict]:
         """Per-feature logits -> one people-ready prediction per input row, in row order.
 
@@ -183,13 +204,13 @@ class Family:
     ) -> dict[str, float]:
         """Predictions (from ``postprocess``) vs the gold fields of ``rows``, by the official definition
         of each metric named in the spec; fractions in [0, 1] (correlations in [-1, 1]). ``settings``: the
-        task's settings (``task_settings``), e.g. tagging's ``tag_scheme``."""
+        task's settings (``Rows.task_settings``), e.g. tagging's ``tag_scheme``."""
         raise NotImplementedError
 
     def check_metric_names(self, names) -> None:
         unknown = [n for n in names if n not in self.metrics]
         if unknown:
-            raise ValueError(f"metrics {unknown} are not defined for {self.name}; expected some of {list(self.metrics)}")
+            raise ValueError(f"metrics {unknown} are not defined for {self.family}; expected some of {list(self.metrics)}")
 
     def weighted_metric(self, predictions: list[dict], rows, metric: str, label_names: list[str] | None = None,
                         settings: dict | None = None) -> Callable[[np.ndarray], float]:
@@ -220,3 +241,28 @@ class Family:
         """(gold names, predicted names, all names) for a confusion matrix, in the names people read; None
         when the family predicts no single label per row."""
         return None
+
+    def input_limit(self, spec, max_seq_length: int, label_names: list[str] | None) -> str:
+        """What the model reads of a long input and what it answers, for a model card's limits."""
+        raise NotImplementedError
+
+
+def unweighted_loss(model: nn.Module, train_features: list[dict], settings: dict) -> None:
+    """Most families train with their loss as built: nothing learnt from the data."""
+
+
+@dataclasses.dataclass
+class Family:
+    """One application family: its name (a spec's ``family``) and its parts (module docstring). A family
+    variant is a new combination: it implements the parts that differ and reuses the others."""
+
+    name: str  # the spec's `family` value, e.g. "pair_classification"
+    rows: Rows
+    features: FeatureBuilder
+    # The encoder under ``.bert`` plus this family's head; label_names: the spec's labels (None: none).
+    build_model: Callable[[BertEncoder, list[str] | None], nn.Module]
+    predictions: Predictions
+    # (model, training features, settings): weights of the training loss learnt from the training data (multi-label's
+    # pos_weight), set on a freshly built model before training. The saved head holds no loss, so a model
+    # reloaded to predict needs none of this.
+    weigh_loss: Callable[[nn.Module, list[dict], dict], None] = unweighted_loss

@@ -13,9 +13,15 @@ question and the specials), ``example_index``, ``example_id`` and, when the rows
 windows that do not hold all of it. Offsets are two flat lists rather than pairs so ``collate`` pads
 them like any other per-token list.
 
+Rows: ``id``, ``title``, ``question``, ``context`` and ``answers`` (SQuAD's: texts and character offsets).
+Extractive QA with unanswerable questions (``qa_no_answer.py``) reads the same rows (where a question may
+have no answer), head and windows, and searches spans with ``question_spans``; its predictions and metrics
+are its own.
+
 Predictions: ``{"id", "answer", "start", "end", "score"}``; the best span over all windows of the
 question (n-best starts x n-best ends per window), ``answer == context[start:end]`` in the original
-context, ``score`` its start + end logit. Metrics: SQuAD v1.1 ``exact_match`` and ``f1``.
+context, ``score`` its start + end logit. Metrics: SQuAD v1.1 ``exact_match`` and ``f1`` (the token F1 of
+the answer, ``metrics.squad_em_f1``).
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from datasets import Features, List, Value
 from torch import nn
 
 from bert_core import metrics
-from bert_core.families.base import Family, Output, as_rows
+from bert_core.families.base import Family, FeatureBuilder, Output, Predictions, Rows, as_rows
 from bert_core.model import BertEncoder
 from bert_core.tokenizer import BertTokenizer, Encoding
 from bert_core.validation import problem, show, text_problem
@@ -180,19 +186,16 @@ def question_spans(logits, features, n_questions: int,
     return best, null
 
 
-class QAFamily(Family):
-    name = "extractive_qa"
+class SquadRows(Rows):
+    """SQuAD rows: a question, its passage and the gold answers in it (none when ``unanswerable``)."""
+
     fields = ("id", "title", "question", "context", "answers")
-    metrics = QA_METRICS
+    request = {"question": ("question",), "context": ("context",)}
     local_formats = ("squad", "json", "jsonl", "parquet")
     spec_fields = ("doc_stride", "max_answer_length")
     has_label_names = False
-    label_keys = ("start_positions", "end_positions")
-    request = {"question": ("question",), "context": ("context",)}
-    response = {"answer": "answer", "start": "start", "end": "end", "score": "score"}
     unanswerable = False  # whether a question may have no answer (bert_core/families/qa_no_answer.py)
 
-    # ---- the spec and the data ------------------------------------------------------------------------
     def check_spec(self, spec) -> None:
         """BERT's SQuAD defaults: windows overlap by 128 tokens (half the passage room of shorter windows),
         answers of at most 30 tokens; the stride must leave each window new passage tokens."""
@@ -243,17 +246,17 @@ class QAFamily(Family):
                                f"{show(found)}")
         return None
 
-    def input_limit(self, spec, max_seq_length, label_names) -> str:
-        return (f"the question (at most {QA_DEFAULTS['max_query_length']} tokens) and the passage are read in windows "
-                f"of {max_seq_length} tokens overlapping by {spec.doc_stride}; answers are at most "
-                f"{spec.max_answer_length} tokens, and always a span of the passage (it never says 'no answer')")
 
-    # ---- model and features -----------------------------------------------------------------------------
+def build_span_qa(encoder: BertEncoder, label_names: list[str] | None) -> nn.Module:
+    return SpanQA(encoder)
 
-    def build_model(self, encoder: BertEncoder, label_names: list[str] | None) -> nn.Module:
-        return SpanQA(encoder)
 
-    def build_features(self, rows, tokenizer: BertTokenizer, label_names: list[str] | None, settings: dict) -> list[dict]:
+class WindowFeatures(FeatureBuilder):
+    """The question and overlapping windows of the passage, one feature per window (module docstring)."""
+
+    label_keys = ("start_positions", "end_positions")
+
+    def build(self, rows, tokenizer: BertTokenizer, label_names: list[str] | None, settings: dict) -> list[dict]:
         settings = qa_settings(settings)
         rows = as_rows(rows)
         # Cut long questions first: the windows truncate only the passage ("only_second").
@@ -294,6 +297,20 @@ class QAFamily(Family):
         encodings = tokenizer.encode_batch([r["question"] for r in rows], [r["context"] for r in rows], max_length=None)
         return [len(enc) for enc in encodings]
 
+
+def windows_note(spec, max_seq_length: int) -> str:
+    """How a QA model reads a long passage, and how long its answers are, for a model card's limits."""
+    return (f"the question (at most {QA_DEFAULTS['max_query_length']} tokens) and the passage are read in windows "
+            f"of {max_seq_length} tokens overlapping by {spec.doc_stride}; answers are at most "
+            f"{spec.max_answer_length} tokens")
+
+
+class SpanPredictions(Predictions):
+    """The best span over all windows of a question; SQuAD v1.1's exact match and token F1."""
+
+    metrics = QA_METRICS
+    response = {"answer": "answer", "start": "start", "end": "end", "score": "score"}
+
     def postprocess(self, logits, features, rows, label_names, settings: dict) -> list[dict]:
         """logits[k]: (T, 2) -> per question {"id", "answer", "start", "end", "score"}: the best span over
         all its windows; ``answer = context[start:end]`` (characters), ``score`` = start + end logit.
@@ -307,15 +324,6 @@ class QAFamily(Family):
             predictions.append({"id": row["id"], "answer": row["context"][start:end], "start": start, "end": end, "score": score})
         return predictions
 
-    def weighted_metric(self, predictions, rows, metric, label_names=None, settings=None):
-        """Each question's exact match and F1, averaged by weight (SQuAD's scores are means over questions)."""
-        rows = as_rows(rows)  # predictions[i] answers rows[i]: keyed by position, so repeated ids stay apart
-        answers = {str(i): p["answer"] for i, p in enumerate(predictions)}
-        per_question = metrics.squad_per_question(answers, {str(i): list(row["answers"]["text"])
-                                                            for i, row in enumerate(rows)})
-        column = per_question[:, QA_METRICS.index(metric)]
-        return lambda weights: float(weights @ column / weights.sum())
-
     def compute_metrics(self, predictions, rows, metric_names, label_names=None, settings=None) -> dict[str, float]:
         """SQuAD v1.1 exact match and token F1, each the best over all gold answers of a question."""
         self.check_metric_names(metric_names)
@@ -326,3 +334,20 @@ class QAFamily(Family):
         gold = {row["id"]: list(row["answers"]["text"]) for row in rows}
         scores = metrics.squad_em_f1({p["id"]: p["answer"] for p in predictions}, gold)
         return {name: scores[name] for name in metric_names}
+
+    def weighted_metric(self, predictions, rows, metric, label_names=None, settings=None):
+        """Each question's exact match and F1, averaged by weight (SQuAD's scores are means over questions)."""
+        rows = as_rows(rows)  # predictions[i] answers rows[i]: keyed by position, so repeated ids stay apart
+        answers = {str(i): p["answer"] for i, p in enumerate(predictions)}
+        per_question = metrics.squad_per_question(answers, {str(i): list(row["answers"]["text"])
+                                                            for i, row in enumerate(rows)})
+        column = per_question[:, QA_METRICS.index(metric)]
+        return lambda weights: float(weights @ column / weights.sum())
+
+    def input_limit(self, spec, max_seq_length, label_names) -> str:
+        return f"{windows_note(spec, max_seq_length)}, and always a span of the passage (it never says 'no answer')"
+
+
+NAME = "extractive_qa"
+EXTRACTIVE_QA = Family(NAME, rows=SquadRows(), features=WindowFeatures(), build_model=build_span_qa,
+                       predictions=SpanPredictions(NAME))

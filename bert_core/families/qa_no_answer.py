@@ -1,12 +1,12 @@
 """Extractive question answering where a question may have no answer in its passage (SQuAD 2.0).
 
 Why a family of its own (``extractive_qa_with_no_answer``) rather than a spec flag on ``extractive_qa``: what
-changes is exactly what a family object decides with no spec at hand. ``validate_row`` sees a row, not its spec (here
-a question may have no answer); ``metrics`` is what specs are validated against (here SQuAD 2.0's); and a saved
-model's meta names its family, from which the served model alone must know to weigh the best span against "no
-answer". A flag would have to reach all three (and every ``compute_metrics`` caller's settings). Head, windows,
-features and span search are extractive QA's, reused as they are (bert_core/families/qa.py), as single and pair
-classification share one class.
+changes is exactly what a family object decides with no spec at hand. ``Rows.validate_row`` sees a row, not its
+spec (here a question may have no answer); ``Predictions.metrics`` is what specs are validated against (here SQuAD
+2.0's); and a saved model's meta names its family, from which the served model alone must know to weigh the best
+span against "no answer". A flag would have to reach all three (and every ``compute_metrics`` caller's settings).
+Head, windows, features and span search are extractive QA's, reused as they are (bert_core/families/qa.py); the
+rows are extractive QA's where a question may have no answer; the predictions and metrics are this module's.
 
 Model (as Google's run_squad and Hugging Face's run_qa do for version 2): the ``[CLS]`` position scores "no
 answer". An unanswerable question's training targets point at ``[CLS]`` in each of its windows, as they do for a
@@ -33,8 +33,16 @@ from __future__ import annotations
 import numpy as np
 
 from bert_core import metrics
-from bert_core.families.base import as_rows
-from bert_core.families.qa import QA_DEFAULTS, QAFamily, qa_settings, question_spans
+from bert_core.families.base import Family, Predictions, as_rows
+from bert_core.families.qa import (
+    SpanPredictions,
+    SquadRows,
+    WindowFeatures,
+    build_span_qa,
+    qa_settings,
+    question_spans,
+    windows_note,
+)
 
 DEFAULT_THRESHOLD = 0.0  # answered when the best span outscores "no answer": run_qa's / run_squad's default
 
@@ -44,13 +52,11 @@ def decide(margin: float | None, threshold: float) -> bool:
     return margin is not None and margin > threshold
 
 
-class NoAnswerQAFamily(QAFamily):
-    name = "extractive_qa_with_no_answer"
-    metrics = metrics.SQUAD_V2_METRICS
-    unanswerable = True
-    response = {**QAFamily.response, "answer_margin": "answer_margin"}
+class UnanswerableRows(SquadRows):
+    """SQuAD 2.0 rows: extractive QA's, where a question may have no answer (``answers`` with no text)."""
 
-    # ---- the spec and the data ------------------------------------------------------------------------
+    unanswerable = True
+
     def check_spec(self, spec) -> None:
         super().check_spec(spec)
         if spec.primary_metric in metrics.SQUAD_V2_THRESHOLDS:
@@ -74,13 +80,14 @@ class NoAnswerQAFamily(QAFamily):
         unanswerable = sum(not row["answers"]["text"] for row in rows)
         return f"{len(rows) - unanswerable} answerable, {unanswerable} unanswerable"
 
-    def input_limit(self, spec, max_seq_length, label_names) -> str:
-        return (f"the question (at most {QA_DEFAULTS['max_query_length']} tokens) and the passage are read in windows "
-                f"of {max_seq_length} tokens overlapping by {spec.doc_stride}; answers are at most "
-                f"{spec.max_answer_length} tokens, a span of the passage, or empty ('no answer') when the best span "
-                "does not beat the no-answer score by the threshold tuned on the eval split")
 
-    # ---- predictions and metrics ------------------------------------------------------------------------
+class NoAnswerPredictions(Predictions):
+    """Extractive QA's best span, answered only when it beats "no answer" by the tuned threshold; SQuAD 2.0's
+    metrics."""
+
+    metrics = metrics.SQUAD_V2_METRICS
+    response = {**SpanPredictions.response, "answer_margin": "answer_margin"}
+
     def postprocess(self, logits, features, rows, label_names, settings: dict) -> list[dict]:
         """logits[k]: (T, 2) -> per question extractive QA's prediction, answered only when its best span beats
         the null score by more than ``settings["no_answer_threshold"]`` (module docstring)."""
@@ -102,7 +109,7 @@ class NoAnswerQAFamily(QAFamily):
 
     def tune(self, predictions, rows, settings) -> dict:
         """The no-answer threshold that maximises F1 on these labelled rows (``best_f1_threshold``)."""
-        threshold = self._questions(predictions, as_rows(rows)).metrics(["best_f1_threshold"])["best_f1_threshold"]
+        threshold = _questions(predictions, as_rows(rows)).metrics(["best_f1_threshold"])["best_f1_threshold"]
         return {"no_answer_threshold": threshold}
 
     def compute_metrics(self, predictions, rows, metric_names, label_names=None, settings=None) -> dict[str, float]:
@@ -114,19 +121,28 @@ class NoAnswerQAFamily(QAFamily):
         missing = [row.get("_source", row["id"]) for row in rows if row["id"] not in by_id]
         if missing:
             raise ValueError(f"compute_metrics: {len(missing)} questions have no prediction, e.g. {missing[0]}")
-        return self._questions([by_id[row["id"]] for row in rows], rows).metrics(metric_names)
+        return _questions([by_id[row["id"]] for row in rows], rows).metrics(metric_names)
 
     def weighted_metric(self, predictions, rows, metric, label_names=None, settings=None):
         """Per-question scores, margins and counts, summed by weight: exact for every metric, the threshold
         search included (a question drawn k times is k tied questions, answered together)."""
-        questions = self._questions(predictions, as_rows(rows))  # predictions[i] answers rows[i]
+        questions = _questions(predictions, as_rows(rows))  # predictions[i] answers rows[i]
         return lambda weights: questions.metrics([metric], np.asarray(weights))[metric]
 
-    @staticmethod
-    def _questions(predictions: list[dict], rows: list[dict]) -> metrics.SquadV2Questions:
-        """``predictions[i]`` answers ``rows[i]``. Predictions without margins (answers only) leave best_* nan."""
-        with_margins = any("answer_margin" in p for p in predictions)
-        return metrics.SquadV2Questions.score(
-            [p["answer"] for p in predictions], [list(row["answers"]["text"]) for row in rows],
-            [p.get("best_span", p["answer"]) for p in predictions],
-            [p.get("answer_margin") for p in predictions] if with_margins else None)
+    def input_limit(self, spec, max_seq_length, label_names) -> str:
+        return (f"{windows_note(spec, max_seq_length)}, a span of the passage, or empty ('no answer') when the best "
+                "span does not beat the no-answer score by the threshold tuned on the eval split")
+
+
+def _questions(predictions: list[dict], rows: list[dict]) -> metrics.SquadV2Questions:
+    """``predictions[i]`` answers ``rows[i]``. Predictions without margins (answers only) leave best_* nan."""
+    with_margins = any("answer_margin" in p for p in predictions)
+    return metrics.SquadV2Questions.score(
+        [p["answer"] for p in predictions], [list(row["answers"]["text"]) for row in rows],
+        [p.get("best_span", p["answer"]) for p in predictions],
+        [p.get("answer_margin") for p in predictions] if with_margins else None)
+
+
+NAME = "extractive_qa_with_no_answer"
+EXTRACTIVE_QA_WITH_NO_ANSWER = Family(NAME, rows=UnanswerableRows(), features=WindowFeatures(),
+                                      build_model=build_span_qa, predictions=NoAnswerPredictions(NAME))

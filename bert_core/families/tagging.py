@@ -10,6 +10,7 @@ Features: ``input_ids``, ``token_type_ids``, ``word_ids`` (the word each token c
 character). It is stored in every feature rather than returned on the side, so the count survives the
 feature cache: ``sum(features["words_truncated"])`` is the split's total; building also logs it.
 
+Rows: ``tokens`` and ``tags``, one tag per token; the spec may give a ``tag_scheme`` (and ``repair_tags``).
 Predictions: ``{"tokens": words, "tags": one tag per word, "words_truncated": n}``; every input word
 gets a tag, the ones without a token the fallback tag (``"O"``, or the first tag name without one).
 Metrics: ``token_accuracy``, ``entity_f1``, ``entity_precision``, ``entity_recall`` (seqeval's strict mode for
@@ -28,7 +29,7 @@ from sklearn.metrics import classification_report
 from torch import nn
 
 from bert_core import metrics, tag_schemes
-from bert_core.families.base import IGNORE_INDEX, Family, Output, as_rows
+from bert_core.families.base import IGNORE_INDEX, Family, FeatureBuilder, Output, Predictions, Rows, as_rows
 from bert_core.model import BertEncoder
 from bert_core.tokenizer import BertTokenizer
 from bert_core.validation import DataError, problem, show
@@ -95,16 +96,14 @@ def _tag_ids(row: dict, index: dict[str, int]) -> list[int]:
     return [index[tag] for tag in row["tags"]]
 
 
-class TaggingFamily(Family):
-    name = "token_tagging"
+class TagRows(Rows):
+    """Sentences of words with one tag per word."""
+
     fields = ("tokens", "tags")
-    metrics = TAGGING_METRICS
+    request = {"tokens": ("tokens", "text")}
     local_formats = ("conll", "json", "jsonl", "parquet")
     spec_fields = ("tag_scheme", "repair_tags")
-    request = {"tokens": ("tokens", "text")}
-    response = {"tags": "tags"}
 
-    # ---- the spec and the data ------------------------------------------------------------------------
     def check_spec(self, spec) -> None:
         if spec.tag_scheme is not None:
             spec.tag_scheme = tag_schemes.canonical(spec.tag_scheme)
@@ -121,7 +120,7 @@ class TaggingFamily(Family):
     def arrow_features(self) -> Features:
         return Features(tokens=List(Value("string")), tags=List(Value("string")), _source=Value("string"))
 
-    def normalise(self, rows, label_map):
+    def normalise(self, rows, label_map, spec):
         if label_map:
             for row in rows:
                 if isinstance(row.get("tags"), list):
@@ -145,22 +144,6 @@ class TaggingFamily(Family):
 
     def infer_label_names(self, train):
         return sorted({t for r in train if isinstance(r.get("tags"), list) for t in r["tags"] if isinstance(t, str) and t})
-
-    def describe_labels(self, rows) -> str:
-        counts = Counter(tag for row in rows for tag in row["tags"]).most_common()
-        total = sum(n for _, n in counts)
-        shown = [f"{name} {n / total:.1%}" for name, n in counts[:6]]
-        return ", ".join(shown) + (f", +{len(counts) - 6} more" if len(counts) > 6 else "")
-
-    def input_limit(self, spec, max_seq_length, label_names) -> str:
-        return (f"a sentence longer than {max_seq_length} word pieces is cut: the words past the cut get the tag "
-                f"{fallback_tag(label_names or ['O'])!r}")
-
-    # ---- model and features -----------------------------------------------------------------------------
-    def build_model(self, encoder: BertEncoder, label_names: list[str] | None) -> nn.Module:
-        if not label_names:
-            raise ValueError("token tagging needs the tag names")
-        return TokenTagger(encoder, len(label_names))
 
     def check_data(self, spec, splits, label_names, origins) -> list[str]:
         """Every sentence obeys the spec's ``tag_scheme``; with ``repair_tags`` a sentence that does not is
@@ -186,7 +169,23 @@ class TaggingFamily(Family):
                 repairs.append(f"{where}: {why}; repaired")
         return repairs
 
-    def build_features(self, rows, tokenizer: BertTokenizer, label_names: list[str] | None, settings: dict) -> list[dict]:
+    def describe_labels(self, rows) -> str:
+        counts = Counter(tag for row in rows for tag in row["tags"]).most_common()
+        total = sum(n for _, n in counts)
+        shown = [f"{name} {n / total:.1%}" for name, n in counts[:6]]
+        return ", ".join(shown) + (f", +{len(counts) - 6} more" if len(counts) > 6 else "")
+
+
+def build_tagger(encoder: BertEncoder, label_names: list[str] | None) -> nn.Module:
+    if not label_names:
+        raise ValueError("token tagging needs the tag names")
+    return TokenTagger(encoder, len(label_names))
+
+
+class TagFeatures(FeatureBuilder):
+    """Word-aligned features: the tag of each word on its first sub-token (module docstring)."""
+
+    def build(self, rows, tokenizer: BertTokenizer, label_names: list[str] | None, settings: dict) -> list[dict]:
         rows = as_rows(rows)
         encodings = tokenizer.encode_batch(
             [list(row["tokens"]) for row in rows], max_length=settings["max_seq_length"], is_pretokenized=True
@@ -219,6 +218,16 @@ class TaggingFamily(Family):
         words = [list(row["tokens"]) for row in as_rows(rows)]
         return [len(enc) for enc in tokenizer.encode_batch(words, max_length=None, is_pretokenized=True)]
 
+    def stats(self, features) -> dict:
+        return {"words_truncated": sum(f["words_truncated"] for f in features)}
+
+
+class TagPredictions(Predictions):
+    """The argmax tag of each word's first sub-token; token accuracy and entity scores."""
+
+    metrics = TAGGING_METRICS
+    response = {"tags": "tags"}
+
     def postprocess(self, logits, features, rows, label_names, settings: dict) -> list[dict]:
         """logits[k]: (T, C) -> {"tokens", "tags", "words_truncated"}: the first sub-token's argmax tag for
         every word, the fallback tag for words without a token (counted in ``words_truncated``)."""
@@ -243,19 +252,6 @@ class TaggingFamily(Family):
             raise ValueError("postprocess: some rows have no feature/logits; features and rows do not match")
         return predictions
 
-    def weighted_metric(self, predictions, rows, metric, label_names=None, settings=None):
-        """Per-sentence counts (words right and in all; entities right, predicted, gold), summed by weight:
-        token accuracy and micro entity scores are ratios of those sums."""
-        gold = [list(row["tags"]) for row in as_rows(rows)]
-        pred = [list(p["tags"]) for p in predictions]
-        if metric == "token_accuracy":
-            counts = np.array([(sum(p == g for p, g in zip(ps, gs, strict=True)), len(gs))
-                               for ps, gs in zip(pred, gold, strict=True)], dtype=np.float64)
-            return lambda weights: float(weights @ counts[:, 0] / (weights @ counts[:, 1]))
-        counts = metrics.entity_counts(pred, gold, (settings or {}).get("tag_scheme"))
-        which = metric.removeprefix("entity_")
-        return lambda weights: metrics.prf_from_counts(*(weights @ counts))[which]
-
     def compute_metrics(self, predictions, rows, metric_names, label_names=None, settings=None) -> dict[str, float]:
         """Token accuracy over words; entity scores in seqeval's strict mode for ``settings["tag_scheme"]``
         (conlleval's IOB reading when no scheme is given)."""
@@ -273,8 +269,18 @@ class TaggingFamily(Family):
             for name in metric_names
         }
 
-    def feature_stats(self, features) -> dict:
-        return {"words_truncated": sum(f["words_truncated"] for f in features)}
+    def weighted_metric(self, predictions, rows, metric, label_names=None, settings=None):
+        """Per-sentence counts (words right and in all; entities right, predicted, gold), summed by weight:
+        token accuracy and micro entity scores are ratios of those sums."""
+        gold = [list(row["tags"]) for row in as_rows(rows)]
+        pred = [list(p["tags"]) for p in predictions]
+        if metric == "token_accuracy":
+            counts = np.array([(sum(p == g for p, g in zip(ps, gs, strict=True)), len(gs))
+                               for ps, gs in zip(pred, gold, strict=True)], dtype=np.float64)
+            return lambda weights: float(weights @ counts[:, 0] / (weights @ counts[:, 1]))
+        counts = metrics.entity_counts(pred, gold, (settings or {}).get("tag_scheme"))
+        which = metric.removeprefix("entity_")
+        return lambda weights: metrics.prf_from_counts(*(weights @ counts))[which]
 
     def per_class_report(self, rows, predictions, label_names, spec) -> dict:
         """Entity precision, recall and F1 per type, counted as the entity metrics count (a tag scheme);
@@ -285,3 +291,12 @@ class TaggingFamily(Family):
         flat_gold = [t for sentence in gold for t in sentence]
         flat_pred = [t for sentence in pred for t in sentence]
         return classification_report(flat_gold, flat_pred, labels=label_names, output_dict=True, zero_division=0)
+
+    def input_limit(self, spec, max_seq_length, label_names) -> str:
+        return (f"a sentence longer than {max_seq_length} word pieces is cut: the words past the cut get the tag "
+                f"{fallback_tag(label_names or ['O'])!r}")
+
+
+NAME = "token_tagging"
+TOKEN_TAGGING = Family(NAME, rows=TagRows(), features=TagFeatures(), build_model=build_tagger,
+                       predictions=TagPredictions(NAME))

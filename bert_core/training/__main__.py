@@ -1,15 +1,10 @@
-"""``python -m bert_core.training TASK ...`` / ``torchrun --nproc-per-node N -m bert_core.training TASK ...``."""
+"""``python -m bert_core.training TASK ...`` / ``torchrun --nproc-per-node N -m bert_core.training TASK ...``.
 
-import sys
+It runs with the malloc it was started with: ``python -m launcher.train`` (the same arguments, under torchrun too)
+starts it again with tcmalloc or jemalloc preloaded when the system has one (``launcher/malloc.py``), or set
+``LD_PRELOAD`` yourself.
+"""
 
-from bert_core.allocator import start_again_with_faster_malloc
-
-try:
-    start_again_with_faster_malloc()  # tcmalloc or jemalloc when the system has one; the packages import lazily,
-    # so torch is not yet imported here
-except ValueError as err:  # BERTFLOW_MALLOC names no library
-    sys.exit(f"python -m bert_core.training: error: {err}")
-
-from bert_core.training.run import main  # noqa: E402
+from bert_core.training.command import main
 
 main()

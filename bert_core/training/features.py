@@ -10,14 +10,26 @@ from bert_core.spec import TaskSpec
 from bert_core.training.config import TrainConfig
 
 # The task settings a fine-tuned model keeps in its meta (save_finetuned), so predicting and scoring with it
-# later work as they did in training; the last are learnt on the eval split (``Family.tune``), not read from the spec.
+# later work as they did in training; the last are learnt on the eval split (``Predictions.tune``), not read from the spec.
 TASK_SETTINGS = ("max_seq_length", "doc_stride", "max_answer_length", "tag_scheme", "display_names",
-                 "no_answer_threshold")
+                 "no_answer_threshold", "label_thresholds")
+
+
+def spec_columns(spec: TaskSpec) -> dict[str, list[str]]:
+    """Canonical field -> the column names the spec reads it from, its own `columns` first, then its hub's:
+    kept in a fine-tuned model's meta (``spec_columns``), so scoring and serving take requests in the spec's own
+    format (SST-2's ``sentence``). Integer columns (CoNLL positions) name no column."""
+    found: dict[str, list[str]] = {}
+    for columns in (spec.columns or {}, (spec.hub.columns if spec.hub else None) or {}):
+        for field, column in columns.items():
+            if isinstance(column, str) and column != field and column not in found.setdefault(field, []):
+                found[field].append(column)
+    return {field: names for field, names in found.items() if names}
 
 
 def feature_settings(spec: TaskSpec, cfg: TrainConfig) -> dict:
     """What the feature builders, postprocessing and metrics need from the spec and the config."""
-    return {"max_seq_length": cfg.max_seq_length or spec.max_seq_length, **get_family(spec.family).task_settings(spec)}
+    return {"max_seq_length": cfg.max_seq_length or spec.max_seq_length, **get_family(spec.family).rows.task_settings(spec)}
 
 
 def rows_name(data_fingerprint: str, split: str, limit: int | None) -> str:
@@ -42,10 +54,14 @@ def check_fits_checkpoint(settings: dict, config, pretrained) -> None:
 
 
 def build_split_features(family: Family, tokenizer, rows, label_names, settings: dict, fingerprint: str,
-                         split: str, cache_dir=None) -> tuple[list[dict], bool]:
-    """Features of one split through the on-disk cache: (feature rows, whether it was a cache hit)."""
-    features, hit = cached_features(
-        family, fingerprint, tokenizer, label_names, settings, split,
-        build=lambda: family.build_features(rows, tokenizer, label_names, settings), cache_dir=cache_dir,
-    )
+                         split: str, cache_dir=None, cached: bool = True) -> tuple[list[dict], bool]:
+    """Features of one split through the on-disk cache: (feature rows, whether it was a cache hit).
+    ``cached`` False: built afresh and stored nowhere (a dry run writes nothing)."""
+    def build():
+        return family.features.build(rows, tokenizer, label_names, settings)
+
+    if not cached:
+        return build(), False
+    features, hit = cached_features(family, fingerprint, tokenizer, label_names, settings, split, build=build,
+                                    cache_dir=cache_dir)
     return features.to_list(), hit

@@ -35,20 +35,18 @@ from bert_core.tokenizer import BertTokenizer
 from bert_core.training import distributed
 from bert_core.training.batching import make_batch, micro_batches, step_batches
 from bert_core.training.config import TrainConfig
-from bert_core.training.evaluate import autocast, evaluate_and_tune
 from bert_core.training.features import (
     build_split_features,
     check_fits_checkpoint,
     feature_settings,
     features_fingerprint,
+    spec_columns,
 )
+from bert_core.training.identity import FinetuneIdentity
+from bert_core.training.inference import autocast, evaluate_and_tune
 from bert_core.training.optim import build_optimizer, clip_gradients, lr_at, set_lr
 from bert_core.training.state import list_checkpoints, load_checkpoint, save_checkpoint
 from bert_core.training.threads import default_threads
-
-# TrainConfig fields that may change between an interrupted run and its resumption.
-RESUME_INDIFFERENT = {"checkpoint_every", "checkpoint_minutes", "keep_checkpoints", "log_every", "progress_bar",
-                      "num_threads", "eval_batch_size"}
 
 
 class Callback(Protocol):
@@ -99,7 +97,7 @@ class TrainState:
     train_seconds: float = 0.0  # the loop's time, evaluations left out
     examples: int = 0
     tokens: int = 0  # real (non-padding) tokens
-    resume_key: dict = dataclasses.field(default_factory=dict)  # what the checkpoints belong to (_check_resumable)
+    identity: dict = dataclasses.field(default_factory=dict)  # FinetuneIdentity.to_json(): what the checkpoints belong to
 
     @classmethod
     def from_checkpoint(cls, saved: dict) -> TrainState:
@@ -107,7 +105,7 @@ class TrainState:
 
 
 @dataclasses.dataclass
-class Run:
+class FitContext:
     """Everything a fine-tune works with once it is set up."""
 
     spec: TaskSpec
@@ -136,35 +134,36 @@ class Run:
 
 def fit(spec: TaskSpec, cfg: TrainConfig, output_dir: str | Path, train_rows: list[dict], eval_rows: list[dict],
         label_names: list[str] | None, *, pretrained: str | Path | None = None, data_fingerprint: str = "",
-        callbacks=(), cache_dir=None, extra_meta: dict | None = None) -> FitResult:
+        callbacks=(), cache_dir=None, extra_meta: dict | None = None,
+        identity: FinetuneIdentity | None = None) -> FitResult:
     """Fine-tune the pretrained encoder + the spec's family head; keep the best model in ``output_dir/best``.
 
     Started again with the same ``output_dir``, it resumes from the newest complete checkpoint in
-    ``output_dir/checkpoints`` and ends as an uninterrupted run would.
+    ``output_dir/checkpoints`` and ends as an uninterrupted run would; checkpoints of another fine-tune are
+    refused. ``identity``: what this fine-tune is (``bert_core/training/identity.py``), recorded in every
+    checkpoint; None: built from the arguments, as a flow builds it (a given one must agree with them).
     """
-    run = setup(spec, cfg, Path(output_dir), train_rows, eval_rows, label_names, pretrained, data_fingerprint,
+    identity = _checked_identity(identity, FinetuneIdentity.of(spec, cfg, pretrained, data_fingerprint=data_fingerprint))
+    ctx = setup(spec, cfg, Path(output_dir), train_rows, eval_rows, label_names, pretrained, data_fingerprint,
                 cache_dir, extra_meta)
-    callbacks = list(callbacks) if run.dist.is_main else []
-    resume_key = json.loads(json.dumps({  # as saved: JSON types
-        "data": features_fingerprint(data_fingerprint, cfg, "train"), "pretrained": str(pretrained or ""),
-        "settings": run.settings, **cfg.model_dump(mode="json", exclude=RESUME_INDIFFERENT)}))
-    state = resume(run, resume_key)
+    callbacks = list(callbacks) if ctx.dist.is_main else []
+    state = resume(ctx, identity)
     resumed_from = state.step or None
     _notify(callbacks, "on_train_start", {
-        "total_steps": run.total_steps, "steps_per_epoch": run.steps_per_epoch, "warmup_steps": run.warmup_steps,
-        "precision": run.precision, "threads": torch.get_num_threads(), "world_size": run.dist.world_size,
-        "resumed_from_step": resumed_from, "train_rows": len(run.train_rows), "eval_rows": len(run.eval_rows),
-        **run.feature_stats})
-    stopped_early = train(run, state, callbacks)
+        "total_steps": ctx.total_steps, "steps_per_epoch": ctx.steps_per_epoch, "warmup_steps": ctx.warmup_steps,
+        "precision": ctx.precision, "threads": torch.get_num_threads(), "world_size": ctx.dist.world_size,
+        "resumed_from_step": resumed_from, "train_rows": len(ctx.train_rows), "eval_rows": len(ctx.eval_rows),
+        **ctx.feature_stats})
+    stopped_early = train_loop(ctx, state, callbacks)
 
     seconds = max(state.train_seconds, 1e-9)
     result = FitResult(
-        model_dir=run.output_dir / "best", primary_metric=spec.primary_metric,
-        best_metric=distributed.broadcast_object(state.best, run.dist), best_step=state.best_step,
+        model_dir=ctx.output_dir / "best", primary_metric=spec.primary_metric,
+        best_metric=distributed.broadcast_object(state.best, ctx.dist), best_step=state.best_step,
         eval_metrics=state.best_metrics, final_step=state.step, history=state.history, train_seconds=seconds,
         examples_per_second=state.examples / seconds, tokens_per_second=state.tokens / seconds,
-        resumed_from_step=resumed_from, precision=run.precision, stopped_early=stopped_early,
-        train_rows=len(run.train_rows), eval_rows=len(run.eval_rows), feature_stats=run.feature_stats,
+        resumed_from_step=resumed_from, precision=ctx.precision, stopped_early=stopped_early,
+        train_rows=len(ctx.train_rows), eval_rows=len(ctx.eval_rows), feature_stats=ctx.feature_stats,
         threads=torch.get_num_threads())
     _notify(callbacks, "on_train_end", result)
     return result
@@ -172,8 +171,10 @@ def fit(spec: TaskSpec, cfg: TrainConfig, output_dir: str | Path, train_rows: li
 
 # ---- setup ---------------------------------------------------------------------------------------------
 def setup(spec: TaskSpec, cfg: TrainConfig, output_dir: Path, train_rows: list[dict], eval_rows: list[dict],
-          label_names: list[str] | None, pretrained, data_fingerprint: str, cache_dir, extra_meta: dict | None) -> Run:
-    """Features (through the cache), the model, AdamW and the schedule's lengths: everything but resume."""
+          label_names: list[str] | None, pretrained, data_fingerprint: str, cache_dir, extra_meta: dict | None,
+          *, cached: bool = True) -> FitContext:
+    """Features (through the cache), the model, AdamW and the schedule's lengths: everything but resume.
+    ``cached`` False: the features are built afresh and not stored (a dry run, ``bert_core/dry_run.py``)."""
     d = distributed.setup()
     torch.set_num_threads(cfg.num_threads or default_threads())
     family = get_family(spec.family)
@@ -190,15 +191,16 @@ def setup(spec: TaskSpec, cfg: TrainConfig, output_dir: Path, train_rows: list[d
     check_fits_checkpoint(settings, encoder.config, pretrained)
     rows = features_fingerprint(data_fingerprint, cfg, "train")
     train_features, train_hit = build_split_features(family, tokenizer, train_rows, label_names, settings, rows,
-                                                     "train", cache_dir)
+                                                     "train", cache_dir, cached)
     eval_features, eval_hit = build_split_features(family, tokenizer, eval_rows, label_names, settings, rows,
-                                                   "eval", cache_dir)
+                                                   "eval", cache_dir, cached)
     model = family.build_model(encoder, label_names).to(d.device).train()
+    family.weigh_loss(model, train_features, settings)
     steps_per_epoch = math.ceil(len(train_features) / cfg.batch_size)
     if d.world_size > 1:  # every rank must get a share of every micro-batch: drop the ragged tail
         steps_per_epoch = len(train_features) // cfg.batch_size
     total_steps = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
-    return Run(
+    return FitContext(
         spec=spec, cfg=cfg, family=family, dist=d, precision=cfg.resolved_precision(d.device), tokenizer=tokenizer,
         model=model, ddp_model=torch.nn.parallel.DistributedDataParallel(model) if d.world_size > 1 else model,
         optimizer=build_optimizer(model, cfg.learning_rate, cfg.weight_decay, cfg.embedding_update),
@@ -207,11 +209,12 @@ def setup(spec: TaskSpec, cfg: TrainConfig, output_dir: Path, train_rows: list[d
         eval_features=eval_features,
         feature_stats={"train_features": len(train_features), "eval_features": len(eval_features),
                        "feature_cache_hit": train_hit and eval_hit,
-                       **family.feature_stats(train_features + eval_features)},
+                       **family.features.stats(train_features + eval_features)},
         steps_per_epoch=steps_per_epoch, total_steps=total_steps, warmup_steps=int(cfg.warmup_ratio * total_steps),
         eval_every=cfg.eval_every or steps_per_epoch, output_dir=output_dir,
         meta={"family": spec.family, "task": spec.name, "label_names": label_names, **settings,
-              "primary_metric": spec.primary_metric, "metrics": list(spec.metrics), **(extra_meta or {})})
+              "primary_metric": spec.primary_metric, "metrics": list(spec.metrics),
+              "spec_columns": spec_columns(spec), **(extra_meta or {})})
 
 
 def seed_everything(seed: int) -> None:
@@ -220,68 +223,81 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def resume(run: Run, resume_key: dict) -> TrainState:
+def resume(ctx: FitContext, identity: FinetuneIdentity) -> TrainState:
     """The newest complete checkpoint's state (weights and optimizer restored in place), else a fresh one."""
-    done = list_checkpoints(run.output_dir / "checkpoints")
+    done = list_checkpoints(ctx.output_dir / "checkpoints")
     state = TrainState()
     if done:
-        _check_resumable(done[-1], resume_key)
-        state = TrainState.from_checkpoint(load_checkpoint(done[-1], run.model, run.optimizer))
-    state.resume_key = resume_key
+        _check_resumable(done[-1], identity)
+        state = TrainState.from_checkpoint(load_checkpoint(done[-1], ctx.model, ctx.optimizer))
+    state.identity = identity.to_json()
     return state
 
 
-def _check_resumable(checkpoint: Path, resume_key: dict) -> None:
-    """Refuse to resume a checkpoint written for other data or another recipe: the result would match
-    neither run."""
-    saved = json.loads((checkpoint / "state.json").read_text(encoding="utf-8")).get("resume_key")
-    if saved is None:  # written before checkpoints recorded what they belong to
-        return
-    differs = sorted(k for k in resume_key.keys() | saved.keys() if resume_key.get(k) != saved.get(k))
-    if differs:
+def _checked_identity(given: FinetuneIdentity | None, built: FinetuneIdentity) -> FinetuneIdentity:
+    """``given`` (it may know more: the data root, the code version) if it names the fine-tune ``fit``'s
+    arguments make, else a ValueError; ``built`` when none is given."""
+    if given is None:
+        return built
+    if differs := given.differences(built):
+        raise ValueError(f"fit was given the identity of another fine-tune than its arguments: {'; '.join(differs)}")
+    return given
+
+
+def _check_resumable(checkpoint: Path, identity: FinetuneIdentity) -> None:
+    """Refuse to resume a checkpoint written for another fine-tune (other data, another recipe, another
+    pretrained checkpoint): the result would match neither run."""
+    saved = json.loads((checkpoint / "state.json").read_text(encoding="utf-8")).get("identity")
+    move_away = "use another output folder, or move that folder away to start over"
+    try:
+        earlier = FinetuneIdentity.from_json(saved)
+    except ValueError:  # written before checkpoints recorded a FinetuneIdentity
+        raise ValueError(f"{checkpoint.parent} holds checkpoints that do not say which fine-tune they belong to "
+                         f"(written by an older bertflow); {move_away}") from None
+    if changes := earlier.changes(identity):
         raise ValueError(f"{checkpoint.parent} holds checkpoints of another fine-tune (it differs in "
-                         f"{', '.join(differs)}); use another output folder, or move that folder away to start over")
+                         f"{', '.join(c.name for c in changes)}): {'; '.join(map(str, changes))}; {move_away}")
 
 
 # ---- the loop ------------------------------------------------------------------------------------------
-def train(run: Run, state: TrainState, callbacks) -> bool:
+def train_loop(ctx: FitContext, state: TrainState, callbacks) -> bool:
     """Steps from ``state.step`` to the end, with log events, evaluations and checkpoints at their cadence;
     returns whether early stopping ended it."""
-    cfg, d = run.cfg, run.dist
-    bar = tqdm(total=run.total_steps, initial=state.step, desc=f"fine-tune {run.spec.name}", unit="step",
+    cfg, d = ctx.cfg, ctx.dist
+    bar = tqdm(total=ctx.total_steps, initial=state.step, desc=f"fine-tune {ctx.spec.name}", unit="step",
                disable=not (d.is_main and cfg.progress_bar), dynamic_ncols=True)
     stopped_early = False
     # A log window's throughput counts its training time only: an evaluation inside it is left out.
     window_start, window_examples, window_seconds = time.perf_counter(), state.examples, 0.0
     last_checkpoint = time.monotonic()
-    while state.step < run.total_steps and not stopped_early:
-        epoch, index_in_epoch = divmod(state.step, run.steps_per_epoch)
-        batches = step_batches([len(f["input_ids"]) for f in run.train_features], cfg.batch_size, cfg.seed, epoch,
-                               cfg.group_by_length)[:run.steps_per_epoch]
+    while state.step < ctx.total_steps and not stopped_early:
+        epoch, index_in_epoch = divmod(state.step, ctx.steps_per_epoch)
+        batches = step_batches([len(f["input_ids"]) for f in ctx.train_features], cfg.batch_size, cfg.seed, epoch,
+                               cfg.group_by_length)[:ctx.steps_per_epoch]
         for batch_indices in batches[index_in_epoch:]:
-            lr = lr_at(state.step, run.total_steps, run.warmup_steps, cfg.learning_rate)
-            loss = train_step(run, state, batch_indices, lr)
+            lr = lr_at(state.step, ctx.total_steps, ctx.warmup_steps, cfg.learning_rate)
+            loss = train_step(ctx, state, batch_indices, lr)
             state.step += 1
             bar.update(1)
-            if state.step % cfg.log_every == 0 or state.step == run.total_steps:
+            if state.step % cfg.log_every == 0 or state.step == ctx.total_steps:
                 now = time.perf_counter()
                 state.train_seconds += now - window_start
                 window_seconds += now - window_start
                 rate = (state.examples - window_examples) / max(window_seconds, 1e-9)
-                logged = {"loss": loss, "lr": lr, "examples_per_second": rate, "epoch": state.step / run.steps_per_epoch}
+                logged = {"loss": loss, "lr": lr, "examples_per_second": rate, "epoch": state.step / ctx.steps_per_epoch}
                 state.history.append({"step": state.step, **logged})
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", ex_s=f"{rate:.1f}")
                 _notify(callbacks, "on_step", state.step, logged)
                 window_start, window_examples, window_seconds = time.perf_counter(), state.examples, 0.0
-            if state.step % run.eval_every == 0 or state.step == run.total_steps:
+            if state.step % ctx.eval_every == 0 or state.step == ctx.total_steps:
                 now = time.perf_counter()
                 state.train_seconds += now - window_start
                 window_seconds += now - window_start
-                stopped_early = evaluate(run, state, callbacks)
+                stopped_early = evaluate_and_select(ctx, state, callbacks)
                 window_start = time.perf_counter()
-            last = state.step >= run.total_steps or stopped_early
+            last = state.step >= ctx.total_steps or stopped_early
             if d.is_main and (_checkpoint_due(cfg, state.step, last_checkpoint) or last):
-                path = save_checkpoint(run.output_dir / "checkpoints", state.step, run.model, run.optimizer,
+                path = save_checkpoint(ctx.output_dir / "checkpoints", state.step, ctx.model, ctx.optimizer,
                                        dataclasses.asdict(state), cfg.keep_checkpoints)
                 last_checkpoint = time.monotonic()
                 _notify(callbacks, "on_checkpoint", state.step, path)
@@ -298,22 +314,22 @@ def _checkpoint_due(cfg: TrainConfig, step: int, last: float) -> bool:
     return by_steps or by_time
 
 
-def train_step(run: Run, state: TrainState, batch_indices: list[int], lr: float) -> float:
+def train_step(ctx: FitContext, state: TrainState, batch_indices: list[int], lr: float) -> float:
     """One optimizer step on one batch: this process's share of each accumulation micro-batch, forward and
     backward with every micro-batch's mean loss weighted by its share of the batch (so the gradient is the
     whole batch's mean loss's), clipping, AdamW. Returns the batch's mean loss."""
-    cfg, d = run.cfg, run.dist
-    set_lr(run.optimizer, lr)
+    cfg, d = ctx.cfg, ctx.dist
+    set_lr(ctx.optimizer, lr)
     loss_sum = 0.0
     micro = micro_batches(batch_indices, cfg.grad_accum_steps, d.rank, d.world_size)
     for k, indices in enumerate(micro):
-        batch = {n: t.to(d.device) for n, t in make_batch(run.train_features, indices, run.tokenizer.pad_id,
-                                                           MODEL_INPUTS + tuple(run.family.label_keys)).items()}
+        batch = {n: t.to(d.device) for n, t in make_batch(ctx.train_features, indices, ctx.tokenizer.pad_id,
+                                                           MODEL_INPUTS + tuple(ctx.family.features.label_keys)).items()}
         weight = len(indices) * d.world_size / len(batch_indices)
         sync = d.world_size == 1 or k == len(micro) - 1
-        ctx = contextlib.nullcontext() if sync else run.ddp_model.no_sync()  # all-reduce once per step
-        with ctx, autocast(run.precision, d.device):
-            loss = run.ddp_model(**batch).loss
+        sync_scope = contextlib.nullcontext() if sync else ctx.ddp_model.no_sync()  # all-reduce once per step
+        with sync_scope, autocast(ctx.precision, d.device):
+            loss = ctx.ddp_model(**batch).loss
         if not torch.isfinite(loss):
             raise TrainingDiverged(f"loss is {loss.item()} at step {state.step + 1} (lr {lr:.3g}); lower the learning "
                                    "rate, use fp32 precision, or check the data for extreme labels")
@@ -322,33 +338,33 @@ def train_step(run: Run, state: TrainState, batch_indices: list[int], lr: float)
         state.examples += len(indices) * d.world_size
         state.tokens += int(batch["attention_mask"].sum()) * d.world_size
     if cfg.max_grad_norm:
-        clip_gradients(run.model, cfg.max_grad_norm)
-    run.optimizer.step()
-    run.optimizer.zero_grad(set_to_none=True)
+        clip_gradients(ctx.model, cfg.max_grad_norm)
+    ctx.optimizer.step()
+    ctx.optimizer.zero_grad(set_to_none=True)
     return loss_sum
 
 
-def evaluate(run: Run, state: TrainState, callbacks) -> bool:
+def evaluate_and_select(ctx: FitContext, state: TrainState, callbacks) -> bool:
     """Score the eval split on rank 0 (with the settings the family tunes on it, saved with the model) and keep
     the model if it is the best so far; returns whether to stop early (the same answer on every rank)."""
     stop = False
-    if run.dist.is_main:
-        metrics, _, learnt = evaluate_and_tune(run.model, run.family, run.eval_features, run.eval_rows,
-                                               run.label_names, run.settings, list(run.spec.metrics),
-                                               run.tokenizer.pad_id, run.cfg.eval_batch_size, run.precision,
-                                               run.dist.device)
+    if ctx.dist.is_main:
+        metrics, _, learnt = evaluate_and_tune(ctx.model, ctx.family, ctx.eval_features, ctx.eval_rows,
+                                               ctx.label_names, ctx.settings, list(ctx.spec.metrics),
+                                               ctx.tokenizer.pad_id, ctx.cfg.eval_batch_size, ctx.precision,
+                                               ctx.dist.device)
         state.history.append({"step": state.step, **{f"eval_{k}": v for k, v in metrics.items()}})
-        if _is_better(metrics[run.spec.primary_metric], state.best):
+        if _is_better(metrics[ctx.spec.primary_metric], state.best):
             state.best, state.best_step, state.best_metrics, state.bad_evals = (
-                metrics[run.spec.primary_metric], state.step, metrics, 0)
-            save_best(run, {**run.meta, **learnt, "step": state.step, "eval_metrics": metrics})
+                metrics[ctx.spec.primary_metric], state.step, metrics, 0)
+            save_best(ctx, {**ctx.meta, **learnt, "step": state.step, "eval_metrics": metrics})
         else:
             state.bad_evals += 1
         # A callback may stop training too, e.g. a sweep's pruner (bert_core/search.py).
         asked_to_stop = any(_notify(callbacks, "on_evaluate", state.step, metrics))
-        patience = run.cfg.early_stopping_patience
+        patience = ctx.cfg.early_stopping_patience
         stop = asked_to_stop or (patience is not None and state.bad_evals >= patience)
-    return distributed.broadcast_object(stop, run.dist)
+    return distributed.broadcast_object(stop, ctx.dist)
 
 
 def _is_better(value: float | None, best: float | None) -> bool:
@@ -358,11 +374,11 @@ def _is_better(value: float | None, best: float | None) -> bool:
     return best is None or value > best
 
 
-def save_best(run: Run, meta: dict) -> None:
+def save_best(ctx: FitContext, meta: dict) -> None:
     """Replace ``best/`` atomically: write ``best.tmp/`` then swap, so a kill never leaves no best model."""
-    tmp, best, old = run.output_dir / "best.tmp", run.output_dir / "best", run.output_dir / "best.old"
+    tmp, best, old = ctx.output_dir / "best.tmp", ctx.output_dir / "best", ctx.output_dir / "best.old"
     shutil.rmtree(tmp, ignore_errors=True)
-    save_finetuned(run.model, run.tokenizer, tmp, meta)
+    save_finetuned(ctx.model, ctx.tokenizer, tmp, meta)
     if best.exists():
         shutil.rmtree(old, ignore_errors=True)
         best.rename(old)

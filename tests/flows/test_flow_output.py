@@ -1,0 +1,83 @@
+"""What a finished finetune flow leaves for people: one log line per step in Prefect's logs, a model card as
+the registered version's description, and a run folder that keeps only what serves a purpose."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+from prefect import get_client
+from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+from prefect.logging.handlers import APILogWorker
+
+from bert_core.training import TrainConfig
+from flows.finetune import finetune
+from flows.params import FinetuneParams
+from flows.run_folder import size
+from tests.bert_core.test_training import _write_toy_task
+from tests.tiny_models import write_tiny_checkpoint
+
+pytest.importorskip("transformers")
+TRAINING = TrainConfig(batch_size=8, epochs=2, learning_rate=3e-3, precision="fp32", progress_bar=False, seed=3,
+                       checkpoint_every=4)
+
+
+@pytest.fixture(scope="module")
+def toy(flow_root):
+    return {"spec": _write_toy_task(flow_root / "data"), "data": flow_root / "data",
+            "tiny": write_tiny_checkpoint(flow_root / "tiny")}
+
+
+def run(toy, **params) -> tuple[dict, object]:
+    state = finetune(FinetuneParams(task=str(toy["spec"]), data_dir=str(toy["data"]), pretrained=str(toy["tiny"]),
+                                    training=TRAINING, **params), return_state=True)
+    assert state.is_completed(), state.result(raise_on_failure=False)
+    return state.result(), state
+
+
+def test_each_step_logs_one_line_that_says_what_it_did(toy):
+    summary, state = run(toy)
+    APILogWorker.drain_all(timeout=10)  # the API log handler sends its lines in the background
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id])),
+                                limit=200)
+    lines = [log.message for log in logs]
+    step = {n: next((m for m in lines if m.startswith(f"{n}/5 ")), None) for n in range(1, 6)}
+    assert all(step.values()), lines
+    assert "train 64, eval 32 rows from local:" in step[1] and "fingerprint" in step[1]
+    assert "64 rows, 16 steps in" in step[3] and "examples/s" in step[3] and "best dev accuracy" in step[3]
+    assert f"accuracy {summary['score']:.4f}" in step[4] and "95% interval" in step[4]
+    assert f"{summary['model_uri']} is {summary['alias']}: {summary['decision']}" in step[5]
+    assert any(m.startswith("done: ") and "MB" in m for m in lines)
+
+
+def test_a_finished_run_folder_keeps_only_results_unless_asked(toy):
+    summary, _ = run(toy)
+    folder = summary["run_dir"]
+    record = json.loads(open(f"{folder}/run.json", encoding="utf-8").read())
+    assert record["status"] == "finished" and record["removed_after_success"] == ["training/checkpoints", "training/best"]
+    kept = Path(folder)
+    assert not (kept / "training" / "checkpoints").exists() and not (kept / "training" / "best").exists()
+    assert (kept / "data" / "train").is_dir() and (kept / "evaluation" / "predictions_eval.jsonl").is_file()
+    assert summary["run_dir_bytes"] == size(kept)
+
+    kept_all, _ = run(toy, keep_checkpoints_after_success=True)
+    assert (Path(kept_all["run_dir"]) / "training" / "checkpoints").is_dir()
+    assert (Path(kept_all["run_dir"]) / "training" / "best" / "model.safetensors").is_file()
+    kept_training = size(Path(kept_all["run_dir"]) / "training")
+    assert kept_all["run_dir_bytes"] == size(Path(kept_all["run_dir"])) > summary["run_dir_bytes"] + kept_training / 2
+
+
+def test_the_registered_version_carries_its_model_card(toy):
+    summary, _ = run(toy)
+    client = MlflowClient()
+    card = client.get_model_version(summary["model_name"], summary["model_version"]).description
+    assert card.startswith(f"# {summary['model_name']} v{summary['model_version']}: ")
+    for part in ("`neg`, `pos`", "- data fingerprint:", "## Training", "learning_rate 0.003", "| eval | accuracy (primary) |",
+                 f"bertflow predict {summary['model_uri']} --text", "## Limits", "cut to 32 word pieces"):
+        assert part in card, part
+    low, high = summary["interval"]
+    assert f"[{low:.4f}, {high:.4f}]" in card and low <= summary["score"] <= high
+    assert "one version per fine-tune" in client.get_registered_model(summary["model_name"]).description

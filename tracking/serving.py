@@ -1,0 +1,40 @@
+"""The MLflow side of `bertflow predict` and `bertflow serve`: predictions of a logged or registered model for a
+few rows here, and the check and environment for MLflow's scoring server.
+
+    predict_rows("models:/bert-sst2@champion", [{"text": "a gripping film"}])  # -> DataFrame, a row per request
+    serving_environment("models:/bert-sst2@champion")   # -> (store URI, env of `mlflow models serve`)
+"""
+
+from __future__ import annotations
+
+import os
+
+import mlflow
+import pandas as pd
+
+from tracking.pinning import pin_model
+from tracking.store import check_tracking, configure_tracking
+
+
+def predict_rows(model_uri: str, rows: list[dict], tracking_uri: str | None = None) -> pd.DataFrame:
+    """The model's predictions of `rows` (request columns, e.g. text / text_a, text_b / tokens / question,
+    context), one row each, in order; the store: `tracking_uri`, else MLflow's default of bertflow's."""
+    configure_tracking(tracking_uri)
+    model = mlflow.pyfunc.load_model(model_uri)
+    return model.predict(pd.DataFrame(rows))
+
+
+def serving_environment(model_uri: str, tracking_uri: str | None = None) -> tuple[str, dict[str, str]]:
+    """The store's URI (checked reachable) and the environment `mlflow models serve -m model_uri` needs to find
+    the model there. A registered model is looked up first, so a wrong name or alias fails here, naming the
+    store and the models it has, rather than deep inside the server."""
+    uri = configure_tracking(check_tracking(tracking_uri))
+    if model_uri.startswith("models:/"):
+        try:
+            pin_model(model_uri)
+        except ValueError as err:
+            raise ValueError(f"{err}. Fine-tune one with `bertflow run`, or point --tracking-uri / "
+                             "MLFLOW_TRACKING_URI at the store that holds it") from None
+    # Pickled models run arbitrary code when loaded: refused unless the environment asks for them.
+    pickle = os.environ.get("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
+    return uri, {"MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri, "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": pickle}
