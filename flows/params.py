@@ -185,3 +185,21 @@ class ScoreParams(BaseModel):
         "being written); the folder deployment uses 60.")
     tracking_uri: str | None = Field(
         None, description="MLflow store; default: $MLFLOW_TRACKING_URI, else $BERTFLOW_HOME/mlflow.db.")
+
+
+class SuiteParams(BaseModel):
+    """Many fine-tunes with the same settings, then a leaderboard."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tasks: list[BuiltinTask | str] | None = Field(
+        None, description="Task specs to fine-tune (built-in names or spec YAML paths); empty = the GLUE tasks "
+        "present, conll2003_ner and squad.")
+    base: FinetuneParams = Field(
+        default_factory=FinetuneParams, description="The fine-tune every task runs: its `task` is replaced by each "
+        "task, and training fields left unset take each task's own spec defaults.")
+    max_concurrency: int = Field(1, ge=1, description="Fine-tunes running at once (they share the machine's cores).")
+    deployment: str | None = Field(
+        None, description="Run each fine-tune as a run of this finetune deployment (e.g. "
+        "'bertflow-finetune/on-demand'), taken by any worker of its pool (needs a Prefect server and a worker); "
+        "empty = in processes here.")

@@ -1,4 +1,4 @@
-"""The `suite` flow: fine-tune many task specs with the same settings, at most `max_concurrency` at once,
+"""The `suite` flow: fine-tune many task specs with the same settings (`SuiteParams`), at most `max_concurrency` at once,
 then publish a leaderboard (tasks.leaderboard).
 
 Two ways to fan out, both Prefect's own machinery:
@@ -20,19 +20,17 @@ from __future__ import annotations
 import os
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.deployments import run_deployment
 from prefect.runtime import flow_run
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
-from pydantic import Field
 
 from bert_core.home import runs_root
 from bert_core.loading import ENV_DATA_DIR, has_local_data
 from bert_core.spec import builtin_specs, load_spec
-from flows.params import BuiltinTask, FinetuneParams
+from flows.params import FinetuneParams, SuiteParams
 from flows.summary import FinetuneSummary
 from tasks.leaderboard import publish_leaderboard
 from tracking import store as tracking
@@ -52,20 +50,13 @@ def default_tasks(data_dir: str | None = None) -> list[str]:
 
 
 @flow(name="bertflow-suite")
-def suite(
-    tasks: Annotated[list[BuiltinTask | str] | None, Field(
-        description="Task specs to fine-tune; empty = the GLUE tasks present, conll2003_ner and squad.")] = None,
-    params: FinetuneParams = FinetuneParams(),  # noqa: B008 (pydantic default = the UI form's)
-    max_concurrency: Annotated[int, Field(ge=1, description="Fine-tunes running at once.")] = 1,
-    deployment: Annotated[str | None, Field(
-        description="Run each fine-tune as a run of this finetune deployment (e.g. 'bertflow-finetune/on-demand'), "
-        "taken by any worker of its pool; empty = in processes here.")] = None,
-) -> list[dict]:
-    """Fine-tune every task in `tasks` with the same `params` (its `task` field is replaced by each task;
-    training fields left unset still take each task's own spec defaults); returns the leaderboard rows."""
-    log = get_run_logger()
-    names = list(tasks or default_tasks(params.data_dir))
-    runs = [params.model_copy(update={"task": name}) for name in names]
+def suite(params: SuiteParams = SuiteParams()) -> list[dict]:  # noqa: B008 (pydantic default = the UI form's)
+    """Fine-tune every task of `params.tasks` with the same `params.base` (its `task` field is replaced by each
+    task; training fields left unset still take each task's own spec defaults); returns the leaderboard rows."""
+    log, base = get_run_logger(), params.base
+    max_concurrency, deployment = params.max_concurrency, params.deployment
+    names = list(params.tasks or default_tasks(base.data_dir))
+    runs = [base.model_copy(update={"task": name}) for name in names]
     log.info("suite over %s, %d at once, %s", names, max_concurrency, deployment or "in processes here")
     if deployment:
         with ThreadPoolTaskRunner(max_workers=max_concurrency) as runner:
@@ -78,8 +69,8 @@ def suite(
             rows = [_row(name, future) for name, future in zip(names, futures, strict=True)]
 
     started = flow_run.scheduled_start_time or datetime.now(UTC)
-    folder = runs_root(params.run_root) / "_suites" / f"{started:%Y%m%d-%H%M%S}-{flow_run.name or 'local'}"
-    published = publish_leaderboard(rows, str(folder), params.tracking_uri,
+    folder = runs_root(base.run_root) / "_suites" / f"{started:%Y%m%d-%H%M%S}-{flow_run.name or 'local'}"
+    published = publish_leaderboard(rows, str(folder), base.tracking_uri,
                                     {"prefect.flow_run_id": flow_run.id or "none", "max_concurrency": str(max_concurrency),
                                      "fan_out": deployment or "processes"})
     log.info("leaderboard: %s (MLflow run %s)", published["markdown"], published["mlflow_run_id"])

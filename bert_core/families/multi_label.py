@@ -59,6 +59,7 @@ from sklearn.metrics import (
 )
 from torch import nn
 
+from bert_core import metrics
 from bert_core.families.base import Family, Predictions, Rows, as_rows
 from bert_core.families.cls_head import SequenceClassifier
 from bert_core.families.text_encoding import (
@@ -86,14 +87,8 @@ SHOWN_PAIRS = 3
 
 
 # ---- metrics: (pred, gold, sample_weight) on (N, L) 0/1 arrays -> float ---------------------------------------
-def f1_micro(pred, gold, sample_weight=None) -> float:
-    """F1 of the counts of all labels pooled: frequent labels weigh most."""
-    return float(f1_score(gold, pred, average="micro", zero_division=0, sample_weight=sample_weight))
-
-
-def f1_macro(pred, gold, sample_weight=None) -> float:
-    """Mean of the labels' F1: every label counts the same, however rare."""
-    return float(f1_score(gold, pred, average="macro", zero_division=0, sample_weight=sample_weight))
+# micro and macro F1 are scikit-learn's on the (N, L) arrays: bert_core.metrics' f1_micro and f1_macro (pooled
+# counts of all labels: frequent labels weigh most; the mean of the labels' F1: every label counts the same).
 
 
 def f1_samples(pred, gold, sample_weight=None) -> float:
@@ -125,7 +120,7 @@ def recall_micro(pred, gold, sample_weight=None) -> float:
 
 
 METRICS: dict[str, Callable[..., float]] = {
-    "f1_micro": f1_micro, "f1_macro": f1_macro, "f1_samples": f1_samples, "jaccard_samples": jaccard_samples,
+    "f1_micro": metrics.f1_micro, "f1_macro": metrics.f1_macro, "f1_samples": f1_samples, "jaccard_samples": jaccard_samples,
     "subset_accuracy": subset_accuracy, "hamming_loss": hamming, "precision_micro": precision_micro,
     "recall_micro": recall_micro,
 }

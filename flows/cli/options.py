@@ -9,7 +9,8 @@ stay out of the model, so the model's defaults apply (and TrainConfig's unset fi
 
 From a field's type: `bool` -> a flag (`--no-<name>` when the default is True; both forms for TrainConfig,
 whose unset fields are the spec's), `Literal` -> choices, `int` / `float` / `str` (`X | None` alike), `dict`
--> a repeated KEY=VALUE option, a pydantic model -> its own options (`nested`). What the type cannot say
+-> a repeated KEY=VALUE option, a `list` positional -> any number of values, a pydantic model -> its own options
+(`nested`). What the type cannot say
 (another flag name, how a dict's values are written) is a `Form`.
 """
 
@@ -60,8 +61,9 @@ class ModelOptions:
             if name in self.nested:
                 self.nested[name].add_to(parser)
             elif name in self.positional:
-                optional = field.default is None
-                parser.add_argument(name, nargs="?" if optional else None, help=_escaped(field.description))
+                many, optional = _kind(field.annotation) is list, field.default is None
+                parser.add_argument(name, nargs="*" if many else "?" if optional else None,
+                                    help=_escaped(field.description))
             else:
                 # one string: a BooleanOptionalAction adds its --no- form itself
                 group.add_argument(self.flags(name)[0], dest=self._dest(name), default=None, help=self._help(name),
@@ -80,7 +82,7 @@ class ModelOptions:
                 values[name] = self.nested[name].build(args)
                 continue
             value = getattr(args, self._dest(name), None)
-            if value is not None:
+            if value is not None and value != []:  # a list positional given no values: not given
                 values[name] = self._dict(name, value) if _kind(self.fields[name].annotation) is dict else value
         return values
 
@@ -158,7 +160,7 @@ def _kind(annotation) -> Any:
             return _kind(args[0])
         if all(a is str or typing.get_origin(a) is typing.Literal for a in args):  # e.g. BuiltinTask | str
             return str
-    if origin is dict or annotation in (int, float, bool, str):
+    if origin in (dict, list) or annotation in (int, float, bool, str):
         return origin or annotation
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation

@@ -5,7 +5,6 @@ process behind."""
 from __future__ import annotations
 
 import argparse
-import inspect
 import os
 import signal
 import subprocess
@@ -22,7 +21,7 @@ from flows.cli import main, parser
 from flows.cli import run as run_command
 from flows.cli import score as score_command
 from flows.cli import sweep as sweep_command
-from flows.params import FinetuneParams, ScoreParams, SweepParams
+from flows.params import FinetuneParams, ScoreParams, SuiteParams, SweepParams
 from flows.run_folder import list_runs
 from tests.conftest import REPO_ROOT
 from tests.tiny_models import write_tiny_checkpoint
@@ -61,8 +60,7 @@ COMMANDS = {
     "check": ({"task"}, flags_of(FinetuneParams, {"pretrained", "data_dir", "drop_bad_rows"}) | TRAINING,
               {"--verbose"}),
     "run": ({"task"}, FINETUNE, {"--verbose", "--json", "--retries"}),
-    # tasks, --max-concurrency and --deployment: the suite flow's keyword parameters (see the test below)
-    "suite": ({"tasks"}, FINETUNE, {"--verbose", "--max-concurrency", "--deployment"}),
+    "suite": ({"tasks"}, FINETUNE | flags_of(SuiteParams, {"max_concurrency", "deployment"}), {"--verbose"}),
     "sweep": ({"task"}, FINETUNE | flags_of(SweepParams, set(SweepParams.model_fields) - {"base"}, RENAMED),
               {"--verbose"}),
     "score": ({"model", "file"}, flags_of(ScoreParams, set(ScoreParams.model_fields) - {"model", "file"}, RENAMED),
@@ -90,7 +88,7 @@ def test_a_commands_options_are_its_parameter_models_fields(command):
 
 
 MODELS = {"check": (FinetuneParams, TrainConfig), "run": (FinetuneParams, TrainConfig),
-          "suite": (FinetuneParams, TrainConfig), "sweep": (SweepParams, FinetuneParams, TrainConfig),
+          "suite": (SuiteParams, FinetuneParams, TrainConfig), "sweep": (SweepParams, FinetuneParams, TrainConfig),
           "score": (ScoreParams,)}
 
 
@@ -151,13 +149,12 @@ def test_options_given_reach_their_fields(tmp_path):
         score_command.params(args)
 
 
-def test_the_suites_own_options_default_as_its_flow_does():
-    from flows.suite import suite
+def test_the_suites_tasks_are_a_list_positional_and_none_given_means_the_default_set():
+    from flows.cli import suite as suite_command
 
-    flow_defaults = {name: p.default for name, p in inspect.signature(suite.fn).parameters.items()}
-    args = parser().parse_args(["suite"])
-    assert (args.tasks or None, args.max_concurrency, args.deployment) == (
-        flow_defaults["tasks"], flow_defaults["max_concurrency"], flow_defaults["deployment"])
+    given = suite_command.params(parser().parse_args(["suite", "sst2", "rte", "--max-concurrency", "2"]))
+    assert (given.tasks, given.max_concurrency) == (["sst2", "rte"], 2)
+    assert suite_command.params(parser().parse_args(["suite"])).tasks is None  # SuiteParams' default
 
 
 # ---- what the commands print --------------------------------------------------------------------------------

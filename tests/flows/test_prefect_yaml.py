@@ -24,7 +24,7 @@ def test_every_builtin_task_has_a_deployment():
     tasks = {DEPLOYMENTS[n]["parameters"]["params"]["task"] for n in FINETUNES if DEPLOYMENTS[n]["parameters"]}
     assert tasks == set(builtin_specs())
     assert "suite" in DEPLOYMENTS
-    assert DEPLOYMENTS["suite"]["parameters"]["deployment"] == "bertflow-finetune/on-demand"
+    assert DEPLOYMENTS["suite"]["parameters"]["params"]["deployment"] == "bertflow-finetune/on-demand"
     assert DEPLOYMENTS["on-demand"]["entrypoint"] == "flows/finetune.py:finetune"
 
 

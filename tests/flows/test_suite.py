@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 from prefect.artifacts import Artifact
 
 from bert_core.training import TrainConfig
-from flows.params import FinetuneParams
+from flows.params import FinetuneParams, SuiteParams
 from flows.suite import default_tasks, suite
 from tracking.leaderboard import COLUMNS
 
@@ -49,7 +49,7 @@ def suite_run(real_data_flow_root):
     missing.write_text(MISSING, encoding="utf-8")
     tasks = [*FAMILIES, str(missing)]
     params = FinetuneParams(training=TINY_BUDGET, run_root=str(real_data_flow_root / "runs"))
-    state = suite(tasks=tasks, params=params, max_concurrency=2, return_state=True)
+    state = suite(SuiteParams(tasks=tasks, base=params, max_concurrency=2), return_state=True)
     return {"state": state, "root": real_data_flow_root, "tasks": tasks}
 
 

@@ -20,7 +20,7 @@ from prefect.settings import PREFECT_API_URL
 
 from bert_core.training import TrainConfig
 from flows.finetune import finetune
-from flows.params import FinetuneParams
+from flows.params import FinetuneParams, SuiteParams
 from flows.suite import suite
 from tests.conftest import REPO_ROOT
 
@@ -61,7 +61,7 @@ def worker(real_data_flow_root):
 def fanned_out(worker, real_data_flow_root):
     params = FinetuneParams(training=TINY_BUDGET, run_root=str(real_data_flow_root / "runs"))
     start = time.monotonic()
-    state = suite(tasks=TASKS, params=params, max_concurrency=2, deployment="bertflow-finetune/on-demand",
+    state = suite(SuiteParams(tasks=TASKS, base=params, max_concurrency=2, deployment="bertflow-finetune/on-demand"),
                   return_state=True)
     return {"state": state, "seconds": time.monotonic() - start}
 
