@@ -1,6 +1,8 @@
 """The `evaluate_model` task: the best model scored on the eval split and every extra eval split (e.g. CoNLL
 testb), with predictions, per-class reports and plots written to `<run_dir>/evaluation` and logged to
 the MLflow run. Metrics are named `eval_<metric>` for the eval split and `<split>_<metric>` for the rest.
+A report with a row per label (class, entity type, tag) is also logged as the MLflow table
+`evaluation/per_label_<split>.json` and drawn as `per_label_f1_<split>.png`.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from bert_core.training import TrainConfig, evaluate_model_dir, features_fingerp
 from tasks.data import DataInfo, load_split
 from tasks.tokenize import row_limit
 from tasks.train import Trained
-from tracking.plots import confusion_matrix_png, learning_curve_png
+from tracking.plots import confusion_matrix_png, learning_curve_png, per_label_f1_png, per_label_rows
 from tracking.run import TrackedRun
 
 
@@ -44,7 +46,7 @@ def evaluate_model(spec: TaskSpec, cfg: TrainConfig, data: DataInfo, trained: Tr
     out = Path(run_dir) / "evaluation"
     out.mkdir(parents=True, exist_ok=True)
     family = get_family(spec.family)
-    flat, by_split, files, intervals = {}, {}, {}, {}
+    flat, by_split, files, intervals, tables = {}, {}, {}, {}, {}
     for split in (s for s in data.split_paths if s != "train"):
         rows = load_split(data, split, row_limit(cfg, split))
         scores, predictions = evaluate_model_dir(
@@ -56,6 +58,10 @@ def evaluate_model(spec: TaskSpec, cfg: TrainConfig, data: DataInfo, trained: Tr
         report = family.predictions.per_class_report(rows, predictions, data.label_names, spec)
         if report is not None:
             files[f"report_{split}"] = _write_json(out / f"per_class_report_{split}.json", report)
+            if labels := per_label_rows(report):
+                tables[f"evaluation/per_label_{split}.json"] = {key: [r[key] for r in labels] for key in labels[0]}
+                files[f"per_label_f1_{split}"] = str(per_label_f1_png(
+                    labels, out / f"per_label_f1_{split}.png", f"{split}: F1 per label (n = support)"))
         if split == "eval":  # how sure each dev score is: 95% bootstrap intervals over the dev rows
             intervals = {name: bootstrap_interval(spec.family, predictions, rows, name, data.label_names,
                                                   settings=family.rows.task_settings(spec)) for name in scores}
@@ -68,6 +74,8 @@ def evaluate_model(spec: TaskSpec, cfg: TrainConfig, data: DataInfo, trained: Tr
     bounds = {f"interval/eval_{name}_{end}": getattr(iv, end) for name, iv in intervals.items() for end in ("low", "high")}
     run.log_metrics(flat | bounds)
     run.log_artifacts(str(out), artifact_path="evaluation")
+    for path, columns in tables.items():
+        run.log_table(columns, path)
     run.log_artifact(trained.history_path)
     return Evaluation(metrics=flat, splits=by_split, files=files,
                       intervals={name: (iv.low, iv.high) for name, iv in intervals.items()})

@@ -7,7 +7,7 @@
 - `create_run` / `reopen_run`: a run that stays open while other processes work (a sweep's parent run),
   ended with `TrackedRun.end`.
 - `TrackedRun`: logging to one run by its id: params (nested, secrets masked), tags, text, metrics,
-  artifacts. A small dataclass, so tasks take it as a parameter.
+  artifacts, tables. A small dataclass, so tasks take it as a parameter.
 - `read_run`, `finished_run_of_flow_run`: a run read back (`RunRecord`: tags, metrics, params).
 """
 
@@ -52,6 +52,11 @@ class TrackedRun:
 
     def log_artifact(self, path: str) -> None:
         MlflowClient().log_artifact(self.run_id, path)
+
+    def log_table(self, columns: Mapping[str, list], path: str) -> None:
+        """A table (column name -> values) as MLflow's table artifact ``path`` (``.json``), which the UI's
+        artifact view shows as a table. MLflow appends to a table already at ``path``: log each one once."""
+        mlflow.log_table(dict(columns), artifact_file=path, run_id=self.run_id)
 
     def log_artifacts(self, folder: str, artifact_path: str) -> None:
         mlflow.log_artifacts(folder, artifact_path=artifact_path, run_id=self.run_id)
