@@ -207,6 +207,15 @@ def save_finetuned(model: torch.nn.Module, tokenizer: BertTokenizer, folder: str
     return folder
 
 
+def read_finetuned_meta(folder: str | Path) -> dict:
+    """The ``bertflow`` meta ``save_finetuned`` wrote (family, label_names, task settings, ...), weights unread."""
+    folder = Path(folder)
+    meta = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("bertflow")
+    if not meta or "family" not in meta:
+        raise ValueError(f"{folder}/config.json has no 'bertflow' block naming the family; not a bertflow model")
+    return meta
+
+
 def load_finetuned(folder: str | Path) -> tuple[torch.nn.Module, BertTokenizer, dict]:
     """Inverse of ``save_finetuned``: (model in eval mode, tokenizer, meta)."""
     from bert_core.families import (

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import json
 import shlex
+from pathlib import Path
 
 import pandas as pd
 
+from bert_core.checkpoint import read_finetuned_meta
 from bert_core.families import get_family
 from bert_core.spec import TaskSpec
 from bert_core.training import TrainConfig
+from bert_core.training.features import TASK_SETTINGS
 
 RECIPE = ("learning_rate", "batch_size", "epochs", "max_steps", "warmup_ratio", "weight_decay", "max_seq_length",
           "seed", "precision", "max_train_samples", "max_eval_samples")
@@ -41,8 +44,12 @@ def model_card(body: str, name: str, version: str, alias: str, reason: str, desc
 
 def card_body(spec: TaskSpec, cfg: TrainConfig, data, trained: dict, evaluation: dict, example: pd.DataFrame,
               pretrained: str, language: str | None, run_id: str) -> str:
-    """Markdown for people: task, labels, data, recipe, dev metrics with intervals, calls, limits.
-    ``data``: the download task's DataInfo (rows per split, source, fingerprint, carve, dropped, labels)."""
+    """Markdown for people: task, labels, data, recipe, dev metrics with intervals, the family's own section (how
+    the saved settings turn scores into answers, e.g. multi-label thresholds), calls, limits.
+    ``data``: the download task's DataInfo (rows per split, source, fingerprint, carve, dropped, labels);
+    ``trained``: the train task's Trained as a dict (``model_dir``: the saved model, whose meta holds its
+    settings); ``evaluation``: the evaluate task's Evaluation as a dict (``files["report_eval"]``: the eval
+    split's per-class report)."""
     uri = MODEL_URI
     lines = ["| | |", "|---|---|",
              f"| task | `{spec.name}` ({spec.family}), primary metric `{spec.primary_metric}` |"]
@@ -53,6 +60,7 @@ def card_body(spec: TaskSpec, cfg: TrainConfig, data, trained: dict, evaluation:
         lines.append(f"| {'tags' if 'tags' in get_family(spec.family).rows.fields else 'labels'} | {shown}{more} |")
     lines += [f"| pretrained | {pretrained} |", f"| MLflow run | `{run_id}` |", ""]
     lines += _data(data, cfg) + _recipe(spec, cfg, trained) + _metrics(spec, evaluation)
+    lines += _family_section(spec, data.label_names, trained["model_dir"], evaluation)
     lines += _calls(get_family(spec.family).rows.request, uri, example) + _limits(spec, cfg, data, language)
     return "\n".join(lines) + "\n"
 
@@ -93,6 +101,15 @@ def _metrics(spec: TaskSpec, evaluation: dict) -> list[str]:
             primary = " (primary)" if metric == spec.primary_metric and split == "eval" else ""
             lines.append(f"| {split} | {metric}{primary} | {value:.4f} | {interval} |")
     return [*lines, ""]
+
+
+def _family_section(spec: TaskSpec, label_names, model_dir: str, evaluation: dict) -> list[str]:
+    """The family's `card_lines`, from the settings saved with the model (what predict and serving apply)."""
+    meta = read_finetuned_meta(model_dir)
+    settings = {k: meta[k] for k in TASK_SETTINGS if k in meta}
+    report_path = evaluation.get("files", {}).get("report_eval")
+    report = json.loads(Path(report_path).read_text(encoding="utf-8")) if report_path else None
+    return get_family(spec.family).predictions.card_lines(label_names, settings, report)
 
 
 def _calls(request: dict[str, tuple[str, ...]], uri: str, example: pd.DataFrame) -> list[str]:

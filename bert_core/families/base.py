@@ -246,6 +246,13 @@ class Predictions:
         """What the model reads of a long input and what it answers, for a model card's limits."""
         raise NotImplementedError
 
+    def card_lines(self, label_names: list[str] | None, settings: dict, report: dict | None) -> list[str]:
+        """A model card's section on how this family turns scores into answers with the settings saved with the
+        model (``settings``: the ``TASK_SETTINGS`` of its meta; ``report``: ``per_class_report`` of the eval
+        split, or None), as markdown lines ending with a blank one; [] when there is nothing to say beyond the
+        rest of the card (multi-label: each label's threshold beside its dev scores, and what no label means)."""
+        return []
+
 
 def unweighted_loss(model: nn.Module, train_features: list[dict], settings: dict) -> None:
     """Most families train with their loss as built: nothing learnt from the data."""

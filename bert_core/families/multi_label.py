@@ -395,6 +395,34 @@ class LabelSetPredictions(Predictions):
         report.pop("samples avg", None)  # zero_division 0 there; f1_samples scores "none" vs "none" 1
         return report
 
+    def card_lines(self, label_names, settings, report) -> list[str]:
+        """The thresholds the model applies (saved ``label_thresholds``, else the default) beside each label's dev
+        precision, recall, F1 and support (``report``: ``per_class_report`` of the eval split), and what an
+        empty answer means."""
+        thresholds = thresholds_of(label_names, settings)
+        if not settings.get("label_thresholds"):
+            how = f"No thresholds were tuned: every label uses {DEFAULT_THRESHOLD:g}."
+        elif len(set(thresholds)) == 1:
+            how = (f"One threshold for every label, {thresholds[0]:g}, tuned on the eval split for the best micro-F1 "
+                   f"(spec `thresholds: {settings.get('thresholds') or 'null'}`).")
+        else:
+            how = ("One threshold per label, tuned on the eval split for that label's best F1; a label with fewer than "
+                   f"{MIN_POSITIVES} rows on there keeps the global one (best micro-F1) "
+                   f"(spec `thresholds: {settings.get('thresholds') or 'null'}`).")
+        lines = ["## Labels and thresholds", "",
+                 "A label is on when its probability (the sigmoid of its logit) passes its threshold, so a text gets "
+                 f"any number of labels. {how} The thresholds are tuned on the split the dev scores come from, so "
+                 "those scores are slightly optimistic. A text for which no label passes its threshold gets the "
+                 "empty list `[]`: none of the labels applies (not \"unsure\"); every label's probability is "
+                 "returned beside the list.", "",
+                 "| label | threshold | dev precision | dev recall | dev F1 | dev support |", "|---|---|---|---|---|---|"]
+        for name, threshold in zip(label_names, thresholds, strict=True):
+            row = (report or {}).get(name)
+            scores = (f"{row['precision']:.4f} | {row['recall']:.4f} | {row['f1-score']:.4f} | {int(row['support'])}"
+                      if row else "- | - | - | -")
+            lines.append(f"| `{name}` | {threshold:g} | {scores} |")
+        return [*lines, ""]
+
     def input_limit(self, spec, max_seq_length, label_names) -> str:
         return (f"{truncation_note(max_seq_length)}; it answers any of its {len(label_names or [])} labels, each one "
                 "whose probability passes its threshold (tuned on the eval split), or none: an empty answer means "
