@@ -5,8 +5,8 @@
 Question: do models fine-tuned by ``bert_core.training.fit`` ("ours") score as well as models fine-tuned
 by ``transformers.Trainer`` the way ``run_glue.py``, ``run_ner.py`` and ``run_qa.py`` do it ("hf")?
 
-For each built-in task with local data (cola, stsb, mrpc, rte, snli, conll2003_pos, conll2003_ner, sst2,
-squad; snli and squad are carved out of one file by their spec), both sides fine-tune the packaged
+For each built-in task with local data (cola, stsb, mrpc, rte, semeval2018_ec, snli, conll2003_pos,
+conll2003_ner, sst2, squad; snli and squad are carved out of one file by their spec), both sides fine-tune the packaged
 all-MiniLM-L6-v2 on the task's FULL training split and score the spec's eval split after every epoch:
 
   rows      loaded once per run by ``bert_core.loading.load_task_data``; both sides get the same rows.
@@ -26,6 +26,14 @@ all-MiniLM-L6-v2 on the task's FULL training split and score the spec's eval spl
             Its metrics never touch bert_core: scikit-learn / scipy as evaluate's "glue" metric, seqeval's
             default mode as evaluate's "seqeval" (entity P/R/F1, token accuracy over scored words), and
             the official SQuAD v1.1 evaluate-v1.1.py logic typed in below.
+
+Multi-label (semeval2018_ec): hf is ``AutoModelForSequenceClassification`` with ``problem_type=
+"multi_label_classification"`` (BCEWithLogits on float multi-hot targets), tokenized as run_glue does, and
+answers each label whose sigmoid passes ONE global threshold: at each evaluation, the one of 0.05, 0.10, ...,
+0.95 with the best primary metric (f1_macro) on the eval split (its score at 0.5 is kept too, as
+``*_at_0.5``). Ours tunes one threshold per label on the same split (the family's default; each label's best
+F1), so both sides' dev scores are tuned on dev, ours with 11 knobs to hf's one. hf's metrics are
+scikit-learn's, typed here (none vs none scores 1 in jaccard/f1 samples, as in bert_core).
 
 Tagging: bert_core scores IOB1 NER in seqeval's strict mode and scores the words max_seq_length cut off
 (as "O"); run_ner scores in seqeval's default mode and skips them. So ours' tag predictions at every
@@ -70,7 +78,11 @@ import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RESULTS = REPO_ROOT / "bench" / "results" / "quality.jsonl"
-TASKS = ["cola", "stsb", "mrpc", "rte", "snli", "conll2003_pos", "conll2003_ner", "sst2", "squad"]  # cheap first
+TASKS = ["cola", "stsb", "mrpc", "rte", "semeval2018_ec", "snli", "conll2003_pos", "conll2003_ner", "sst2",
+         "squad"]  # cheap first
+# Metrics the table shows besides the primary one (default: the primary alone).
+TABLE_METRICS = {"semeval2018_ec": ["f1_macro", "f1_micro", "jaccard_samples"]}
+THRESHOLDS = [k / 20 for k in range(1, 20)]  # hf's global threshold for multi-label: the best of these on dev
 EPOCHS = {"sst2": 1, "squad": 1}  # full SST-2 is 67k rows, carved SQuAD ~8.3k questions at 384 tokens
 SIDES = ["ours", "hf"]
 N_BEST_SIZE = 20  # run_qa's default
@@ -171,6 +183,8 @@ def run_ours(job: dict) -> dict:
         result = fit(spec, cfg, Path(out) / "run", train_rows, eval_rows, label_names,
                      data_fingerprint=f"{fingerprint}|{len(train_rows)}|{len(eval_rows)}",
                      cache_dir=Path(out) / "cache", callbacks=[_OurProgress()])
+        meta = json.loads((Path(result.model_dir) / "config.json").read_text(encoding="utf-8"))["bertflow"]
+    tuned = {k: meta[k] for k in ("label_thresholds", "no_answer_threshold") if k in meta}  # the best model's
     steps_per_epoch = math.ceil(result.feature_stats["train_features"] / cfg.batch_size)
     per_epoch = [{"epoch": round(h["step"] / steps_per_epoch, 3), "step": h["step"],
                   "metrics": {k.removeprefix("eval_"): v for k, v in h.items() if k.startswith("eval_")}}
@@ -182,7 +196,7 @@ def run_ours(job: dict) -> dict:
             counts["eval_words"] = scores.pop("words_scored")
             entry["bert_core_metrics"], entry["metrics"] = entry["metrics"], scores
     return {**summarize(per_epoch, spec.primary_metric), "precision": result.precision, "counts": counts,
-            "train_seconds": result.train_seconds, "examples_per_second": result.examples_per_second,
+            "tuned": tuned, "train_seconds": result.train_seconds, "examples_per_second": result.examples_per_second,
             "total_steps": result.final_step, "warmup_steps": int(cfg.warmup_ratio * result.final_step)}
 
 
@@ -266,10 +280,11 @@ class HfTask:
     """What the Trainer needs for one family: features, model class and kwargs, collator, metrics."""
 
     def __init__(self, train, evals, model_class, model_kwargs, collator, compute_metrics=None, qa_evaluate=None,
-                 counts=None):
+                 counts=None, extra_metrics=()):
         self.train, self.evals, self.model_class, self.model_kwargs = train, evals, model_class, model_kwargs
         self.collator, self.compute_metrics, self.qa_evaluate = collator, compute_metrics, qa_evaluate
         self.counts = counts or {}
+        self.extra_metrics = tuple(extra_metrics)  # recorded per epoch beside the spec's metrics
 
 
 def hf_glue(spec, tokenizer, train_rows, eval_rows, label_names, max_len) -> HfTask:
@@ -296,6 +311,61 @@ def hf_glue(spec, tokenizer, train_rows, eval_rows, label_names, max_len) -> HfT
         kwargs.update(label2id={n: i for i, n in enumerate(label_names)}, id2label=dict(enumerate(label_names)))
     return HfTask(preprocess(train_rows), preprocess(eval_rows), AutoModelForSequenceClassification, kwargs,
                   DataCollatorWithPadding(tokenizer), compute_metrics)
+
+
+def multi_label_metrics(names: list[str], pred: np.ndarray, gold: np.ndarray) -> dict:
+    """scikit-learn's multi-label metrics on (N, L) 0/1 arrays, as the spec names them."""
+    from sklearn.metrics import (
+        accuracy_score,
+        f1_score,
+        hamming_loss,
+        jaccard_score,
+        precision_score,
+        recall_score,
+    )
+
+    scores = {
+        "f1_micro": lambda: f1_score(gold, pred, average="micro", zero_division=0),
+        "f1_macro": lambda: f1_score(gold, pred, average="macro", zero_division=0),
+        "f1_samples": lambda: f1_score(gold, pred, average="samples", zero_division=1.0),
+        "jaccard_samples": lambda: jaccard_score(gold, pred, average="samples", zero_division=1.0),
+        "subset_accuracy": lambda: accuracy_score(gold, pred),
+        "hamming_loss": lambda: hamming_loss(gold, pred),
+        "precision_micro": lambda: precision_score(gold, pred, average="micro", zero_division=0),
+        "recall_micro": lambda: recall_score(gold, pred, average="micro", zero_division=0),
+    }
+    return {name: float(scores[name]()) for name in names}
+
+
+def hf_multi_label(spec, tokenizer, train_rows, eval_rows, label_names, max_len) -> HfTask:
+    """The Trainer's multi-label classification: run_glue's tokenization, float multi-hot targets, BCEWithLogits
+    (``problem_type``); a label is on when its sigmoid passes one global threshold, the best on dev."""
+    from scipy.special import expit
+    from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding
+
+    def preprocess(rows):
+        texts = ([r["text_a"] for r in rows],) if rows[0]["text_b"] is None else (
+            [r["text_a"] for r in rows], [r["text_b"] for r in rows])
+        result = dict(tokenizer(*texts, padding=False, max_length=max_len, truncation=True))
+        result["labels"] = [[1.0 if n in r["labels"] else 0.0 for n in label_names] for r in rows]
+        return result
+
+    def compute_metrics(p):
+        probs = expit(p.predictions[0] if isinstance(p.predictions, tuple) else p.predictions)
+        gold = p.label_ids > 0.5
+        primary = spec.primary_metric
+        # the best threshold on the primary metric; ties go to the one nearest 0.5
+        scored = [(multi_label_metrics([primary], probs > t, gold)[primary], -abs(t - 0.5), t) for t in THRESHOLDS]
+        threshold = max(scored)[2]
+        at_half = multi_label_metrics(list(spec.metrics), probs > 0.5, gold)
+        return {**multi_label_metrics(list(spec.metrics), probs > threshold, gold), "threshold": threshold,
+                **{f"{name}_at_0.5": value for name, value in at_half.items()}}
+
+    kwargs = {"num_labels": len(label_names), "problem_type": "multi_label_classification",
+              "label2id": {n: i for i, n in enumerate(label_names)}, "id2label": dict(enumerate(label_names))}
+    extra = ["threshold", *(f"{name}_at_0.5" for name in spec.metrics)]
+    return HfTask(preprocess(train_rows), preprocess(eval_rows), AutoModelForSequenceClassification, kwargs,
+                  DataCollatorWithPadding(tokenizer), compute_metrics, extra_metrics=extra)
 
 
 def hf_tagging(spec, tokenizer, train_rows, eval_rows, label_names, max_len) -> HfTask:
@@ -432,7 +502,7 @@ def hf_qa(spec, tokenizer, train_rows, eval_rows, label_names, max_len) -> HfTas
 
 
 HF_FAMILIES = {"single_classification": hf_glue, "pair_classification": hf_glue, "pair_regression": hf_glue,
-               "token_tagging": hf_tagging, "extractive_qa": hf_qa}
+               "token_tagging": hf_tagging, "extractive_qa": hf_qa, "multi_label_classification": hf_multi_label}
 
 
 def agreement_with_ours(spec, folder, train_rows, label_names, max_len, hf_train: dict) -> dict:
@@ -500,7 +570,8 @@ def run_hf(job: dict) -> dict:
             self.threads, self.start = torch.get_num_threads(), time.perf_counter()
 
         def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-            values = {k.removeprefix("eval_"): v for k, v in metrics.items() if k.removeprefix("eval_") in spec.metrics}
+            keep = (*spec.metrics, *task.extra_metrics)
+            values = {k.removeprefix("eval_"): v for k, v in metrics.items() if k.removeprefix("eval_") in keep}
             self.per_epoch.append({"epoch": round(state.epoch, 3), "step": state.global_step, "metrics": values})
 
         def on_train_end(self, args, state, control, **kwargs):
@@ -609,9 +680,10 @@ def mean_of(runs: list[dict], key: str, fmt: str) -> str:
     return fmt.format(statistics.mean(r[key] for r in runs)) if runs else "-"
 
 
-def table_row(task: str, runs: list[dict], epochs: float) -> list[str]:
-    """task, metric, epochs, final and best of both sides with their deltas, seeds, seconds and ex/s."""
-    metric = runs[0]["primary_metric"]
+def table_row(task: str, runs: list[dict], epochs: float, metric: str | None = None) -> list[str]:
+    """task, metric (default: the primary), epochs, final and best of both sides with their deltas, seeds,
+    seconds and ex/s. "best" is the epoch best on the primary metric, whichever metric is shown."""
+    metric = metric or runs[0]["primary_metric"]
     by_side = {side: sorted((r for r in runs if r["side"] == side), key=lambda r: r["seed"]) for side in SIDES}
     final = {s: [r["final"][metric] for r in rs] for s, rs in by_side.items()}
     best = {s: [r["best"][metric] for r in rs] for s, rs in by_side.items()}
@@ -629,8 +701,8 @@ def print_table(records: list[dict], tasks: list[str], seeds: list[int], setting
     rows = []
     for task in tasks:
         runs = [r for r in records if r["task"] == task and r["seed"] in seeds and job_key(r)[3:] == settings[task]]
-        if runs:
-            rows.append(table_row(task, runs, settings[task][0]))
+        for metric in TABLE_METRICS.get(task, [None]) if runs else []:
+            rows.append(table_row(task, runs, settings[task][0], metric))
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
     print("  ".join(h.ljust(w) for h, w in zip(head, widths)))
     for row in rows:
