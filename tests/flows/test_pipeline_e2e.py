@@ -64,13 +64,16 @@ CASES = {
     "squad": ({"max_train_samples": 600, "max_eval_samples": 200, "epochs": 1, "learning_rate": 3e-4,
                "batch_size": 16, "max_seq_length": 256}, {"f1": 0.115, "exact_match": 0.03}),
 }
-CLASSIFICATION_ARTIFACTS = {"evaluation/confusion_matrix.png", "evaluation/per_class_report_eval.json"}
+# A report with a row per label is also an MLflow table and a bar chart of per-label F1.
+PER_LABEL = {"evaluation/per_class_report_eval.json", "evaluation/per_label_eval.json",
+             "evaluation/per_label_f1_eval.png"}
+CLASSIFICATION_ARTIFACTS = {"evaluation/confusion_matrix.png", *PER_LABEL}
 ARTIFACTS = {  # beyond what every run logs
     "sst2": CLASSIFICATION_ARTIFACTS, "mrpc": CLASSIFICATION_ARTIFACTS, "stsb": set(), "squad": set(),
     "snli": CLASSIFICATION_ARTIFACTS, "cola": CLASSIFICATION_ARTIFACTS, "rte": CLASSIFICATION_ARTIFACTS,
-    "conll2003_pos": {"evaluation/per_class_report_eval.json", "evaluation/predictions_test.jsonl"},
-    "conll2003_ner": {"evaluation/per_class_report_eval.json", "evaluation/predictions_test.jsonl",
-                      "evaluation/per_class_report_test.json"},
+    "conll2003_pos": {*PER_LABEL, "evaluation/predictions_test.jsonl"},
+    "conll2003_ner": {*PER_LABEL, "evaluation/predictions_test.jsonl", "evaluation/per_class_report_test.json",
+                      "evaluation/per_label_test.json", "evaluation/per_label_f1_test.png"},
 }
 
 
