@@ -203,3 +203,30 @@ class SuiteParams(BaseModel):
         None, description="Run each fine-tune as a run of this finetune deployment (e.g. "
         "'bertflow-finetune/on-demand'), taken by any worker of its pool (needs a Prefect server and a worker); "
         "empty = in processes here.")
+
+
+class CompareParams(BaseModel):
+    """A task's registered versions side by side."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: BuiltinTask | str = Field(
+        "sst2", description="The task whose registered versions (bert-<task>) are compared: a built-in task or the "
+        "path of its spec YAML file.")
+    confidence: float = Field(0.95, gt=0, lt=1, description="Confidence of the bootstrap intervals.")
+    # The registry's significance test draws as many (tracking.registry.N_RESAMPLES; not imported: it loads MLflow).
+    n_resamples: int = Field(1000, ge=100, description="Bootstrap resamples per interval.")
+    run_root: str | None = Field(
+        None, description="Where the comparison's folder (chart, markdown, CSV) goes; empty = $BERTFLOW_HOME/runs.")
+    log_to_mlflow: bool = Field(
+        True, description="Keep the comparison as an MLflow run (chart, markdown and CSV under compare/).")
+    tracking_uri: str | None = Field(
+        None, description="MLflow tracking and registry URI; empty = $MLFLOW_TRACKING_URI, else "
+        "sqlite:///$BERTFLOW_HOME/mlflow.db.")
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _no_password_in_uri(cls, uri: str | None) -> str | None:
+        return refuse_password(uri, "tracking_uri", "set MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (or "
+                               "MLFLOW_TRACKING_TOKEN) in the environment instead")
+

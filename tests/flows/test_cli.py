@@ -21,7 +21,7 @@ from flows.cli import main, parser
 from flows.cli import run as run_command
 from flows.cli import score as score_command
 from flows.cli import sweep as sweep_command
-from flows.params import FinetuneParams, ScoreParams, SuiteParams, SweepParams
+from flows.params import CompareParams, FinetuneParams, ScoreParams, SuiteParams, SweepParams
 from flows.run_folder import list_runs
 from tests.conftest import REPO_ROOT
 from tests.tiny_models import write_tiny_checkpoint
@@ -54,9 +54,10 @@ TRAINING = flags_of(TrainConfig, both_bool_forms=True)
 FINETUNE = flags_of(FinetuneParams, set(FinetuneParams.model_fields) - {"task", "training", "sweep_trial"}) | TRAINING
 # Flags that are not a field's own name: TrainConfig has a `seed` too; the rest read better in a command.
 RENAMED = {"seed": "--sampler-seed", "register_best": "--no-register", "columns": "--column",
-           "input_format": "--format"}
+           "input_format": "--format", "n_resamples": "--resamples", "log_to_mlflow": "--no-log"}
 # command -> (positional arguments, options generated from the parameter models, the command line's own)
 COMMANDS = {
+    "compare": ({"task"}, flags_of(CompareParams, set(CompareParams.model_fields) - {"task"}, RENAMED), set()),
     "check": ({"task"}, flags_of(FinetuneParams, {"pretrained", "data_dir", "drop_bad_rows"}) | TRAINING,
               {"--verbose"}),
     "run": ({"task"}, FINETUNE, {"--verbose", "--json", "--retries"}),
@@ -89,14 +90,14 @@ def test_a_commands_options_are_its_parameter_models_fields(command):
 
 MODELS = {"check": (FinetuneParams, TrainConfig), "run": (FinetuneParams, TrainConfig),
           "suite": (SuiteParams, FinetuneParams, TrainConfig), "sweep": (SweepParams, FinetuneParams, TrainConfig),
-          "score": (ScoreParams,)}
+          "score": (ScoreParams,), "compare": (CompareParams,)}
 
 
 def model_field(command: str, option: str):
     """The parameter model field behind one of a command's generated options."""
     for model in MODELS[command]:
         for name, field in model.model_fields.items():
-            renamed = RENAMED.get(name) if model in (SweepParams, ScoreParams) else None
+            renamed = RENAMED.get(name) if model in (SweepParams, ScoreParams, CompareParams) else None
             if option in ({renamed} if renamed else {flag(name), "--no-" + flag(name)[2:]}):
                 return field
     raise AssertionError(f"{command} {option}: no field")

@@ -154,9 +154,10 @@ def small_and_big(flow_env) -> tuple[dict, dict]:
 @pytest.mark.integration
 def test_compare_flow_ranks_the_bigger_run_first(small_and_big):
     from flows.compare import compare
+    from flows.params import CompareParams
 
     small, big = small_and_big
-    result = compare(task="sst2", n_resamples=500)
+    result = compare(CompareParams(task="sst2", n_resamples=500))
     rows = result["rows"]
     for r in rows:
         print(f"v{r['version']} {r['aliases']}: {r['score']:.3f} [{r['low']:.3f}, {r['high']:.3f}] {r['note']}")
