@@ -347,6 +347,39 @@ def test_fit_tunes_the_thresholds_saves_them_and_scoring_uses_them(tmp_path):
     assert learnt == {"label_thresholds": thresholds}
 
 
+def test_an_interrupted_fine_tune_with_pos_weight_resumes_to_the_same_weights(tmp_path):
+    """Resume rebuilds the loss's pos_weight from the training rows (the saved head holds no loss): a fine-tune
+    cut after its first checkpoint ends with the weights of one never cut."""
+    from safetensors.torch import load_file
+
+    from bert_core.training.state import list_checkpoints
+
+    tiny = write_tiny_checkpoint(tmp_path / "tiny")
+    spec = SPEC.model_copy(update={"pos_weight": True})
+    cfg = TrainConfig(learning_rate=3e-3, batch_size=16, epochs=2, seed=7, precision="fp32", progress_bar=False,
+                      checkpoint_every=5, log_every=1)
+    train, dev = toy_rows(96, 1), toy_rows(32, 2)
+
+    def run(name, callbacks=()):
+        return fit(spec, cfg, tmp_path / name, train, dev, SPEC.labels, pretrained=tiny, callbacks=callbacks,
+                   cache_dir=tmp_path / "cache")
+
+    class Crash:
+        def on_step(self, step, metrics):
+            if step == 8:
+                raise KeyboardInterrupt
+
+    whole = run("whole")
+    with pytest.raises(KeyboardInterrupt):
+        run("cut", [Crash()])
+    resumed = run("cut")
+    assert resumed.resumed_from_step == 5 and resumed.final_step == whole.final_step == 12
+    a, b = (load_file(str(list_checkpoints(tmp_path / n / "checkpoints")[-1] / "model.safetensors"))
+            for n in ("whole", "cut"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.eval_metrics == approx(whole.eval_metrics)
+
+
 # ---------------------------------------------------------------- the built-in spec, real weights and real tweets
 
 
