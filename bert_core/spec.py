@@ -198,6 +198,11 @@ class TaskSpec(_Strict):
         False, description="multi_label_classification: weigh each label's positive rows in the loss by its "
         "negatives / positives in the training split, so rare labels count more."
     )
+    calibration: Literal["temperature", "none"] = Field(
+        "temperature", description="Classification and multi-label: `temperature` divides every logit by one scalar "
+        "fitted on the eval split (its negative log-likelihood), so a score of 0.9 is right about 90% of the time; "
+        "the predicted labels never change. Expected calibration error and Brier score are logged before and after."
+    )
     metrics: list[str] = Field(min_length=1, description="Metrics to report; the family says which (`Predictions.metrics`).")
     primary_metric: str = Field(description="Metric for model selection; must be one of `metrics`.")
     max_seq_length: int = Field(128, gt=8, le=4096, description="Max tokens per feature, [CLS]/[SEP] included.")
@@ -292,7 +297,8 @@ class TaskSpec(_Strict):
                 raise ValueError(f"hub.columns: {unknown} are not fields of {self.family!r}")
         # A field one family reads, set on a spec of another: a mistake to name, not to ignore.
         foreign = sorted({f for other in FAMILIES.values() for f in other.rows.spec_fields
-                          if f not in family.rows.spec_fields and getattr(self, f) not in (None, False)})
+                          if f not in family.rows.spec_fields and getattr(self, f) not in (None, False)
+                          and getattr(self, f) != type(self).model_fields[f].default})
         if foreign:
             owners = {f: [o.name for o in FAMILIES.values() if f in o.rows.spec_fields] for f in foreign}
             raise ValueError("; ".join(f"{f} is for {' and '.join(who)}, not {self.family!r}" for f, who in owners.items()))

@@ -198,6 +198,21 @@ class Predictions:
         ``TASK_SETTINGS``). Nothing to learn by default."""
         return {}
 
+    def calibrate(self, logits: list[np.ndarray], features: list[dict], rows, label_names,
+                  settings: dict) -> tuple[dict, dict[str, float], dict | None]:
+        """Scores made frequencies on the labelled rows of the split a run selects on, before ``tune`` (so its
+        thresholds are tuned on calibrated scores): (learnt settings, e.g. ``{"temperature": T}``, saved with the
+        model; metrics ``ece``, ``ece_uncalibrated``, ``brier``, ``brier_uncalibrated``; the report a reliability
+        diagram is drawn from, ``bert_core.calibration.calibration_report``). ``logits`` as for ``postprocess``.
+        Nothing for families whose scores are not probabilities of their answers."""
+        return {}, {}, None
+
+    def measure_calibration(self, logits: list[np.ndarray], features: list[dict], rows, label_names,
+                            settings: dict) -> tuple[dict[str, float], dict | None]:
+        """``calibrate``'s metrics and report with the settings saved with the model (a saved model is scored, never
+        fitted): ({}, None) for families that do not calibrate."""
+        return {}, None
+
     def compute_metrics(
         self, predictions: list[dict], rows, metric_names: list[str], label_names: list[str] | None = None,
         settings: dict | None = None,

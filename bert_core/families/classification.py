@@ -21,6 +21,7 @@ from sklearn.metrics import classification_report
 from torch import nn
 
 from bert_core import metrics
+from bert_core.calibration import fit_and_measure, measure, scaled, turned_off
 from bert_core.families.base import Family, Predictions, Rows, as_rows
 from bert_core.families.cls_head import SequenceClassifier
 from bert_core.families.text_encoding import (
@@ -71,7 +72,7 @@ def build_classifier(encoder: BertEncoder, label_names: list[str] | None) -> nn.
 class LabelRows(Rows):
     """Text (pair) rows with one label name each."""
 
-    spec_fields = ("display_names",)
+    spec_fields = ("display_names", "calibration")
 
     def __init__(self, pair: bool):
         self.pair = pair
@@ -92,7 +93,8 @@ class LabelRows(Rows):
                 raise ValueError(f"display_names must show distinct names, got {shown}")
 
     def task_settings(self, spec) -> dict:
-        return {"display_names": spec.display_names} if spec.display_names else {}
+        settings = {"display_names": spec.display_names} if spec.display_names else {}
+        return settings | turned_off(spec)
 
     def arrow_features(self):
         return text_arrow_features(label=Value("string"))
@@ -147,6 +149,7 @@ class LabelPredictions(Predictions):
         display = settings.get("display_names") or {}
         predictions = []
         for row_logits in logits_by_row(logits, features, len(rows)):
+            row_logits = scaled(row_logits, settings)  # the fitted temperature: same argmax, truer scores
             probs = np.exp(row_logits - row_logits.max())
             probs /= probs.sum()
             best = int(probs.argmax())
@@ -157,6 +160,18 @@ class LabelPredictions(Predictions):
                 "probabilities": {name: float(p) for name, p in zip(label_names, probs, strict=True)},
             })
         return predictions
+
+    def calibrate(self, logits, features, rows, label_names, settings):
+        """Temperature scaling of the softmax, fitted on these rows (``bert_core.calibration``)."""
+        return fit_and_measure(*self._scores(logits, features, rows, label_names), "softmax", settings)
+
+    def measure_calibration(self, logits, features, rows, label_names, settings):
+        return measure(*self._scores(logits, features, rows, label_names), "softmax", settings)
+
+    def _scores(self, logits, features, rows, label_names) -> tuple[np.ndarray, np.ndarray]:
+        """(logits (N, C), gold label indices (N,)) of labelled rows."""
+        return (np.stack(logits_by_row(logits, features, len(rows))),
+                np.array([label_index(row, label_names) for row in as_rows(rows)]))
 
     def compute_metrics(self, predictions, rows, metric_names, label_names=None, settings=None) -> dict[str, float]:
         """Metrics on label indices. Without ``label_names``, their order is read from the

@@ -60,6 +60,7 @@ from sklearn.metrics import (
 from torch import nn
 
 from bert_core import metrics
+from bert_core.calibration import fit_and_measure, measure, scaled, turned_off
 from bert_core.families.base import Family, Predictions, Rows, as_rows
 from bert_core.families.cls_head import SequenceClassifier
 from bert_core.families.text_encoding import (
@@ -183,7 +184,7 @@ def read_indicators(cells: dict) -> tuple[list[str] | None, str | None]:
 class LabelSetRows(Rows):
     """Text (pair) rows with a set of label names each, possibly empty."""
 
-    spec_fields = ("label_separator", "label_columns", "thresholds", "pos_weight")
+    spec_fields = ("label_separator", "label_columns", "thresholds", "pos_weight", "calibration")
 
     def __init__(self, pair: bool):
         self.pair = pair
@@ -221,7 +222,8 @@ class LabelSetRows(Rows):
             raise ValueError(f"labels {spec.labels} and label_columns {columns} must name the same labels")
 
     def task_settings(self, spec) -> dict:
-        return {key: value for key, value in (("thresholds", spec.thresholds), ("pos_weight", spec.pos_weight)) if value}
+        settings = {key: value for key, value in (("thresholds", spec.thresholds), ("pos_weight", spec.pos_weight)) if value}
+        return settings | turned_off(spec)
 
     def source_columns(self, spec) -> dict[str, str]:
         """With ``label_columns``, one key per label (``labels.anger`` <- column ``anger``) instead of ``labels``."""
@@ -346,7 +348,7 @@ class LabelSetPredictions(Predictions):
         thresholds = thresholds_of(label_names, settings)
         predictions = []
         for row_logits in logits_by_row(logits, features, len(rows)):
-            probs = expit(row_logits)
+            probs = expit(scaled(row_logits, settings))  # the fitted temperature: each label's side of 0.5 kept
             predictions.append({"labels": [n for n, on in zip(label_names, probs > thresholds, strict=True) if on],
                                 "probabilities": {n: float(p) for n, p in zip(label_names, probs, strict=True)}})
         return predictions
@@ -368,6 +370,19 @@ class LabelSetPredictions(Predictions):
         if mode == "per_label":
             chosen = np.where(enough, THRESHOLDS[np.argmax(f1_of_counts(tp, fp, fn), axis=0)], best_global)
         return {"label_thresholds": {name: float(t) for name, t in zip(names, chosen, strict=True)}}
+
+    def calibrate(self, logits, features, rows, label_names, settings):
+        """Temperature scaling of every label's sigmoid (one T for all), fitted on these rows (``bert_core.calibration``)
+        before ``tune``, so the thresholds are tuned on calibrated probabilities."""
+        return fit_and_measure(*self._scores(logits, features, rows, label_names), "sigmoid", settings)
+
+    def measure_calibration(self, logits, features, rows, label_names, settings):
+        return measure(*self._scores(logits, features, rows, label_names), "sigmoid", settings)
+
+    def _scores(self, logits, features, rows, label_names) -> tuple[np.ndarray, np.ndarray]:
+        """(logits (N, L), gold labels (N, L) 0/1) of labelled rows."""
+        return (np.stack(logits_by_row(logits, features, len(rows))),
+                label_matrix([row["labels"] for row in as_rows(rows)], label_names).astype(np.float64))
 
     def _arrays(self, predictions, rows, label_names) -> tuple[np.ndarray, np.ndarray]:
         """(predicted, gold), each (N, L) bool. Without ``label_names``, their order is the predictions'."""

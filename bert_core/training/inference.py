@@ -48,25 +48,35 @@ def predict_logits(model, features: list[dict], pad_id: int, batch_size: int = 6
 def evaluate_features(model, family: Family, features: list[dict], rows: list[dict], label_names, settings: dict,
                       metric_names: list[str], pad_id: int, batch_size: int = 64, precision: str = "fp32",
                       device: torch.device = CPU) -> tuple[dict[str, float], list[dict]]:
-    """(metrics, predictions) of ``model`` on labelled ``rows`` whose features are ``features``."""
+    """(metrics, predictions) of ``model`` on labelled ``rows`` whose features are ``features``. The metrics are the
+    spec's ``metric_names`` and, for families that calibrate, ``ece``, ``ece_uncalibrated``, ``brier`` and
+    ``brier_uncalibrated`` with the temperature in ``settings`` (``Predictions.measure_calibration``)."""
     logits = predict_logits(model, features, pad_id, batch_size, precision, device)
     predictions = family.predictions.postprocess(logits, features, rows, label_names, settings)
-    return family.predictions.compute_metrics(predictions, rows, metric_names, label_names, settings), predictions
+    metrics = family.predictions.compute_metrics(predictions, rows, metric_names, label_names, settings)
+    calibration, _ = family.predictions.measure_calibration(logits, features, rows, label_names, settings)
+    return metrics | calibration, predictions
 
 
 def evaluate_and_tune(model, family: Family, features: list[dict], rows: list[dict], label_names, settings: dict,
                       metric_names: list[str], pad_id: int, batch_size: int = 64, precision: str = "fp32",
                       device: torch.device = CPU) -> tuple[dict[str, float], list[dict], dict]:
-    """``evaluate_features`` on the split a run selects on, the settings the family learns from it
-    (``Predictions.tune``: extractive QA's no-answer threshold; nothing for the other families) applied first:
-    (metrics, predictions, learnt settings). Only ``fit`` tunes: scoring a saved model never does."""
+    """``evaluate_features`` on the split a run selects on, the settings the family learns from it applied first:
+    (metrics, predictions, learnt settings). In order: the temperature that calibrates the scores
+    (``Predictions.calibrate``; its report is learnt too, as ``calibration_report``), then, on calibrated scores,
+    ``Predictions.tune`` (multi-label thresholds, extractive QA's no-answer threshold). Only ``fit`` tunes: scoring a
+    saved model never does."""
     logits = predict_logits(model, features, pad_id, batch_size, precision, device)
+    learnt, calibration, report = family.predictions.calibrate(logits, features, rows, label_names, settings)
+    settings = {**settings, **learnt}
     predictions = family.predictions.postprocess(logits, features, rows, label_names, settings)
-    learnt = family.predictions.tune(predictions, rows, settings)
-    if learnt:
-        settings = {**settings, **learnt}
+    tuned = family.predictions.tune(predictions, rows, settings)
+    if tuned:
+        settings = {**settings, **tuned}
         predictions = family.predictions.postprocess(logits, features, rows, label_names, settings)
-    return family.predictions.compute_metrics(predictions, rows, metric_names, label_names, settings), predictions, learnt
+    metrics = family.predictions.compute_metrics(predictions, rows, metric_names, label_names, settings)
+    learnt = {**learnt, **tuned, **({"calibration_report": report} if report else {})}
+    return metrics | calibration, predictions, learnt
 
 
 def evaluate_model_dir(model_dir: str | Path, spec: TaskSpec, rows: list[dict], fingerprint: str, split: str = "eval",

@@ -344,7 +344,8 @@ def test_fit_tunes_the_thresholds_saves_them_and_scoring_uses_them(tmp_path):
     features = ML.features.build(dev, tokenizer, SPEC.labels, settings)
     _, _, learnt = evaluate_and_tune(model, ML, features, dev, SPEC.labels, settings, list(SPEC.metrics),
                                      tokenizer.pad_id)
-    assert learnt == {"label_thresholds": thresholds}
+    assert set(learnt) == {"temperature", "label_thresholds", "calibration_report"}
+    assert learnt["label_thresholds"] == thresholds and learnt["temperature"] == approx(meta["temperature"])
 
 
 def test_an_interrupted_fine_tune_with_pos_weight_resumes_to_the_same_weights(tmp_path):
