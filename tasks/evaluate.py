@@ -2,7 +2,9 @@
 testb), with predictions, per-class reports and plots written to `<run_dir>/evaluation` and logged to
 the MLflow run. Metrics are named `eval_<metric>` for the eval split and `<split>_<metric>` for the rest.
 A report with a row per label (class, entity type, tag) is also logged as the MLflow table
-`evaluation/per_label_<split>.json` and drawn as `per_label_f1_<split>.png`.
+`evaluation/per_label_<split>.json` and drawn as `per_label_f1_<split>.png`. A model whose scores were calibrated
+(classification, multi-label) gets `reliability_diagram.png`, drawn from the report saved with it (its meta's
+`calibration_report`: the eval split, before and after the temperature it applies).
 """
 
 from __future__ import annotations
@@ -15,13 +17,20 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from bert_core.bootstrap import bootstrap_interval
+from bert_core.checkpoint import read_finetuned_meta
 from bert_core.families import get_family
 from bert_core.spec import TaskSpec
 from bert_core.training import TrainConfig, evaluate_model_dir, features_fingerprint
 from tasks.data import DataInfo, load_split
 from tasks.tokenize import row_limit
 from tasks.train import Trained
-from tracking.plots import confusion_matrix_png, learning_curve_png, per_label_f1_png, per_label_rows
+from tracking.plots import (
+    confusion_matrix_png,
+    learning_curve_png,
+    per_label_f1_png,
+    per_label_rows,
+    reliability_diagram_png,
+)
 from tracking.run import TrackedRun
 
 
@@ -64,10 +73,12 @@ def evaluate_model(spec: TaskSpec, cfg: TrainConfig, data: DataInfo, trained: Tr
                     labels, out / f"per_label_f1_{split}.png", f"{split}: F1 per label (n = support)"))
         if split == "eval":  # how sure each dev score is: 95% bootstrap intervals over the dev rows
             intervals = {name: bootstrap_interval(spec.family, predictions, rows, name, data.label_names,
-                                                  settings=family.rows.task_settings(spec)) for name in scores}
+                                                  settings=family.rows.task_settings(spec)) for name in spec.metrics}
             confusion = family.predictions.confusion(rows, predictions, data.label_names, spec)
             if confusion is not None:
                 files["confusion_matrix"] = str(confusion_matrix_png(*confusion, out / "confusion_matrix.png"))
+    if report := read_finetuned_meta(trained.model_dir).get("calibration_report"):
+        files["reliability_diagram"] = str(reliability_diagram_png(report, out / "reliability_diagram.png"))
     history = json.loads(Path(trained.history_path).read_text(encoding="utf-8"))
     files["learning_curve"] = str(learning_curve_png(history, out / "learning_curve.png"))
 

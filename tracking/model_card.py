@@ -61,6 +61,7 @@ def card_body(spec: TaskSpec, cfg: TrainConfig, data, trained: dict, evaluation:
     lines += [f"| pretrained | {pretrained} |", f"| MLflow run | `{run_id}` |", ""]
     lines += _data(data, cfg) + _recipe(spec, cfg, trained) + _metrics(spec, evaluation)
     lines += _family_section(spec, data.label_names, trained["model_dir"], evaluation)
+    lines += _calibration(read_finetuned_meta(trained["model_dir"]), evaluation, run_id)
     lines += _calls(get_family(spec.family).rows.request, uri, example) + _limits(spec, cfg, data, language)
     return "\n".join(lines) + "\n"
 
@@ -110,6 +111,35 @@ def _family_section(spec: TaskSpec, label_names, model_dir: str, evaluation: dic
     report_path = evaluation.get("files", {}).get("report_eval")
     report = json.loads(Path(report_path).read_text(encoding="utf-8")) if report_path else None
     return get_family(spec.family).predictions.card_lines(label_names, settings, report)
+
+
+def _calibration(meta: dict, evaluation: dict, run_id: str) -> list[str]:
+    """How far the scores are from frequencies on the eval split, before and after the temperature saved with the
+    model (its meta's ``calibration_report``), and the reliability diagram; [] for a model without one."""
+    report = meta.get("calibration_report")
+    if not report:
+        return []
+    t = report["temperature"]
+    if "temperature" not in meta:
+        how = "Scores are not calibrated (spec `calibration: none`): they are the plain softmax or sigmoid outputs."
+    elif t == 1.0:
+        how = ("No temperature was applied (T = 1): the eval split was too small or one-class, or no temperature "
+               "lowered its negative log-likelihood.")
+    else:
+        how = (f"Every score is a temperature-scaled probability: the logits are divided by T = {t:.4g}, fitted on the "
+               f"eval split by minimising its negative log-likelihood ({'under' if t < 1 else 'over'}-confident "
+               "before). One scalar for all labels never changes an answer (the top label, or a label's side of "
+               "0.5), only how sure the model says it is.")
+    lines = ["## Calibration", "", how, "",
+             f"| eval split ({report['rows']} rows) | before (T = 1) | after (T = {t:.4g}) |", "|---|---|---|",
+             f"| expected calibration error ({len(report['bins']['calibrated'])} bins) | "
+             f"{report['ece_uncalibrated']:.4f} | {report['ece']:.4f} |",
+             f"| Brier score | {report['brier_uncalibrated']:.4f} | {report['brier']:.4f} |", ""]
+    if picture := evaluation.get("files", {}).get("reliability_diagram"):
+        path = f"evaluation/{Path(picture).name}"
+        lines += [f"![Reliability diagram: accuracy against confidence per bin, before and after]({path})", "",
+                  f"(`{path}` in MLflow run `{run_id}`.)", ""]
+    return lines
 
 
 def _calls(request: dict[str, tuple[str, ...]], uri: str, example: pd.DataFrame) -> list[str]:

@@ -1,5 +1,6 @@
-"""PNG plots logged with each run: the learning curve, the dev-set confusion matrix and per-label F1; a sweep's
-metric against each searched parameter.
+"""PNG plots logged with each run: the learning curve, the dev-set confusion matrix, per-label F1 and the reliability
+diagram (scores against frequencies, before and after temperature scaling); a sweep's metric against each searched
+parameter.
 
 Figures are drawn on matplotlib's Agg canvas directly (``Figure`` + ``FigureCanvasAgg``), never through
 ``pyplot``: no global backend switch, no figure registry to leak, safe in Prefect's worker threads.
@@ -151,6 +152,37 @@ def sweep_png(trials: list[dict], params: Sequence[str], metric: str, path: str 
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize="small")
     fig.suptitle(f"{len(scored)} trials: dev {metric} against each searched parameter")
+    return _save(fig, path)
+
+
+def reliability_diagram_png(report: dict, path: str | Path, title: str = "") -> Path:
+    """Two panels from a ``bert_core.calibration.calibration_report``: on top, each non-empty bin's accuracy against
+    its mean confidence, before (T = 1) and after temperature scaling, beside the diagonal a calibrated model would
+    follow; below, how many rows (softmax) or row-label cells (sigmoid) each bin holds, before and after, on a log
+    scale (most sit in the top bin)."""
+    sigmoid = report["kind"] == "sigmoid"
+    fig = Figure(figsize=(6, 7), layout="constrained")
+    curve_ax, count_ax = fig.subplots(2, 1, height_ratios=(3, 1.3), sharex=True)
+    curve_ax.plot([0, 1], [0, 1], linestyle="--", color="gray", label="calibrated (diagonal)")
+    width = 1 / len(report["bins"]["uncalibrated"]) / 2.2
+    series = (("uncalibrated", "tab:orange", "before (T = 1)", "ece_uncalibrated", -1),
+              ("calibrated", "tab:blue", f"after (T = {report['temperature']:.3g})", "ece", 1))
+    for key, color, name, ece, side in series:
+        bins = report["bins"][key]
+        filled = [b for b in bins if b["count"]]
+        curve_ax.plot([b["confidence"] for b in filled], [b["accuracy"] for b in filled], marker="o", color=color,
+                      label=f"{name}: ECE {report[ece]:.3f}")
+        centres = np.array([(b["low"] + b["high"]) / 2 for b in bins])
+        count_ax.bar(centres + side * width / 2, [b["count"] for b in bins], width=width, color=color, label=name)
+    curve_ax.set(xlim=(0, 1), ylim=(0, 1), ylabel="share of cells on" if sigmoid else "accuracy")
+    curve_ax.grid(alpha=0.3)
+    curve_ax.legend(fontsize="small", loc="upper left")
+    curve_ax.set_title(title or f"Reliability on {report['rows']} rows: Brier {report['brier_uncalibrated']:.3f} "
+                       f"-> {report['brier']:.3f}")
+    count_ax.set_yscale("log")
+    scored = "probability of each label" if sigmoid else "confidence: top-class probability"
+    count_ax.set(xlabel=f"{scored} ({len(report['bins']['calibrated'])} bins)", ylabel="cells" if sigmoid else "rows")
+    count_ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)
 
 

@@ -76,8 +76,14 @@ def test_the_registered_version_carries_its_model_card(toy):
     card = client.get_model_version(summary["model_name"], summary["model_version"]).description
     assert card.startswith(f"# {summary['model_name']} v{summary['model_version']}: ")
     for part in ("`neg`, `pos`", "- data fingerprint:", "## Training", "learning_rate 0.003", "| eval | accuracy (primary) |",
-                 f"bertflow predict {summary['model_uri']} --text", "## Limits", "cut to 32 word pieces"):
+                 f"bertflow predict {summary['model_uri']} --text", "## Limits", "cut to 32 word pieces",
+                 "## Calibration", "| expected calibration error (15 bins) |", "](evaluation/reliability_diagram.png)"):
         assert part in card, part
+    # Calibration through the flow: the four metrics in the run, the diagram among its artifacts.
+    run_id = summary["mlflow_run_id"]
+    assert {"eval_ece", "eval_ece_uncalibrated", "eval_brier", "eval_brier_uncalibrated"} <= set(
+        client.get_run(run_id).data.metrics)
+    assert "evaluation/reliability_diagram.png" in {a.path for a in client.list_artifacts(run_id, "evaluation")}
     low, high = summary["interval"]
     assert f"[{low:.4f}, {high:.4f}]" in card and low <= summary["score"] <= high
     assert "one version per fine-tune" in client.get_registered_model(summary["model_name"]).description

@@ -67,7 +67,9 @@ CASES = {
 # A report with a row per label is also an MLflow table and a bar chart of per-label F1.
 PER_LABEL = {"evaluation/per_class_report_eval.json", "evaluation/per_label_eval.json",
              "evaluation/per_label_f1_eval.png"}
-CLASSIFICATION_ARTIFACTS = {"evaluation/confusion_matrix.png", *PER_LABEL}
+# Classification scores are temperature-scaled: the reliability diagram, before and after (and eval_ece, ...).
+CLASSIFICATION_ARTIFACTS = {"evaluation/confusion_matrix.png", "evaluation/reliability_diagram.png", *PER_LABEL}
+CALIBRATION_METRICS = {"eval_ece", "eval_ece_uncalibrated", "eval_brier", "eval_brier_uncalibrated"}
 ARTIFACTS = {  # beyond what every run logs
     "sst2": CLASSIFICATION_ARTIFACTS, "mrpc": CLASSIFICATION_ARTIFACTS, "stsb": set(), "squad": set(),
     "snli": CLASSIFICATION_ARTIFACTS, "cola": CLASSIFICATION_ARTIFACTS, "rte": CLASSIFICATION_ARTIFACTS,
@@ -116,6 +118,8 @@ def check_run(summary: dict, task: str, budget: dict, floors: dict[str, float], 
     expected = {"task_spec.yaml", "history.json", "evaluation/predictions_eval.jsonl",
                 "evaluation/learning_curve.png"} | artifacts
     assert expected <= logged, f"missing artifacts {expected - logged}"
+    calibrated = "evaluation/reliability_diagram.png" in artifacts
+    assert (CALIBRATION_METRICS <= set(run.data.metrics)) == calibrated, "ece/brier for calibrated families only"
     for metric, floor in floors.items():
         value = summary["metrics"][f"eval_{metric}"]
         assert value > floor, f"{task}: {metric} {value:.3f} is not above the floor {floor}"
