@@ -7,6 +7,8 @@ Predictions: ``{"label", "label_name", "score", "probabilities"}`` (``label_name
 the label value, or the value). Metrics: GLUE's and the multi-class averages, from ``bert_core.metrics``; the
 spec's ``f1`` is the F1 of the positive class, which is ``label_names[1]`` (so a spec lists the negative label
 first, e.g. MRPC's ``["0", "1"]``).
+Calibration (spec ``calibration``, default ``temperature``): the scores are the softmax of the logits divided by a
+temperature fitted on the eval split (``bert_core/calibration.py``), saved with the model; it never changes the label.
 """
 
 from __future__ import annotations

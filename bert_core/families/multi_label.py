@@ -16,7 +16,8 @@ logit (``BCEWithLogits``); spec ``pos_weight: true`` weighs each label's positiv
 in the training split. Features: ``text_encoding.py``'s; the target is the row's multi-hot vector (L floats, stacked
 to (B, L) by ``collate``).
 
-Predictions: ``{"labels": [...], "probabilities": {label: p}}``, p the sigmoid of the label's logit; a label is on
+Predictions: ``{"labels": [...], "probabilities": {label: p}}``, p the sigmoid of the label's logit divided by the
+temperature fitted on the eval split before the thresholds (spec ``calibration``, bert_core/calibration.py); a label is on
 when p > its threshold (``settings["label_thresholds"]``; 0.5 until tuned). ``tune`` picks the thresholds on the
 labelled split a run selects on, from ``THRESHOLDS`` (0.05, 0.10, ..., 0.95: never below the floor 0.05, so a label
 is never switched on for every row by a threshold at 0):

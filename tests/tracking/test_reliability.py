@@ -21,6 +21,7 @@ import tasks.evaluate
 from bert_core import BertConfig, BertEncoder, BertTokenizer, get_family, save_finetuned
 from bert_core.bootstrap import bootstrap_interval
 from bert_core.calibration import CALIBRATION_METRICS, calibration_report
+from bert_core.predict import Predictor
 from bert_core.spec import TaskSpec
 from bert_core.training import TrainConfig, evaluate_and_tune, feature_settings
 from tasks.data import DataInfo
@@ -138,3 +139,31 @@ def test_a_card_says_so_when_calibration_is_off_and_a_model_without_a_report_get
 
     assert "Scores are not calibrated (spec `calibration: none`)" in card_without("temperature")
     assert "## Calibration" not in card_without("calibration_report")  # a model saved before calibration existed
+
+
+def test_the_served_model_divides_its_logits_by_the_saved_temperature(tmp_path):
+    """What `bertflow predict`, `serve` and `score` answer: the pyfunc over the saved model, with its temperature."""
+    from mlflow.pyfunc import PythonModelContext
+
+    from tracking.packaging import BertPyfunc
+
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(VOCAB) + "\n", encoding="utf-8")
+    torch.manual_seed(0)
+    model = get_family(SPEC.family).build_model(BertEncoder(BertConfig(**TINY)), SPEC.labels).eval()
+    meta = {"family": SPEC.family, "label_names": SPEC.labels, "max_seq_length": 32}
+    texts = pd.DataFrame({"text": ["the movie was good", "a bad film", "fun", "boring plot"]})
+    frames = {}
+    for name, temperature in (("plain", {}), ("cooled", {"temperature": 4.0})):
+        save_finetuned(model, BertTokenizer.from_vocab(vocab), tmp_path / name, {**meta, **temperature})
+        served = BertPyfunc()
+        served.load_context(PythonModelContext(artifacts={"model_dir": str(tmp_path / name)}, model_config={}))
+        frames[name] = served.predict(None, texts)
+    assert frames["cooled"]["label"].tolist() == frames["plain"]["label"].tolist()
+    # p_T = softmax(z / T), and log p = z - const: the cooled scores follow from the plain probabilities
+    plain = np.array([list(p["probabilities"].values())
+                      for p in Predictor(tmp_path / "plain").predict([{"text_a": t} for t in texts["text"]])])
+    expected = np.exp(np.log(plain) / 4.0)
+    expected /= expected.sum(axis=1, keepdims=True)
+    assert frames["cooled"]["score"].tolist() == pytest.approx(expected.max(axis=1).tolist(), rel=1e-4)
+    assert (frames["cooled"]["score"] < frames["plain"]["score"]).all()
