@@ -25,13 +25,16 @@ from bert_core.families.base import Family, Predictions, Rows, as_rows
 from bert_core.families.cls_head import SequenceClassifier
 from bert_core.families.text_encoding import (
     TextFeatures,
+    check_long_text,
     is_labelled,
     logits_by_row,
+    long_text_settings,
     text_arrow_features,
     text_fields,
     text_request,
     text_row_problem,
     truncation_note,
+    window_pooling,
 )
 from bert_core.model import BertEncoder
 from bert_core.validation import DataError, expected_one_of, label_problem
@@ -71,7 +74,7 @@ def build_classifier(encoder: BertEncoder, label_names: list[str] | None) -> nn.
 class LabelRows(Rows):
     """Text (pair) rows with one label name each."""
 
-    spec_fields = ("display_names",)
+    spec_fields = ("display_names", "long_text")
 
     def __init__(self, pair: bool):
         self.pair = pair
@@ -79,6 +82,7 @@ class LabelRows(Rows):
         self.request = text_request(pair)
 
     def check_spec(self, spec) -> None:
+        check_long_text(spec, self.pair)
         binary = [m for m in spec.metrics if m in BINARY_METRICS]
         if binary and spec.labels is not None and len(spec.labels) != 2:
             raise ValueError(f"metrics {binary}: the F1 of the positive class needs exactly two labels, and "
@@ -92,7 +96,7 @@ class LabelRows(Rows):
                 raise ValueError(f"display_names must show distinct names, got {shown}")
 
     def task_settings(self, spec) -> dict:
-        return {"display_names": spec.display_names} if spec.display_names else {}
+        return {**({"display_names": spec.display_names} if spec.display_names else {}), **long_text_settings(spec)}
 
     def arrow_features(self):
         return text_arrow_features(label=Value("string"))
@@ -146,7 +150,7 @@ class LabelPredictions(Predictions):
         "probabilities": {value: p}}."""
         display = settings.get("display_names") or {}
         predictions = []
-        for row_logits in logits_by_row(logits, features, len(rows)):
+        for row_logits in logits_by_row(logits, features, len(rows), window_pooling(settings)):
             probs = np.exp(row_logits - row_logits.max())
             probs /= probs.sum()
             best = int(probs.argmax())
@@ -196,7 +200,7 @@ class LabelPredictions(Predictions):
                 [spec.display_name(n) for n in label_names])
 
     def input_limit(self, spec, max_seq_length, label_names) -> str:
-        return (f"{truncation_note(max_seq_length)}; it always answers one of its {len(label_names or [])} labels, "
+        return (f"{truncation_note(max_seq_length, spec.long_text)}; it always answers one of its {len(label_names or [])} labels, "
                 "even for out-of-domain input")
 
 
