@@ -159,30 +159,31 @@ class BertTokenizer:
         in one encoding of its first ``head_share`` of the room and its last tokens. The shorter text of a pair is
         in every window, cut to (room - stride) // 2 tokens unless the longer text leaves it more: each window
         keeps more than ``stride`` tokens of the longer text when ``stride`` < room (``max_length`` less [CLS] and a
-        [SEP] per text)."""
-        full = self.encode_batch(texts, pairs, max_length=None)
-        rows = [[enc] for enc in full]
-        cut = [i for i, enc in enumerate(full) if len(enc) > max_length]
-        if not cut:
-            return rows
-        firsts = self._tok.encode_batch([texts[i] for i in cut], add_special_tokens=False)
-        seconds = self._tok.encode_batch([pairs[i] for i in cut], add_special_tokens=False) if pairs else [None] * len(cut)
-        for i, first, second in zip(cut, firsts, seconds, strict=True):
-            first_is_long = second is None or len(first.ids) >= len(second.ids)
-            long, short = (first, second) if first_is_long else (second, first)
-            room = max_length - (2 if short is None else 3)
-            n = len(long.ids)
-            kept = None if short is None else _take(_from_rust(short), range(min(len(short.ids),
-                                                                                  max((room - stride) // 2, room - n))))
-            room -= 0 if kept is None else len(kept)
-            if head_share is None:
-                long.truncate(room, stride=stride)
-                pieces = [_from_rust(w) for w in [long, *long.overflowing]][:max_windows]
-            else:
-                head = min(round(room * head_share), n)
-                pieces = [_take(_from_rust(long), [*range(head), *range(max(head, n - (room - head)), n)])]
-            rows[i] = [self._join(p, kept) if first_is_long else self._join(kept, p) for p in pieces]
-        return rows
+        [SEP] per text). Each text is tokenized once (a million characters take seconds)."""
+        firsts = self._tok.encode_batch(list(texts), add_special_tokens=False)
+        seconds = self._tok.encode_batch(list(pairs), add_special_tokens=False) if pairs is not None else None
+        return [self._read_whole(first, None if seconds is None else seconds[i], max_length, stride, max_windows,
+                                 head_share) for i, first in enumerate(firsts)]
+
+    def _read_whole(self, first, second, max_length: int, stride: int, max_windows: int | None,
+                    head_share: float | None) -> list[Encoding]:
+        """One row of ``encode_long_batch``, from its texts' encodings without special tokens (the library's)."""
+        room = max_length - (2 if second is None else 3)
+        if len(first.ids) + (0 if second is None else len(second.ids)) <= room:
+            return [self._join(_from_rust(first), None if second is None else _from_rust(second))]
+        first_is_long = second is None or len(first.ids) >= len(second.ids)
+        long, short = (first, second) if first_is_long else (second, first)
+        n = len(long.ids)
+        kept = None if short is None else _take(_from_rust(short), range(min(len(short.ids), max((room - stride) // 2,
+                                                                                             room - n))))
+        room -= 0 if kept is None else len(kept)
+        if head_share is None:
+            long.truncate(room, stride=stride)
+            pieces = [_from_rust(w) for w in [long, *long.overflowing][:max_windows]]
+        else:
+            head = round(room * head_share)
+            pieces = [_take(_from_rust(long), [*range(head), *range(n - (room - head), n)])]
+        return [self._join(p, kept) if first_is_long else self._join(kept, p) for p in pieces]
 
     def _join(self, first: Encoding, second: Encoding | None) -> Encoding:
         """``[CLS] first [SEP]`` or ``[CLS] first [SEP] second [SEP]`` of encodings without special tokens, as

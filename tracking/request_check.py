@@ -29,8 +29,8 @@ from bert_core.validation import problem
 
 MAX_TEXT_CHARS = 20_000  # ~4k words: far beyond any task here, small enough to bound one request's work
 # With long_text a model reads a long document, so the bound is a document's, not a window's: 1,000,000 characters
-# (~250k word pieces, a long book). It is still a bound, against abuse: tokenizing that many characters takes about a
-# second, and the model reads at most text_encoding.MAX_WINDOWS windows of a text, whatever its length.
+# (~200k word pieces, a long book). It is still a bound, against abuse: tokenizing that many characters takes a few
+# seconds, and the model reads at most text_encoding.MAX_WINDOWS windows of a text, whatever its length.
 MAX_LONG_TEXT_CHARS = 1_000_000
 # What the refusal of a long text says to a model of a family that could read it in windows.
 WINDOWS_HINT = ("fine-tune with `long_text: {stride: 64}` in the task spec to read longer texts in overlapping "

@@ -17,6 +17,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import PythonModelContext
 
 from bert_core import BertConfig, BertEncoder, BertTokenizer, save_finetuned
+from bert_core.checkpoint import resolve_source
 from bert_core.dry_run import LONG_TEXT_SUGGESTED_ABOVE, dry_run
 from bert_core.families import get_family
 from bert_core.families.text_encoding import HEAD_SHARE, MAX_WINDOWS, logits_by_row
@@ -60,6 +61,19 @@ def test_a_long_text_gives_overlapping_windows_each_a_training_example_of_its_ro
     cut = SINGLE.features.build(rows, tok, ["neg", "pos"], {"max_seq_length": 8})
     assert [words(f) for f in cut] == [["[CLS]", *WORDS[0:6], "[SEP]"], ["[CLS]", "good", "[SEP]"]], "off: cut"
     assert "window" not in cut[0] and SINGLE.features.stats(cut) == {}, "off: the features (and cache entries) of before"
+
+
+@pytest.mark.parametrize("family", [SINGLE, PAIR])
+def test_a_row_that_fits_is_the_feature_truncation_gives(family):
+    """Windows tokenize each text alone and join them as BERT's post-processor does: same ids and segments."""
+    tok = BertTokenizer.from_folder(resolve_source(None))  # the packaged vocabulary: word pieces, punctuation
+    rows = [{"text_a": "It's a charming, often hilarious journey -- un-Hollywood!", "text_b": "Naïve? Not at all."},
+            {"text_a": "a", "text_b": "b"}]
+    if family is SINGLE:
+        rows = [{"text_a": row["text_a"]} for row in rows]
+    plain = family.features.build(rows, tok, None, {"max_seq_length": 64})
+    windowed = family.features.build(rows, tok, None, {"max_seq_length": 64, "long_text": WINDOWS})
+    assert [{k: v for k, v in f.items() if k != "window"} for f in windowed] == plain
 
 
 def test_a_pair_keeps_its_shorter_text_in_every_window_of_the_longer_one(tok):
