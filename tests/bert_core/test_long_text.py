@@ -197,6 +197,16 @@ def test_long_text_spec_errors(tmp_path, fields, problem):
     assert problem in str(info.value), str(info.value)
 
 
+def test_the_model_card_says_how_a_long_input_is_read():
+    spec = TaskSpec(**{**BASE, "long_text": {"stride": 32, "pooling": "max"}})
+    assert SINGLE.predictions.input_limit(spec, 128, ["neg", "pos"]).startswith(
+        f"a long input is read in windows of 128 word pieces overlapping by 32 (at most {MAX_WINDOWS}; a pair's "
+        "shorter text in each), its answer from the max of the windows' scores")
+    head_tail = TaskSpec(**{**BASE, "long_text": {"strategy": "head_tail"}})
+    assert "first quarter and the last three quarters" in SINGLE.predictions.input_limit(head_tail, 128, ["a", "b"])
+    assert SINGLE.predictions.input_limit(TaskSpec(**BASE), 128, ["a", "b"]).startswith("each input is cut to 128")
+
+
 def test_long_text_is_a_task_setting_kept_with_the_model_and_off_by_default():
     spec = TaskSpec(**{**BASE, "long_text": {"stride": 32}})
     assert spec.long_text.strategy == "windows" and spec.long_text.pooling == "mean"
