@@ -9,7 +9,8 @@ writes nothing (no checkpoint, no feature-cache entry, no MLflow record):
 - times a few of the recipe's own training steps (``train_step``: accumulation, DDP, clipping, AdamW) on this
   machine to estimate the training time.
 It returns a ``DryRun``: rows per split, label / tag / score distribution, token lengths before truncation and how
-many rows ``max_seq_length`` cuts (QA: windows per question), the estimate, the data's warnings.
+many rows ``max_seq_length`` cuts (QA: windows per question), the estimate, the data's warnings, and suggestions
+(``long_text`` when many rows are cut).
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ from bert_core.training.features import build_split_features
 from bert_core.training.recipe import FitContext, TrainState, setup, train_step
 
 TIMED_STEPS = 3  # each after an untimed step on the same batch
+# Suggest `long_text` when more than this share of a split's rows is cut at max_seq_length: a tenth of the rows
+# losing their end is a tenth of the data the model never reads (the issue's reviews, tickets, articles).
+LONG_TEXT_SUGGESTED_ABOVE = 0.10
 
 
 @dataclasses.dataclass
@@ -73,6 +77,7 @@ class DryRun:
     warnings: list[str]
     dropped: list[str]
     estimate: TrainingEstimate
+    suggestions: list[str] = dataclasses.field(default_factory=list)  # spec changes worth making, for people
 
 
 def dry_run(spec: TaskSpec, cfg: TrainConfig, data_dir: str | Path | None = None, pretrained: str | None = None,
@@ -86,7 +91,7 @@ def dry_run(spec: TaskSpec, cfg: TrainConfig, data_dir: str | Path | None = None
     summaries = [_summarise(ctx, data, split) for split in data.splits]
     return DryRun(spec.name, spec.family, data.source, data.fingerprint, pretrained or OFFLINE_DEFAULT, data.label_names,
                   spec.display_names or {}, ctx.settings["max_seq_length"], summaries, data.warnings, data.dropped,
-                  _estimate(ctx))
+                  _estimate(ctx), long_text_suggestion(ctx, summaries))
 
 
 def _summarise(ctx: FitContext, data: TaskData, split: str) -> SplitSummary:
@@ -102,6 +107,20 @@ def _summarise(ctx: FitContext, data: TaskData, split: str) -> SplitSummary:
     return SplitSummary(split, data.origins.get(split, split), len(data.splits[split]), len(rows), len(features),
                         ctx.family.rows.describe_labels(rows), {"p50": p50, "p90": p90, "p99": p99, "max": max(lengths)},
                         sum(n > ctx.settings["max_seq_length"] for n in lengths))
+
+
+def long_text_suggestion(ctx: FitContext, summaries: list[SplitSummary]) -> list[str]:
+    """``long_text`` suggested, when the family reads it, the spec has none and more than
+    ``LONG_TEXT_SUGGESTED_ABOVE`` of a split's rows are cut; else []."""
+    if ctx.spec.long_text is not None or "long_text" not in ctx.family.rows.spec_fields:
+        return []
+    cut = [s for s in summaries if s.over_max > LONG_TEXT_SUGGESTED_ABOVE * s.used]
+    if not cut:
+        return []
+    shares = ", ".join(f"{s.over_max / s.used:.0%} of the {s.name} rows (p90 {s.tokens['p90']} tokens)" for s in cut)
+    return [f"{shares} are longer than max_seq_length {ctx.settings['max_seq_length']} and cut there: add "
+            "`long_text: {stride: 64}` to the spec to read them whole, in overlapping windows whose scores are "
+            "pooled, or `long_text: {strategy: head_tail}` to keep their first and last tokens at no extra cost"]
 
 
 def _estimate(ctx: FitContext) -> TrainingEstimate:

@@ -16,6 +16,12 @@ from typing import Any
 from bert_core.spec import TaskSpec
 from bert_core.validation import DataError, show
 
+# The csv module refuses a field over 131,072 characters by default, which would fail a whole file over one long
+# document (a spec's long_text reads them; a served model takes up to 1,000,000 characters). Ten times that
+# bound: a longer field is a rejected row in scoring, and only a broken file (an unclosed quote) fails the read.
+CSV_FIELD_CHARS = 10_000_000
+csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_CHARS))
+
 
 class Problems:
     """A structural problem in a file (wrong field count, broken JSON line): raise, or record and skip."""

@@ -154,6 +154,25 @@ class LocalSource(_Strict):
         return self
 
 
+class LongText(_Strict):
+    """How a text family reads a text (pair) longer than ``max_seq_length`` (``families/text_encoding.py``).
+
+    ``windows``: the text in overlapping windows, each a feature of its row (in training, an example with the
+    row's label); the windows' logits are pooled into the row's. ``head_tail``: one feature keeping the text's
+    first quarter and last three quarters of the window (Sun et al. 2019, "How to fine-tune BERT for text
+    classification": 128 head + 382 tail tokens of 512), no extra cost."""
+
+    strategy: Literal["windows", "head_tail"] = Field(
+        "windows", description="windows: overlapping windows, logits pooled per row; head_tail: the first and last "
+        "tokens of the text, one feature per row.")
+    stride: int = Field(64, ge=0, description="windows: tokens consecutive windows share (the tokenizers library's "
+                        "stride); below the window's room for text, max_seq_length - 2 (pairs: - 3). A text is read "
+                        "in at most 64 windows (text_encoding.MAX_WINDOWS); the rest is cut, as truncation cuts it.")
+    pooling: Literal["mean", "max"] = Field(
+        "mean", description="windows: how a row's logits come from its windows' logits: their mean or their maximum "
+        "(per class; max: a label found anywhere).")
+
+
 class TaskSpec(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$", description="Task name, used in run names.")
     family: FamilyName = Field(description="Which head/feature builder/metric family the task uses.")
@@ -202,6 +221,11 @@ class TaskSpec(_Strict):
         "temperature", description="Classification and multi-label: `temperature` divides every logit by one scalar "
         "fitted on the eval split (its negative log-likelihood), so a score of 0.9 is right about 90% of the time; "
         "the predicted labels never change. Expected calibration error and Brier score are logged before and after."
+    )
+    long_text: LongText | None = Field(
+        None, description="single/pair classification, multi-label, pair regression: read texts longer than "
+        "max_seq_length in overlapping windows, e.g. {stride: 64, pooling: mean}, or their head and tail "
+        "({strategy: head_tail}); null: cut at max_seq_length. Tagging and QA read long inputs their own way."
     )
     metrics: list[str] = Field(min_length=1, description="Metrics to report; the family says which (`Predictions.metrics`).")
     primary_metric: str = Field(description="Metric for model selection; must be one of `metrics`.")

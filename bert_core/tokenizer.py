@@ -2,8 +2,8 @@
 
 Loaded from a checkpoint's ``tokenizer.json``, or built from ``vocab.txt`` with the checkpoint's
 lowercasing. Gives the ids BERT wants (``[CLS] a [SEP] b [SEP]`` with segment ids), longest-first
-truncation, character offsets into the original text, word ids for pre-split words, and the
-overlapping question/passage windows extractive QA needs.
+truncation, character offsets into the original text, word ids for pre-split words, the
+overlapping question/passage windows extractive QA needs, and the windows (or head and tail) of long texts.
 """
 
 from __future__ import annotations
@@ -43,6 +43,13 @@ def _from_rust(enc, full_length: int | None = None) -> Encoding:
         sequence_ids=list(enc.sequence_ids),
         overflow=0 if full_length is None else max(0, full_length - len(enc.ids)),
     )
+
+
+def _take(enc: Encoding, positions) -> Encoding:
+    """The tokens of ``enc`` at ``positions``, in that order."""
+    keep = list(positions)
+    return Encoding(*([values[k] for k in keep] for values in
+                      (enc.input_ids, enc.token_type_ids, enc.offsets, enc.word_ids, enc.sequence_ids)))
 
 
 class BertTokenizer:
@@ -141,6 +148,54 @@ class BertTokenizer:
         finally:
             self._tok.no_truncation()
         return [_from_rust(e) for e in [enc, *enc.overflowing]]
+
+    def encode_long_batch(self, texts: list[str], pairs: list[str] | None, max_length: int, stride: int = 0,
+                          max_windows: int | None = None, head_share: float | None = None) -> list[list[Encoding]]:
+        """Texts (or pairs) read whole where ``encode_batch`` would cut them: each row's encodings, in order.
+
+        A row that fits in ``max_length`` is one encoding, as ``encode_batch`` gives it. Otherwise its longer text
+        is read in windows of the room the rest leaves, consecutive windows sharing ``stride`` tokens (the
+        library's overflowing encodings), the first ``max_windows`` of them (None: all); or, given ``head_share``,
+        in one encoding of its first ``head_share`` of the room and its last tokens. The shorter text of a pair is
+        in every window, cut to (room - stride) // 2 tokens unless the longer text leaves it more: each window
+        keeps more than ``stride`` tokens of the longer text when ``stride`` < room (``max_length`` less [CLS] and a
+        [SEP] per text). Each text is tokenized once (a million characters take seconds)."""
+        firsts = self._tok.encode_batch(list(texts), add_special_tokens=False)
+        seconds = self._tok.encode_batch(list(pairs), add_special_tokens=False) if pairs is not None else None
+        return [self._read_whole(first, None if seconds is None else seconds[i], max_length, stride, max_windows,
+                                 head_share) for i, first in enumerate(firsts)]
+
+    def _read_whole(self, first, second, max_length: int, stride: int, max_windows: int | None,
+                    head_share: float | None) -> list[Encoding]:
+        """One row of ``encode_long_batch``, from its texts' encodings without special tokens (the library's)."""
+        room = max_length - (2 if second is None else 3)
+        if len(first.ids) + (0 if second is None else len(second.ids)) <= room:
+            return [self._join(_from_rust(first), None if second is None else _from_rust(second))]
+        first_is_long = second is None or len(first.ids) >= len(second.ids)
+        long, short = (first, second) if first_is_long else (second, first)
+        n = len(long.ids)
+        kept = None if short is None else _take(_from_rust(short), range(min(len(short.ids), max((room - stride) // 2,
+                                                                                             room - n))))
+        room -= 0 if kept is None else len(kept)
+        if head_share is None:
+            long.truncate(room, stride=stride)
+            pieces = [_from_rust(w) for w in [long, *long.overflowing][:max_windows]]
+        else:
+            head = round(room * head_share)
+            pieces = [_take(_from_rust(long), [*range(head), *range(n - (room - head), n)])]
+        return [self._join(p, kept) if first_is_long else self._join(kept, p) for p in pieces]
+
+    def _join(self, first: Encoding, second: Encoding | None) -> Encoding:
+        """``[CLS] first [SEP]`` or ``[CLS] first [SEP] second [SEP]`` of encodings without special tokens, as
+        BERT's post-processor joins them (segment 0, then 1)."""
+        joined = Encoding([self.cls_id], [0], [(0, 0)], [None], [None])
+        for segment, part in enumerate(p for p in (first, second) if p is not None):
+            joined.input_ids += [*part.input_ids, self.sep_id]
+            joined.token_type_ids += [segment] * (len(part) + 1)
+            joined.offsets += [*part.offsets, (0, 0)]
+            joined.word_ids += [*part.word_ids, None]
+            joined.sequence_ids += [segment] * len(part) + [None]
+        return joined
 
     def tokenize(self, text: str) -> list[str]:
         """WordPiece tokens of a text, without special tokens (for inspection and tests)."""

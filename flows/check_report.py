@@ -3,7 +3,8 @@
     print(report(dry_run(spec, cfg, data_dir)))
 
 One line per split (rows, rows used, features, token lengths, rows cut at max_seq_length, labels), then the
-training-time estimate, the rows that would be dropped and every warning.
+training-time estimate, the rows that would be dropped, every warning and the suggestions (``long_text`` when
+many rows are cut).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ def report(run: DryRun) -> str:
                   f"{e.threads} thread{'s' if e.threads > 1 else ''}) -> about {_duration(e.seconds)}, evaluations not included"]
     if run.dropped:
         lines += ["", f"{len(run.dropped)} bad row(s) would be dropped, e.g. {run.dropped[0]}"]
+    if run.suggestions:
+        lines += ["", "suggested:", *(f"  {s}" for s in run.suggestions)]
     if run.warnings:
         lines += ["", f"{len(run.warnings)} warning(s):", *(f"  {w}" for w in run.warnings[:SHOWN_WARNINGS])]
         if len(run.warnings) > SHOWN_WARNINGS:

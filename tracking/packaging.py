@@ -20,8 +20,9 @@ column names the model's training spec read each field from (SST-2's ``sentence`
 | token_tagging | ``tokens`` (list of words) or ``text`` (split on whitespace) | ``tags`` (one per word) |
 | extractive_qa | ``question``, ``context`` (``id`` optional) | ``answer``, ``start``, ``end``, ``score`` |
 
-A missing column, a non-string or empty value, or a text over ``MAX_TEXT_CHARS`` (the checks of
-``tracking.request_check``, the ones batch scoring makes) raises ``MlflowException(INVALID_PARAMETER_VALUE)``
+A missing column, a non-string or empty value, or a text over the model's limit (``MAX_TEXT_CHARS``, or
+``MAX_LONG_TEXT_CHARS`` for a model trained with ``long_text``: the checks of ``tracking.request_check``, the ones
+batch scoring makes) raises ``MlflowException(INVALID_PARAMETER_VALUE)``
 naming the column (and row), which the scoring server turns into HTTP 400 instead of a crash.
 """
 
@@ -43,7 +44,15 @@ from mlflow.types.schema import ColSpec, Schema
 
 import bert_core
 from bert_core.families import get_family
-from tracking.request_check import BadValue, check_value, is_missing, request_columns
+from tracking.request_check import (
+    DEFAULT_LIMIT,
+    BadValue,
+    TextLimit,
+    check_value,
+    is_missing,
+    request_columns,
+    text_limit,
+)
 
 EXAMPLE_ROWS = 3
 # What `bert_core.predict` imports at serving time (not Prefect, not matplotlib), pinned to this machine's.
@@ -59,10 +68,10 @@ def invalid(message: str) -> MlflowException:
 
 class BertPyfunc(mlflow.pyfunc.PythonModel):
     """Serves a ``save_finetuned`` folder; empty until ``load_context`` reads it (family, weights, tokenizer,
-    and the request columns it takes: its family's names, then its training spec's)."""
+    the request columns it takes: its family's names, then its training spec's, and its text limit)."""
 
     def __init__(self):
-        self.family, self.predictor, self.columns = None, None, None
+        self.family, self.predictor, self.columns, self.limit = None, None, None, DEFAULT_LIMIT
 
     def load_context(self, context: PythonModelContext) -> None:
         from bert_core.predict import Predictor  # torch is imported only when a model is really loaded
@@ -71,20 +80,23 @@ class BertPyfunc(mlflow.pyfunc.PythonModel):
         self.family = self.predictor.family_name
         # Models saved before their meta kept the spec's column names take the family's names alone.
         self.columns = request_columns(get_family(self.family), self.predictor.meta.get("spec_columns"))
+        self.limit = text_limit(get_family(self.family), self.predictor.settings)
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         if self.predictor is None:
             raise MlflowException("BertPyfunc.predict before load_context: load it with mlflow.pyfunc.load_model")
-        rows = frame_to_rows(self.family, model_input, self.columns)
+        rows = frame_to_rows(self.family, model_input, self.columns, self.limit)
         predictions = self.predictor.predict(rows)
         columns = get_family(self.family).predictions.response
         return pd.DataFrame([{column: p[key] for column, key in columns.items()} for p in predictions],
                             columns=list(columns))
 
 
-def frame_to_rows(family: str, frame: pd.DataFrame, columns: dict[str, tuple[str, ...]]) -> list[dict]:
+def frame_to_rows(family: str, frame: pd.DataFrame, columns: dict[str, tuple[str, ...]],
+                  limit: TextLimit = DEFAULT_LIMIT) -> list[dict]:
     """Request DataFrame -> canonical rows for ``Predictor``, every value checked on the way
-    (``tracking.request_check``). ``columns``: request field -> the column names that may carry it."""
+    (``tracking.request_check``). ``columns``: request field -> the column names that may carry it; ``limit``: the
+    model's text limit."""
     if not isinstance(frame, pd.DataFrame):
         raise invalid(f"expected a DataFrame (columns {_expected(columns)}), got {type(frame).__name__}")
     present = {}
@@ -101,7 +113,7 @@ def frame_to_rows(family: str, frame: pd.DataFrame, columns: dict[str, tuple[str
             # JSON records may mix names ({"text_a": ..} and {"text": ..}); pandas fills the gaps with NaN.
             column = next((c for c in names if not is_missing(record[c])), names[0])
             try:
-                row[field] = check_value(field, record[column], column)
+                row[field] = check_value(field, record[column], column, limit)
             except BadValue as bad:
                 raise invalid(bad.request_error(i)) from None
         if keyed:

@@ -10,7 +10,9 @@ own (``text`` or ``text_a``, ...), then the names the model's training spec read
     -> {"text_a": ("text", "text_a", "sentence")}
 
 Values. A text is non-empty text; ``tokens`` are a non-empty list of non-empty words, or a text split on
-whitespace; either is at most ``MAX_TEXT_CHARS`` characters (words counted with a space each). ``check_value``
+whitespace; either is at most the model's ``TextLimit`` of characters (words counted with a space each):
+``MAX_TEXT_CHARS``, or ``MAX_LONG_TEXT_CHARS`` for a model that reads long texts in windows (its meta's task
+setting ``long_text``); ``text_limit`` says which, and how a model of a text family could take more. ``check_value``
 returns the value as the model takes it or raises ``BadValue``, which words the problem for each place that
 reports it: a served request's HTTP 400 (``request_error``) and a scoring file's rejected row (``file_error``).
 """
@@ -26,7 +28,33 @@ from bert_core.families import Family
 from bert_core.validation import problem
 
 MAX_TEXT_CHARS = 20_000  # ~4k words: far beyond any task here, small enough to bound one request's work
+# With long_text a model reads a long document, so the bound is a document's, not a window's: 1,000,000 characters
+# (~200k word pieces, a long book). It is still a bound, against abuse: tokenizing that many characters takes a few
+# seconds, and the model reads at most text_encoding.MAX_WINDOWS windows of a text, whatever its length.
+MAX_LONG_TEXT_CHARS = 1_000_000
+# What the refusal of a long text says to a model of a family that could read it in windows.
+WINDOWS_HINT = ("fine-tune with `long_text: {stride: 64}` in the task spec to read longer texts in overlapping "
+                "windows")
 WORDS = "a non-empty list of words, or a text to split on spaces"
+
+
+@dataclasses.dataclass(frozen=True)
+class TextLimit:
+    """The most characters a model takes in one text (words of ``tokens`` counted with a space each), and what the
+    refusal adds: how to take more, when a spec could ("" otherwise)."""
+
+    chars: int
+    hint: str = ""
+
+
+DEFAULT_LIMIT = TextLimit(MAX_TEXT_CHARS)
+
+
+def text_limit(family: Family, settings: dict) -> TextLimit:
+    """A model's ``TextLimit`` from its family and the task settings of its meta (``long_text``: read in windows)."""
+    if settings.get("long_text"):
+        return TextLimit(MAX_LONG_TEXT_CHARS)
+    return TextLimit(MAX_TEXT_CHARS, WINDOWS_HINT if "long_text" in family.rows.spec_fields else "")
 
 
 def request_columns(family: Family, spec_columns: dict[str, list[str]] | None = None) -> dict[str, tuple[str, ...]]:
@@ -62,14 +90,15 @@ class BadValue(ValueError):
         return f"row {row}, column {self.column!r}: {self.said}"
 
 
-def check_value(field: str, value: Any, column: str, max_chars: int | None = MAX_TEXT_CHARS) -> str | list[str]:
+def check_value(field: str, value: Any, column: str, limit: TextLimit | None = DEFAULT_LIMIT) -> str | list[str]:
     """``value`` of request ``field`` (read from ``column``) as the model takes it: a text, or for ``tokens`` a
-    list of words (a text is split on whitespace). Raises ``BadValue``; ``max_chars`` None: no length limit."""
+    list of words (a text is split on whitespace). Raises ``BadValue``; ``limit`` None: no length limit."""
     taken = _words(value, column) if field == "tokens" else _text(value, column, "non-empty text")
     size = sum(len(w) + 1 for w in taken) if field == "tokens" else len(taken)
-    if max_chars is not None and size > max_chars:
-        raise BadValue(column, value, f"at most {max_chars:,} characters, the model's limit (this one has {size:,})",
-                       f"{size:,} characters; the limit is {max_chars:,}")
+    if limit is not None and size > limit.chars:
+        hint = f"; {limit.hint}" if limit.hint else ""
+        raise BadValue(column, value, f"at most {limit.chars:,} characters, the model's limit (this one has {size:,})"
+                       + hint, f"{size:,} characters; the limit is {limit.chars:,}" + hint)
     return taken
 
 

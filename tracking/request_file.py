@@ -20,8 +20,8 @@ text is decoded as UTF-8 with an optional byte-order mark.
 
 Bad rows never stop the others: a record the reader cannot use (a wrong field count, a broken JSON line,
 a missing column) or a value the model cannot take (``tracking.request_check.check_value``: empty or non-text,
-longer than ``max_chars``) becomes a ``Rejection`` naming the row, its source (``file:line``, ``file:[i]``, ``file:row i`` or a SQuAD JSON
-path), the field and what was expected. What makes the whole file unusable (unknown format, undecodable
+longer than the model's ``limit``) becomes a ``Rejection`` naming the row, its source (``file:line``, ``file:[i]``,
+``file:row i`` or a SQuAD JSON path), the field and what was expected. What makes the whole file unusable (unknown format, undecodable
 bytes, no column for a field) raises ``DataError``.
 """
 
@@ -39,7 +39,7 @@ from typing import Any
 from bert_core.families import Family
 from bert_core.readers import READERS, Problems
 from bert_core.validation import DataError
-from tracking.request_check import BadValue, check_value, request_columns
+from tracking.request_check import BadValue, TextLimit, check_value, request_columns
 
 FORMATS = tuple(READERS)
 SUFFIXES = {".tsv": "tsv", ".csv": "csv", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl",
@@ -117,12 +117,12 @@ def detect_format(path: str | Path, data: bytes | None = None) -> str:
 
 
 def read_requests(path: str | Path, family: Family, columns: dict[str, str] | None = None, fmt: str | None = None,
-                  max_chars: int | None = None, spec_columns: dict[str, list[str]] | None = None) -> RequestFile:
+                  limit: TextLimit | None = None, spec_columns: dict[str, list[str]] | None = None) -> RequestFile:
     """Read ``path`` into the request rows of a ``family`` model and the rejected rows, in file order.
 
     ``columns``: request column (or field, or ``id``) -> the file's column; ``fmt``: one of ``FORMATS``
-    (default: from the extension); ``max_chars``: the longest text (words of ``tokens`` counted with a
-    space each) the model takes; ``spec_columns``: the model's training spec's column names (its meta's).
+    (default: from the extension); ``limit``: the longest text (words of ``tokens`` counted with a
+    space each) the model takes (None: any); ``spec_columns``: the model's training spec's column names (its meta's).
     Raises ``DataError`` when the file as a whole cannot be read."""
     path = Path(path)
     data = path.read_bytes()
@@ -145,7 +145,7 @@ def read_requests(path: str | Path, family: Family, columns: dict[str, str] | No
         source, row_id = record["_source"], _id(record.get(ID))
         try:
             fields = {field: check_value(field, record.get(field), column if isinstance(column, str) else field,
-                                         max_chars) for field, column in mapped.items() if field != ID}
+                                         limit) for field, column in mapped.items() if field != ID}
         except BadValue as bad:
             found.append((_position(source, rel), Rejection(0, source, bad.column, bad.file_error(), row_id)))
             continue

@@ -41,7 +41,7 @@ from bert_core.validation import DataError
 from tracking import store
 from tracking.packaging import rows_to_frame
 from tracking.pinning import PinnedModel, scoring_task
-from tracking.request_check import MAX_TEXT_CHARS
+from tracking.request_check import text_limit
 from tracking.request_file import RequestFile, RequestRow, read_requests
 from tracking.score_files import output_paths, prediction_lines, rejected_lines, write_jsonl
 
@@ -50,13 +50,13 @@ SHOWN_BAD_ROWS = 5  # bad rows quoted in a fail_on_bad_rows error
 # faster than calls of one batch on SST-2 dev), and a call's rows and features stay a bounded size in memory.
 ROWS_PER_CALL = 1024
 BATCH_SIZE = 64  # inputs per forward pass, as the evaluation's default (TrainConfig.eval_batch_size)
-_loaded: dict[tuple[str, str], tuple[mlflow.pyfunc.PyFuncModel, Family, dict | None]] = {}
+_loaded: dict[tuple[str, str], tuple[mlflow.pyfunc.PyFuncModel, Family, dict]] = {}
 
 
-def load_model(pinned: PinnedModel) -> tuple[mlflow.pyfunc.PyFuncModel, Family, dict[str, list[str]] | None]:
+def load_model(pinned: PinnedModel) -> tuple[mlflow.pyfunc.PyFuncModel, Family, dict]:
     """The logged pyfunc (loaded once per store and pinned URI in this process: a pinned version's artifacts
-    never change), its family, and its training spec's column names (None for models saved before their meta
-    kept them)."""
+    never change), its family, and its meta (``save_finetuned``'s: its training spec's column names, ``spec_columns``,
+    absent from models saved before their meta kept them; its task settings)."""
     key = (mlflow.get_tracking_uri(), pinned.uri)
     if key not in _loaded:
         model = mlflow.pyfunc.load_model(pinned.uri)
@@ -69,7 +69,7 @@ def load_model(pinned: PinnedModel) -> tuple[mlflow.pyfunc.PyFuncModel, Family, 
             raise ValueError(f"{pinned.uri} is not a bertflow model (its pyfunc names no bertflow family)")
         meta = getattr(getattr(python_model, "predictor", None), "meta", None) or {}
         _loaded.clear()  # one model at a time: a folder is scored by one version
-        _loaded[key] = model, get_family(family), meta.get("spec_columns")
+        _loaded[key] = model, get_family(family), meta
     return _loaded[key]
 
 
@@ -98,7 +98,7 @@ def score_file(pinned: PinnedModel, path: str | Path, columns: dict[str, str] | 
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     began = time.perf_counter()
     path = Path(os.path.abspath(Path(path).expanduser()))  # a symlink stays where it is: outputs go beside it
-    model, family, spec_columns = load_model(pinned)
+    model, family, meta = load_model(pinned)
     predictions_path, rejected_path = output_paths(path, pinned.label)
     uri = mlflow.get_tracking_uri()
     run_tags = {"model_name": pinned.name or "none", "model_version": pinned.version or "none",
@@ -109,7 +109,7 @@ def score_file(pinned: PinnedModel, path: str | Path, columns: dict[str, str] | 
     with mlflow.start_run(experiment_id=store.experiment_for(scoring_task(pinned.name), uri),
                           run_name=f"{path.name} {pinned.label}", tags=run_tags) as run:
         try:
-            requests = read_requests(path, family, columns, fmt, MAX_TEXT_CHARS, spec_columns)
+            requests = read_requests(path, family, columns, fmt, text_limit(family, meta), meta.get("spec_columns"))
             mlflow.set_tags({"input_sha256": requests.sha256, "input_format": requests.format})
             store.log_params_safely({"columns": json.dumps(requests.columns), "batch_size": batch_size,
                                      "fail_on_bad_rows": fail_on_bad_rows})

@@ -28,13 +28,16 @@ from bert_core.families.base import Family, Predictions, Rows, as_rows
 from bert_core.families.cls_head import SequenceClassifier
 from bert_core.families.text_encoding import (
     TextFeatures,
+    check_long_text,
     is_labelled,
     logits_by_row,
+    long_text_settings,
     text_arrow_features,
     text_fields,
     text_request,
     text_row_problem,
     truncation_note,
+    window_pooling,
 )
 from bert_core.model import BertEncoder
 from bert_core.validation import DataError, expected_one_of, label_problem
@@ -74,7 +77,7 @@ def build_classifier(encoder: BertEncoder, label_names: list[str] | None) -> nn.
 class LabelRows(Rows):
     """Text (pair) rows with one label name each."""
 
-    spec_fields = ("display_names", "calibration")
+    spec_fields = ("display_names", "calibration", "long_text")
 
     def __init__(self, pair: bool):
         self.pair = pair
@@ -82,6 +85,7 @@ class LabelRows(Rows):
         self.request = text_request(pair)
 
     def check_spec(self, spec) -> None:
+        check_long_text(spec, self.pair)
         binary = [m for m in spec.metrics if m in BINARY_METRICS]
         if binary and spec.labels is not None and len(spec.labels) != 2:
             raise ValueError(f"metrics {binary}: the F1 of the positive class needs exactly two labels, and "
@@ -96,7 +100,7 @@ class LabelRows(Rows):
 
     def task_settings(self, spec) -> dict:
         settings = {"display_names": spec.display_names} if spec.display_names else {}
-        return settings | turned_off(spec)
+        return settings | turned_off(spec) | long_text_settings(spec)
 
     def arrow_features(self):
         return text_arrow_features(label=Value("string"))
@@ -150,7 +154,7 @@ class LabelPredictions(Predictions):
         "probabilities": {value: p}}."""
         display = settings.get("display_names") or {}
         predictions = []
-        for row_logits in logits_by_row(logits, features, len(rows)):
+        for row_logits in logits_by_row(logits, features, len(rows), window_pooling(settings)):
             row_logits = scaled(row_logits, settings)  # the fitted temperature: same argmax, truer scores
             probs = np.exp(row_logits - row_logits.max())
             probs /= probs.sum()
@@ -165,14 +169,14 @@ class LabelPredictions(Predictions):
 
     def calibrate(self, logits, features, rows, label_names, settings):
         """Temperature scaling of the softmax, fitted on these rows (``bert_core.calibration``)."""
-        return fit_and_measure(*self._scores(logits, features, rows, label_names), "softmax", settings)
+        return fit_and_measure(*self._scores(logits, features, rows, label_names, settings), "softmax", settings)
 
     def measure_calibration(self, logits, features, rows, label_names, settings):
-        return measure(*self._scores(logits, features, rows, label_names), "softmax", settings)
+        return measure(*self._scores(logits, features, rows, label_names, settings), "softmax", settings)
 
-    def _scores(self, logits, features, rows, label_names) -> tuple[np.ndarray, np.ndarray]:
+    def _scores(self, logits, features, rows, label_names, settings) -> tuple[np.ndarray, np.ndarray]:
         """(logits (N, C), gold label indices (N,)) of labelled rows."""
-        return (np.stack(logits_by_row(logits, features, len(rows))),
+        return (np.stack(logits_by_row(logits, features, len(rows), window_pooling(settings))),
                 np.array([label_index(row, label_names) for row in as_rows(rows)]))
 
     def compute_metrics(self, predictions, rows, metric_names, label_names=None, settings=None) -> dict[str, float]:
@@ -213,7 +217,7 @@ class LabelPredictions(Predictions):
                 [spec.display_name(n) for n in label_names])
 
     def input_limit(self, spec, max_seq_length, label_names) -> str:
-        return (f"{truncation_note(max_seq_length)}; it always answers one of its {len(label_names or [])} labels, "
+        return (f"{truncation_note(max_seq_length, spec.long_text)}; it always answers one of its {len(label_names or [])} labels, "
                 "even for out-of-domain input")
 
 

@@ -66,13 +66,16 @@ from bert_core.families.base import Family, Predictions, Rows, as_rows
 from bert_core.families.cls_head import SequenceClassifier
 from bert_core.families.text_encoding import (
     TextFeatures,
+    check_long_text,
     is_labelled,
     logits_by_row,
+    long_text_settings,
     text_arrow_features,
     text_fields,
     text_request,
     text_row_problem,
     truncation_note,
+    window_pooling,
 )
 from bert_core.model import BertEncoder
 from bert_core.validation import DataError, problem
@@ -185,7 +188,7 @@ def read_indicators(cells: dict) -> tuple[list[str] | None, str | None]:
 class LabelSetRows(Rows):
     """Text (pair) rows with a set of label names each, possibly empty."""
 
-    spec_fields = ("label_separator", "label_columns", "thresholds", "pos_weight", "calibration")
+    spec_fields = ("label_separator", "label_columns", "thresholds", "pos_weight", "calibration", "long_text")
 
     def __init__(self, pair: bool):
         self.pair = pair
@@ -201,6 +204,7 @@ class LabelSetRows(Rows):
             self._check_label_columns(spec)
         if spec.labels is not None and len(spec.labels) < 2:
             raise ValueError(f"labels {spec.labels}: multi-label classification needs at least two labels")
+        check_long_text(spec, self.pair)
 
     def _check_label_columns(self, spec) -> None:
         columns = spec.label_columns
@@ -224,7 +228,7 @@ class LabelSetRows(Rows):
 
     def task_settings(self, spec) -> dict:
         settings = {key: value for key, value in (("thresholds", spec.thresholds), ("pos_weight", spec.pos_weight)) if value}
-        return settings | turned_off(spec)
+        return settings | turned_off(spec) | long_text_settings(spec)
 
     def source_columns(self, spec) -> dict[str, str]:
         """With ``label_columns``, one key per label (``labels.anger`` <- column ``anger``) instead of ``labels``."""
@@ -348,7 +352,7 @@ class LabelSetPredictions(Predictions):
         """logits[k]: (L,) -> {"labels": the names on, in label order, "probabilities": {name: p}}."""
         thresholds = thresholds_of(label_names, settings)
         predictions = []
-        for row_logits in logits_by_row(logits, features, len(rows)):
+        for row_logits in logits_by_row(logits, features, len(rows), window_pooling(settings)):
             probs = expit(scaled(row_logits, settings))  # the fitted temperature: each label's side of 0.5 kept
             predictions.append({"labels": [n for n, on in zip(label_names, probs > thresholds, strict=True) if on],
                                 "probabilities": {n: float(p) for n, p in zip(label_names, probs, strict=True)}})
@@ -375,14 +379,14 @@ class LabelSetPredictions(Predictions):
     def calibrate(self, logits, features, rows, label_names, settings):
         """Temperature scaling of every label's sigmoid (one T for all), fitted on these rows (``bert_core.calibration``)
         before ``tune``, so the thresholds are tuned on calibrated probabilities."""
-        return fit_and_measure(*self._scores(logits, features, rows, label_names), "sigmoid", settings)
+        return fit_and_measure(*self._scores(logits, features, rows, label_names, settings), "sigmoid", settings)
 
     def measure_calibration(self, logits, features, rows, label_names, settings):
-        return measure(*self._scores(logits, features, rows, label_names), "sigmoid", settings)
+        return measure(*self._scores(logits, features, rows, label_names, settings), "sigmoid", settings)
 
-    def _scores(self, logits, features, rows, label_names) -> tuple[np.ndarray, np.ndarray]:
+    def _scores(self, logits, features, rows, label_names, settings) -> tuple[np.ndarray, np.ndarray]:
         """(logits (N, L), gold labels (N, L) 0/1) of labelled rows."""
-        return (np.stack(logits_by_row(logits, features, len(rows))),
+        return (np.stack(logits_by_row(logits, features, len(rows), window_pooling(settings))),
                 label_matrix([row["labels"] for row in as_rows(rows)], label_names).astype(np.float64))
 
     def _arrays(self, predictions, rows, label_names) -> tuple[np.ndarray, np.ndarray]:
@@ -440,7 +444,8 @@ class LabelSetPredictions(Predictions):
         return [*lines, ""]
 
     def input_limit(self, spec, max_seq_length, label_names) -> str:
-        return (f"{truncation_note(max_seq_length)}; it answers any of its {len(label_names or [])} labels, each one "
+        return (f"{truncation_note(max_seq_length, spec.long_text)}; it answers any of its {len(label_names or [])} "
+                "labels, each one "
                 "whose probability passes its threshold (tuned on the eval split), or none: an empty answer means "
                 "none of its labels applies, not that it is unsure, and out-of-domain input is answered like any other")
 

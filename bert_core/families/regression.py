@@ -23,13 +23,16 @@ from bert_core.families.base import Family, Predictions, Rows, as_rows
 from bert_core.families.cls_head import SequenceClassifier
 from bert_core.families.text_encoding import (
     TextFeatures,
+    check_long_text,
     is_labelled,
     logits_by_row,
+    long_text_settings,
     text_arrow_features,
     text_fields,
     text_request,
     text_row_problem,
     truncation_note,
+    window_pooling,
 )
 from bert_core.model import BertEncoder
 from bert_core.validation import DataError, problem
@@ -60,7 +63,14 @@ class ScoreRows(Rows):
 
     fields = (*text_fields(pair=True), "label")
     request = text_request(pair=True)
+    spec_fields = ("long_text",)
     has_label_names = False
+
+    def check_spec(self, spec) -> None:
+        check_long_text(spec, pair=True)
+
+    def task_settings(self, spec) -> dict:
+        return long_text_settings(spec)
 
     def arrow_features(self):
         return text_arrow_features(label=Value("float64"))
@@ -105,7 +115,7 @@ class ScorePredictions(Predictions):
 
     def postprocess(self, logits, features, rows, label_names, settings: dict) -> list[dict]:
         """logits[k]: () -> {"score": float}, on the scale of the training labels (0-5 for STS-B)."""
-        return [{"score": float(x)} for x in logits_by_row(logits, features, len(rows))]
+        return [{"score": float(x)} for x in logits_by_row(logits, features, len(rows), window_pooling(settings))]
 
     def compute_metrics(self, predictions, rows, metric_names, label_names=None, settings=None) -> dict[str, float]:
         self.check_metric_names(metric_names)
@@ -127,7 +137,7 @@ class ScorePredictions(Predictions):
         return score
 
     def input_limit(self, spec, max_seq_length, label_names) -> str:
-        return (f"{truncation_note(max_seq_length)}; scores are on the scale of the training scores and are not "
+        return (f"{truncation_note(max_seq_length, spec.long_text)}; scores are on the scale of the training scores and are not "
                 "clipped to it")
 
 

@@ -5,6 +5,16 @@ Fields: ``text_a`` and, for pairs, ``text_b``; the gold field is the family's ow
 Features: ``[CLS] a [SEP]`` or ``[CLS] a [SEP] b [SEP]`` (pair when ``text_b`` is not None), longest-first
 truncated to ``max_seq_length``; keys ``input_ids``, ``token_type_ids``, ``example_index`` and, when the rows
 are labelled, ``labels``: the family's ``target`` of each row (a label index, a float score, ...).
+
+Long texts (the spec's ``long_text``, kept in the task settings as a dict): instead of the cut,
+- ``windows``: a row longer than ``max_seq_length`` gives several features, overlapping windows of its text, each
+  with the row's ``example_index``, its position ``window`` (0, 1, ...) and, in training, the row's target: every
+  window is an example of its document's label. ``logits_by_row`` pools a row's window logits (mean or max per
+  class). A pair keeps its shorter text in every window and windows the longer one: in pair tasks with long
+  inputs one side is short (a question, a hypothesis) and which side it is varies by dataset, so the longer text
+  is windowed whichever it is (``BertTokenizer.encode_long_batch``), and segment ids keep text_a's first.
+- ``head_tail``: one feature per row, the first quarter and the last three quarters of the window's text
+  (``HEAD_SHARE``), as Sun et al. 2019 found best for IMDb reviews.
 """
 
 from __future__ import annotations
@@ -18,6 +28,14 @@ from datasets import Features, Value
 from bert_core.families.base import FeatureBuilder, as_rows
 from bert_core.tokenizer import BertTokenizer
 from bert_core.validation import text_problem
+
+# A text is read in at most this many windows; the rest is cut, as truncation cuts it. It bounds one row's work
+# (a served request of MAX_LONG_TEXT_CHARS too): 64 windows of 128 tokens, stride 64, read ~4,000 tokens.
+MAX_WINDOWS = 64
+# head_tail: Sun et al. 2019 ("How to fine-tune BERT for text classification"), 128 head + 382 tail of the 510
+# text tokens of a 512-token input; scaled to any max_seq_length.
+HEAD_SHARE = 128 / 510
+POOLING = {"mean": np.mean, "max": np.max}
 
 
 def text_fields(pair: bool) -> tuple[str, ...]:
@@ -41,9 +59,51 @@ def text_row_problem(row: dict, pair: bool) -> str | None:
     return text_problem(row, "text_a") or (text_problem(row, "text_b") if pair else None)
 
 
-def truncation_note(max_seq_length: int) -> str:
-    """What a model of text rows reads of a long input, for a model card's limits."""
+def truncation_note(max_seq_length: int, long_text=None) -> str:
+    """What a model of text rows reads of a long input, for a model card's limits (``long_text``: the spec's)."""
+    if long_text is not None and long_text.strategy == "windows":
+        return (f"a long input is read in windows of {max_seq_length} word pieces overlapping by {long_text.stride} "
+                f"(at most {MAX_WINDOWS}; a pair's shorter text in each), its answer from the {long_text.pooling} "
+                "of the windows' scores")
+    if long_text is not None:
+        return (f"a long input keeps the first quarter and the last three quarters of {max_seq_length} word pieces "
+                "([CLS]/[SEP] included), a pair's shorter text whole or cut")
     return f"each input is cut to {max_seq_length} word pieces ([CLS]/[SEP] included), longest text first"
+
+
+def text_room(max_seq_length: int, pair: bool) -> int:
+    """Tokens of text one feature holds: ``max_seq_length`` less [CLS] and a [SEP] per text."""
+    return max_seq_length - (3 if pair else 2)
+
+
+def long_text_problem(long_text: dict | None, max_seq_length: int, pair: bool) -> str | None:
+    """Why ``long_text`` (the settings' dict) cannot read features of ``max_seq_length`` tokens, else None."""
+    if long_text is None or long_text["strategy"] != "windows":
+        return None
+    room = text_room(max_seq_length, pair)
+    if long_text["stride"] >= room:
+        specials = "[CLS] and two [SEP]" if pair else "[CLS] and [SEP]"
+        return (f"long_text.stride {long_text['stride']} must be below the window's room for text, {room} tokens "
+                f"(max_seq_length {max_seq_length} less {specials}): consecutive windows would share every token")
+    return None
+
+
+def check_long_text(spec, pair: bool) -> None:
+    """A family's spec check of ``long_text`` (stride below the window's room); raises ValueError."""
+    found = long_text_problem(long_text_settings(spec).get("long_text"), spec.max_seq_length, pair)
+    if found:
+        raise ValueError(found)
+
+
+def long_text_settings(spec) -> dict:
+    """The task setting ``long_text`` (a dict, as a model's meta keeps it), or nothing when the spec cuts texts."""
+    return {"long_text": spec.long_text.model_dump()} if spec.long_text is not None else {}
+
+
+def window_pooling(settings: dict) -> str:
+    """How a row's window logits are pooled (``logits_by_row``): the settings' ``long_text.pooling``, else mean
+    (a row of one feature is that feature's, whatever the pooling)."""
+    return (settings.get("long_text") or {}).get("pooling", "mean")
 
 
 def is_labelled(rows: list[dict], field: str = "label") -> bool:
@@ -55,14 +115,33 @@ def is_labelled(rows: list[dict], field: str = "label") -> bool:
     return any(labelled)
 
 
-def encode_texts(rows: list[dict], tokenizer: BertTokenizer, max_length: int | None = None):
-    """Encodings of ``[CLS] a [SEP]`` or, when ``text_b`` is present, ``[CLS] a [SEP] b [SEP]``."""
+def row_texts(rows: list[dict]) -> tuple[list[str], list[str] | None]:
+    """Each row's ``text_a``, and its ``text_b`` when the rows are pairs (None for single texts)."""
     texts_b = [row.get("text_b") for row in rows]
     is_pair = any(b is not None for b in texts_b)
     if is_pair and not all(b is not None for b in texts_b):
         row = rows[texts_b.index(None)]
         raise ValueError(f"{row.get('_source', '?')}: field 'text_b' is None, while other rows of the split are pairs")
-    return tokenizer.encode_batch([row["text_a"] for row in rows], texts_b if is_pair else None, max_length)
+    return [row["text_a"] for row in rows], texts_b if is_pair else None
+
+
+def encode_texts(rows: list[dict], tokenizer: BertTokenizer, max_length: int | None = None):
+    """Encodings of ``[CLS] a [SEP]`` or, when ``text_b`` is present, ``[CLS] a [SEP] b [SEP]``."""
+    return tokenizer.encode_batch(*row_texts(rows), max_length)
+
+
+def encode_rows(rows: list[dict], tokenizer: BertTokenizer, max_seq_length: int, long_text: dict | None):
+    """Each row's encodings: one, cut at ``max_seq_length``, without ``long_text``; with it, a long row's windows
+    (or its head and tail), as the module docstring says."""
+    if long_text is None:
+        return [[enc] for enc in encode_texts(rows, tokenizer, max_seq_length)]
+    texts, pairs = row_texts(rows)
+    found = long_text_problem(long_text, max_seq_length, pairs is not None)
+    if found:
+        raise ValueError(found)
+    if long_text["strategy"] == "head_tail":
+        return tokenizer.encode_long_batch(texts, pairs, max_seq_length, head_share=HEAD_SHARE)
+    return tokenizer.encode_long_batch(texts, pairs, max_seq_length, long_text["stride"], MAX_WINDOWS)
 
 
 @dataclasses.dataclass
@@ -74,23 +153,38 @@ class TextFeatures(FeatureBuilder):
 
     def build(self, rows, tokenizer: BertTokenizer, label_names: list[str] | None, settings: dict) -> list[dict]:
         rows = as_rows(rows)
-        encodings = encode_texts(rows, tokenizer, settings["max_seq_length"])
-        features = [{"input_ids": enc.input_ids, "token_type_ids": enc.token_type_ids, "example_index": i}
-                    for i, enc in enumerate(encodings)]
-        if is_labelled(rows, self.field):
-            for feature, row in zip(features, rows, strict=True):
-                feature["labels"] = self.target(row, label_names)
+        long_text = settings.get("long_text")
+        labelled = is_labelled(rows, self.field)
+        features = []
+        for i, (row, encodings) in enumerate(zip(rows, encode_rows(rows, tokenizer, settings["max_seq_length"],
+                                                                   long_text), strict=True)):
+            target = self.target(row, label_names) if labelled else None
+            for k, enc in enumerate(encodings):
+                feature = {"input_ids": enc.input_ids, "token_type_ids": enc.token_type_ids, "example_index": i}
+                if long_text is not None:
+                    feature["window"] = k
+                if labelled:
+                    feature["labels"] = target
+                features.append(feature)
         return features
 
     def token_lengths(self, rows, tokenizer: BertTokenizer) -> list[int]:
         return [len(enc) for enc in encode_texts(as_rows(rows), tokenizer)]
 
+    def stats(self, features) -> dict:
+        """With ``long_text``: the mean number of features (windows) per row, and the rows read in several."""
+        if not features or "window" not in features[0]:
+            return {}
+        rows = sum(f["window"] == 0 for f in features)
+        return {"windows_per_row": round(len(features) / rows, 3), "rows_in_windows": sum(f["window"] == 1 for f in features)}
 
-def logits_by_row(logits: list[np.ndarray], features, n_rows: int) -> list[np.ndarray]:
-    """One logits array per row, found through each feature's ``example_index``."""
-    per_row: list[np.ndarray | None] = [None] * n_rows
+
+def logits_by_row(logits: list[np.ndarray], features, n_rows: int, pooling: str = "mean") -> list[np.ndarray]:
+    """One logits array per row, found through each feature's ``example_index``: the row's one feature's, or the
+    ``pooling`` ("mean" or "max", per class) of its windows' (``long_text``). ``logits[k]``: (C,) or ()."""
+    per_row: list[list[np.ndarray]] = [[] for _ in range(n_rows)]
     for logit, feature in zip(logits, features, strict=True):
-        per_row[feature["example_index"]] = np.asarray(logit, dtype=np.float64)
-    if any(x is None for x in per_row):
+        per_row[feature["example_index"]].append(np.asarray(logit, dtype=np.float64))
+    if not all(per_row):
         raise ValueError("postprocess: some rows have no feature/logits; features and rows do not match")
-    return per_row
+    return [windows[0] if len(windows) == 1 else POOLING[pooling](np.stack(windows), axis=0) for windows in per_row]

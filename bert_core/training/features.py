@@ -10,10 +10,11 @@ from bert_core.spec import TaskSpec
 from bert_core.training.config import TrainConfig
 
 # The task settings a fine-tuned model keeps in its meta (save_finetuned), so predicting and scoring with it
-# later work as they did in training; the last are learnt on the eval split (``Predictions.tune``, and
-# ``Predictions.calibrate``'s temperature), not read from the spec.
+# later work as they did in training; some are learnt on the eval split (``Predictions.tune``'s thresholds,
+# ``Predictions.calibrate``'s temperature), not read from the spec; ``long_text`` (the spec's, a dict) makes
+# predicting read long texts in the windows training read.
 TASK_SETTINGS = ("max_seq_length", "doc_stride", "max_answer_length", "tag_scheme", "display_names",
-                 "no_answer_threshold", "label_thresholds", "temperature")
+                 "no_answer_threshold", "label_thresholds", "temperature", "long_text")
 
 
 def spec_columns(spec: TaskSpec) -> dict[str, list[str]]:

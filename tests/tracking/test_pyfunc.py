@@ -151,6 +151,8 @@ def test_logged_model_holds_safetensors_and_code_and_loads_without_unpickling(lo
     ("single_classification", pd.DataFrame({"text": ["good", None]}), ["row 1", "'text'"]),
     ("extractive_qa", pd.DataFrame({"question": ["who ?"], "context": ["a" * (MAX_TEXT_CHARS + 1)]}),
      ["row 0", "'context'", "limit"]),
+    ("single_classification", pd.DataFrame({"text": ["a" * (MAX_TEXT_CHARS + 1)]}),
+     ["row 0", "'text'", "20,001 characters; the limit is 20,000", "`long_text: {stride: 64}` in the task spec"]),
     ("token_tagging", pd.DataFrame({"tokens": [["john"], []]}), ["row 1", "'tokens'"]),
     ("token_tagging", pd.DataFrame({"text": [""]}), ["row 0", "'text'", "empty"]),
 ])
@@ -160,6 +162,8 @@ def test_malformed_input_raises_invalid_parameter_naming_the_column(logged, fami
     assert err.value.error_code == "INVALID_PARAMETER_VALUE"
     for word in words:
         assert word in err.value.message
+    if family == "extractive_qa":
+        assert "long_text" not in err.value.message, "QA reads long passages in its own windows already"
 
 
 def test_a_number_where_text_belongs_is_invalid(logged):

@@ -36,7 +36,7 @@ from tests.tracking.test_pyfunc import DISPLAY, EXAMPLE_ROWS, LABELS
 from tracking import scoring
 from tracking.packaging import log_model
 from tracking.registry import register_version
-from tracking.request_check import MAX_TEXT_CHARS
+from tracking.request_check import MAX_LONG_TEXT_CHARS, MAX_TEXT_CHARS
 from tracking.request_file import detect_format, read_requests
 from tracking.score_files import output_paths, scan_folder
 from tracking.store import configure_tracking, experiment_for
@@ -252,6 +252,8 @@ def test_bad_rows_are_listed_and_the_good_ones_scored_and_the_run_records_it(reg
     assert rejected[1]["error"].startswith("found 3 field(s) when split on ',', expected 2 ['review_id', 'review']")
     assert rejected[2]["error"] == "field 'review': got '   ', expected non-empty text"
     assert "expected at most 20,000 characters, the model's limit (this one has 20,001)" in rejected[3]["error"]
+    assert rejected[3]["error"].endswith("; fine-tune with `long_text: {stride: 64}` in the task spec to read longer "
+                                         "texts in overlapping windows")
 
     lines = jsonl(Path(done["predictions"]))
     assert [line["row"] for line in lines] == [1, 2, 3, 4, 5, 6], "every input row, in order"
@@ -277,6 +279,26 @@ def test_bad_rows_are_listed_and_the_good_ones_scored_and_the_run_records_it(reg
                                                          dst_path=str(tmp_path / "artifacts")))
     for local in (done["predictions"], done["rejected_file"]):
         assert (artifacts / Path(local).name).read_text("utf-8") == Path(local).read_text("utf-8")
+
+
+def test_a_model_trained_with_long_text_scores_a_long_document_that_others_reject(registry, tmp_path):
+    """`long_text` in the model's meta (its task settings) raises the file's text limit to MAX_LONG_TEXT_CHARS, a
+    bound still; the document is read in windows, and its prediction is the pyfunc's."""
+    torch.manual_seed(0)
+    model = get_family(SINGLE).build_model(BertEncoder(BertConfig(**TINY)), LABELS[SINGLE]).eval()
+    meta = {"family": SINGLE, "label_names": LABELS[SINGLE], "task": "demo", "max_seq_length": 32,
+            "long_text": {"strategy": "windows", "stride": 8, "pooling": "mean"}}
+    name = "bert-score-long-text"
+    registry.register_folder(save_finetuned(model, registry.tokenizer, tmp_path / "long", meta), SINGLE, name)
+    document = "the movie was good " * 2_000  # 38,000 characters
+    path = tmp_path / "long.csv"
+    path.write_text(f"text\n{document}\n{'a' * (MAX_LONG_TEXT_CHARS + 1)}\n", encoding="utf-8")
+    (done,) = run_score(model=f"models:/{name}@champion", file=str(path))["files"]
+    assert (done["rows"], done["rows_scored"], done["rows_rejected"]) == (2, 1, 1)
+    assert_same(jsonl(Path(done["predictions"]))[:1], registry.says(f"models:/{name}/1", [{"text": document}]))
+    [rejected] = jsonl(Path(done["rejected_file"]))
+    assert f"expected at most {MAX_LONG_TEXT_CHARS:,} characters, the model's limit" in rejected["error"]
+    assert "long_text" not in rejected["error"]
 
 
 def test_fail_on_bad_rows_fails_naming_them_and_scores_nothing(registry, tmp_path):

@@ -50,7 +50,7 @@ MALFORMED = {
         ("blank string", {"dataframe_records": [{"text": "  \t "}]}, 400, ["the text is empty"]),
         ("an empty string in row 2", {"dataframe_records": [{"text": "fun"}, {"text": ""}]}, 400, ["row 1, column 'text'"]),
         ("100,000-character text", {"dataframe_records": [{"text": LONG}]}, 400,
-         ["row 0, column 'text'", "100,000 characters", "the limit is 20,000"]),
+         ["row 0, column 'text'", "100,000 characters", "the limit is 20,000", "`long_text: {stride: 64}`"]),
         ("no rows", {"dataframe_records": []}, 400, ["missing input column 'text'"]),
         ("bad JSON body", NOT_JSON, 400, ["valid JSON", "Expecting ',' delimiter"]),
         ("empty body", b"", 400, ["valid JSON"]),
