@@ -110,7 +110,12 @@ def test_each_option_has_its_fields_help_choices_and_default(command):
         assert field.description in action.help.replace("%%", "%"), option
         assert action.default is None, f"{option}: not given must mean the model's default"
         annotation = field.annotation
-        literal = [a for a in (annotation, *typing.get_args(annotation)) if typing.get_origin(a) is typing.Literal]
+        members = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
+        if typing.get_origin(annotation) is typing.Literal:
+            members = [annotation]
+        # A Literal (or Literal | None) gives the choices; a Literal beside other types (float | Literal["tune"],
+        # Literal["balanced"] | dict) is text the model reads, with no choices.
+        literal = [a for a in members if typing.get_origin(a) is typing.Literal] if len(members) == 1 else []
         assert (tuple(action.choices) if action.choices else None) == (typing.get_args(literal[0]) if literal else None)
         if field.default is not None and not isinstance(field.default, bool) and not action.required:
             assert f"Default: {field.default}" in action.help, option
