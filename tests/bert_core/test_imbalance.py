@@ -62,6 +62,7 @@ def test_weighted_loss_is_cross_entropy_with_weights():
     assert learnt == {"class_weights": approx({"neg": 10 / 16, "pos": 10 / 4})}
     logits, labels = torch.randn(6, 2), torch.tensor([0, 1, 1, 0, 0, 1])
     weight = torch.tensor([10 / 16, 10 / 4])
+    assert isinstance(model.loss, WeightedCrossEntropy)
     assert model.loss(logits, labels).item() == approx(F.cross_entropy(logits, labels, weight=weight).item())
     assert model.loss(logits, labels).item() != approx(F.cross_entropy(logits, labels).item())
     learnt = weigh_classes(model, features, {"class_weights": {"pos": 5.0}}, ["neg", "pos"])

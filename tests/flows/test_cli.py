@@ -155,6 +155,36 @@ def test_options_given_reach_their_fields(tmp_path):
         score_command.params(args)
 
 
+def test_class_weights_and_the_decision_threshold_are_text_the_training_config_reads(capsys):
+    args = parser().parse_args(["run", "mrpc", "--class-weights", "balanced", "--decision-threshold", "tune"])
+    training = run_command.params(args).training
+    assert (training.class_weights, training.decision_threshold) == ("balanced", "tune")
+    args = parser().parse_args(["sweep", "mrpc", "--class-weights", '{"1": 5}', "--decision-threshold", "0.3",
+                                "--space", "seed=1,2"])
+    training = sweep_command.params(args).base.training
+    assert (training.class_weights, training.decision_threshold) == ({"1": 5.0}, 0.3)
+    assert run_command.params(parser().parse_args(["run", "mrpc"])).training.class_weights is None, "unset: the spec's"
+    for option, value in (("--class-weights", "heavy"), ("--class-weights", '{"1": -5}'),
+                          ("--decision-threshold", "1.5"), ("--decision-threshold", "high")):
+        with pytest.raises(ValueError, match=option[2:].replace("-", "_")):
+            run_command.params(parser().parse_args(["run", "mrpc", option, value]))
+    assert main(["check", "mrpc", "--decision-threshold", "0"]) == 1
+    assert "decision_threshold" in capsys.readouterr().err
+
+
+def test_the_prefect_form_takes_class_weights_and_the_decision_threshold():
+    from prefect.utilities.callables import parameter_schema
+    from prefect.utilities.schema_tools.validation import validate
+
+    from flows.finetune import finetune
+
+    schema = parameter_schema(finetune).model_dump()
+    for training in ({"class_weights": "balanced", "decision_threshold": "tune"},
+                     {"class_weights": {"1": 5}, "decision_threshold": 0.3}, {"class_weights": None}):
+        assert validate({"params": {"task": "mrpc", "training": training}}, schema) == [], training
+    assert validate({"params": {"task": "mrpc", "training": {"decision_threshold": "high"}}}, schema)
+
+
 def test_the_suites_tasks_are_a_list_positional_and_none_given_means_the_default_set():
     from flows.cli import suite as suite_command
 
