@@ -85,8 +85,10 @@ def read_decision_threshold(value: Any) -> Any:
 
 def label_problems(spec, label_names: list[str]) -> list[str]:
     """What the spec's ``class_weights`` and ``decision_threshold`` get wrong about these labels, in words naming
-    the field ([] when nothing)."""
-    problems = []
+    the field ([] when nothing, or no spec: the data checked alone)."""
+    problems: list[str] = []
+    if spec is None:
+        return problems
     if isinstance(spec.class_weights, dict):
         unknown = [name for name in spec.class_weights if name not in label_names]
         if unknown:
