@@ -415,8 +415,8 @@ class LabelSetPredictions(Predictions):
 
     def card_lines(self, label_names, settings, report) -> list[str]:
         """The thresholds the model applies (saved ``label_thresholds``, else the default) beside each label's dev
-        precision, recall, F1 and support (``report``: ``per_class_report`` of the eval split), and what an
-        empty answer means."""
+        precision, recall, F1 and support (``report``: ``per_class_report`` of the eval split), what an empty answer
+        means, and the positive weights training used (``class_weights``), if any."""
         thresholds = thresholds_of(label_names, settings)
         if not settings.get("label_thresholds"):
             how = f"No thresholds were tuned: every label uses {DEFAULT_THRESHOLD:g}."

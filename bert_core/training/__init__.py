@@ -18,5 +18,5 @@ from bert_core.training.inference import (
 from bert_core.training.recipe import Callback, FitResult, TrainingDiverged, fit
 
 __all__ = ["Callback", "FitResult", "TrainConfig", "TrainingDiverged", "build_split_features", "effective_spec",
-           "evaluate_and_tune", "evaluate_features", "evaluate_model_dir", "feature_settings", "features_fingerprint", "fit", "fit_task",
-           "predict_logits", "rows_name"]
+           "evaluate_and_tune", "evaluate_features", "evaluate_model_dir", "feature_settings", "features_fingerprint",
+           "fit", "fit_task", "predict_logits", "rows_name"]
