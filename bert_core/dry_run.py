@@ -29,7 +29,7 @@ from bert_core.loading import TaskData, load_task_data
 from bert_core.spec import TaskSpec
 from bert_core.training.batching import step_batches
 from bert_core.training.config import TrainConfig
-from bert_core.training.features import build_split_features
+from bert_core.training.features import build_split_features, effective_spec
 from bert_core.training.recipe import FitContext, TrainState, setup, train_step
 
 TIMED_STEPS = 3  # each after an untimed step on the same batch
@@ -84,6 +84,7 @@ def dry_run(spec: TaskSpec, cfg: TrainConfig, data_dir: str | Path | None = None
             drop_bad_rows: bool = False) -> DryRun:
     """Everything a fine-tune of ``spec`` checks and builds before training; raises what the run would raise.
     ``cfg`` must already hold the spec's defaults (``TrainConfig.with_defaults``)."""
+    spec = effective_spec(spec, cfg)  # the config's class weights and threshold, checked with the data as the spec's
     data = load_task_data(spec, data_dir, drop_bad_rows=drop_bad_rows)
     # Nothing is written under the output folder: a dry run never reaches the recipe's resume or loop.
     ctx = setup(spec, cfg, Path(os.devnull), data.splits["train"].to_list(), data.splits["eval"].to_list(),

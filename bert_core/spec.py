@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from bert_core.families import FAMILIES
+from bert_core.families.imbalance import read_class_weights, read_decision_threshold
 
 # The spec's `family`: a name in the family registry (bert_core/families), which says what else the spec
 # may hold (fields, metrics, formats, family-only fields) and checks it (`Family.rows.check_spec`).
@@ -217,6 +218,17 @@ class TaskSpec(_Strict):
         False, description="multi_label_classification: weigh each label's positive rows in the loss by its "
         "negatives / positives in the training split, so rare labels count more."
     )
+    class_weights: Literal["balanced"] | dict[str, float] | None = Field(
+        None, description="single/pair classification and multi-label: weigh each label in the training loss, so a "
+        "rare one counts more: 'balanced' (classification: n_rows / (n_labels * the label's rows), scikit-learn's; "
+        "multi-label: each label's negatives / positives, as pos_weight) or {label: weight} (a label not named weighs "
+        "1). A training config's class_weights replaces it."
+    )
+    decision_threshold: float | Literal["tune"] = Field(
+        0.5, description="single/pair classification with two labels: the positive label (the second of `labels`) "
+        "is answered when its probability is at least this, in (0, 1); 'tune': the cut-off with the best "
+        "primary_metric on the eval split, saved with the model. A training config's decision_threshold replaces it."
+    )
     calibration: Literal["temperature", "none"] = Field(
         "temperature", description="Classification and multi-label: `temperature` divides every logit by one scalar "
         "fitted on the eval split (its negative log-likelihood), so a score of 0.9 is right about 90% of the time; "
@@ -247,6 +259,16 @@ class TaskSpec(_Strict):
             if unknown:
                 raise ValueError(f"{unknown} not allowed for family {family!r}; allowed: {list(allowed)}")
         return metrics
+
+    @field_validator("class_weights", mode="before")
+    @classmethod
+    def _class_weights_read(cls, value: Any) -> Any:
+        return read_class_weights(value)
+
+    @field_validator("decision_threshold", mode="before")
+    @classmethod
+    def _decision_threshold_read(cls, value: Any) -> Any:
+        return read_decision_threshold(value)
 
     @field_validator("display_names", mode="before")
     @classmethod
@@ -321,8 +343,7 @@ class TaskSpec(_Strict):
                 raise ValueError(f"hub.columns: {unknown} are not fields of {self.family!r}")
         # A field one family reads, set on a spec of another: a mistake to name, not to ignore.
         foreign = sorted({f for other in FAMILIES.values() for f in other.rows.spec_fields
-                          if f not in family.rows.spec_fields and getattr(self, f) not in (None, False)
-                          and getattr(self, f) != type(self).model_fields[f].default})
+                          if f not in family.rows.spec_fields and getattr(self, f) != TaskSpec.model_fields[f].default})
         if foreign:
             owners = {f: [o.name for o in FAMILIES.values() if f in o.rows.spec_fields] for f in foreign}
             raise ValueError("; ".join(f"{f} is for {' and '.join(who)}, not {self.family!r}" for f, who in owners.items()))
@@ -363,6 +384,15 @@ class TaskSpec(_Strict):
         if source == "hub" and self.hub is not None and self.hub.columns is not None:
             mapping.update(self.hub.columns)
         return mapping
+
+
+def replaced(spec: TaskSpec, fields: dict[str, Any], where: str) -> TaskSpec:
+    """``spec`` with some fields replaced (a training config's choices), checked as a spec file is: SpecError naming
+    ``where`` and the field."""
+    try:
+        return TaskSpec.model_validate({**spec.model_dump(), **fields})
+    except ValidationError as e:
+        raise SpecError(_describe_errors(where, e)) from e
 
 
 def builtin_specs() -> list[str]:

@@ -21,7 +21,7 @@ from prefect.runtime import deployment, flow_run
 from bert_core.checkpoint import OFFLINE_DEFAULT
 from bert_core.feature_cache import default_cache_dir
 from bert_core.spec import TaskSpec, load_spec
-from bert_core.training import TrainConfig, rows_name
+from bert_core.training import TrainConfig, effective_spec, rows_name
 from flows import run_folder
 from flows.params import FinetuneParams
 from flows.summary import FinetuneSummary
@@ -48,6 +48,9 @@ def finetune(params: FinetuneParams = FinetuneParams()) -> dict:  # noqa: B008 (
         datasets.disable_progress_bars()  # one bar per split saved would drown the flow's log
         spec = load_spec(params.task)
         cfg = params.training.with_defaults(spec.defaults)
+        # The training config's class weights and decision threshold in the spec's place, for every step (the data
+        # check included), checked now, before any data is read.
+        spec = effective_spec(spec, cfg)
         with run_folder.claim(params, spec, cfg) as folder:
             try:
                 summary = _tracked_run(params, spec, cfg, folder, uri)

@@ -39,7 +39,7 @@ State = optuna.trial.TrialState
 NOT_SEARCHABLE = RESUME_INDIFFERENT | {"max_eval_samples", "eval_every", "early_stopping_patience"}
 SEARCHABLE = tuple(name for name in TrainConfig.model_fields if name not in NOT_SEARCHABLE)
 
-Value = float | int | str | bool
+Value = float | int | str | bool | None  # None: the task spec's value (e.g. class_weights: [balanced, null])
 
 
 class Range(BaseModel):

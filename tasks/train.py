@@ -17,7 +17,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
-from bert_core.checkpoint import OFFLINE_DEFAULT
+from bert_core.checkpoint import OFFLINE_DEFAULT, read_finetuned_meta
 from bert_core.spec import TaskSpec
 from bert_core.training import TrainConfig, fit
 from bert_core.training.identity import FinetuneIdentity
@@ -25,7 +25,7 @@ from tasks.data import DataInfo, load_split
 from tasks.retry_policy import retry_if_transient
 from tasks.sweep_trial import SweepTrial, TrialReporter
 from tracking.run import TrackedRun
-from tracking.training_log import TrainingMetrics, log_training_summary
+from tracking.training_log import TrainingMetrics, decision_params, log_training_summary
 
 
 def artifact_key(task_name: str, what: str) -> str:
@@ -123,6 +123,7 @@ def train_model(spec: TaskSpec, cfg: TrainConfig, data: DataInfo, run_dir: str, 
     history_path = Path(run_dir) / "history.json"
     history_path.write_text(json.dumps(result.history, indent=1), encoding="utf-8")
     summary = log_training_summary(run.run_id, result)
+    run.log_params(decision_params(read_finetuned_meta(result.model_dir)))  # class weights used, threshold applied
     return Trained(
         model_dir=str(result.model_dir), primary_metric=result.primary_metric, best_metric=result.best_metric,
         metrics=result.eval_metrics, history_path=str(history_path), precision=result.precision,

@@ -1,5 +1,6 @@
 """A fine-tune's training in its MLflow run: the curves while `fit` runs (`TrainingMetrics`, a fit callback)
-and the training summary once it is done (`log_training_summary`).
+and the training summary once it is done (`log_training_summary`), with the params saying how the saved model
+weighs labels and decides (`decision_params`).
 
 Per-step metrics go under `train/` and the evaluations made during training under `dev_curve/`, so the MLflow
 UI shows them as two chart sections; the final scores of the best model are logged by the evaluate task as
@@ -8,6 +9,7 @@ UI shows them as two chart sections; the final scores of the best model are logg
 
 from __future__ import annotations
 
+import json
 import time
 
 import mlflow
@@ -64,3 +66,17 @@ def log_training_summary(run_id: str, result) -> dict[str, float]:
     summary = {name: getattr(result, name) for name in TRAINING_METRICS}
     mlflow.log_metrics({k: float(v) for k, v in summary.items()}, run_id=run_id)
     return summary
+
+
+def decision_params(meta: dict) -> dict[str, str]:
+    """Run params from a saved model's meta: ``class_weights``, the weight of each label in the training loss (compact
+    JSON, bert_core/families/imbalance.py), and ``decision_threshold``, the cut-off the model applies (with
+    ``decision_threshold_tuned_for``, the metric it was tuned for); {} when the model has neither."""
+    params = {}
+    if meta.get("class_weights"):
+        params["class_weights"] = json.dumps(meta["class_weights"], separators=(",", ":"))
+    if isinstance(meta.get("decision_threshold"), float):
+        params["decision_threshold"] = str(meta["decision_threshold"])
+        if meta.get("decision_threshold_tuned_for"):
+            params["decision_threshold_tuned_for"] = meta["decision_threshold_tuned_for"]
+    return params

@@ -269,8 +269,10 @@ class Predictions:
         return []
 
 
-def unweighted_loss(model: nn.Module, train_features: list[dict], settings: dict) -> None:
+def unweighted_loss(model: nn.Module, train_features: list[dict], settings: dict,
+                    label_names: list[str] | None = None) -> dict:
     """Most families train with their loss as built: nothing learnt from the data."""
+    return {}
 
 
 @dataclasses.dataclass
@@ -284,7 +286,8 @@ class Family:
     # The encoder under ``.bert`` plus this family's head; label_names: the spec's labels (None: none).
     build_model: Callable[[BertEncoder, list[str] | None], nn.Module]
     predictions: Predictions
-    # (model, training features, settings): weights of the training loss learnt from the training data (multi-label's
-    # pos_weight), set on a freshly built model before training. The saved head holds no loss, so a model
-    # reloaded to predict needs none of this.
-    weigh_loss: Callable[[nn.Module, list[dict], dict], None] = unweighted_loss
+    # (model, training features, settings, label_names): weights of the training loss from the settings and the
+    # training data (classification's class weights, multi-label's pos_weight), set on a freshly built model before
+    # training; returns what to keep in the model's meta (``{"class_weights": {label: weight}}``, or {}). The saved
+    # head holds no loss, so a model reloaded to predict needs none of this.
+    weigh_loss: Callable[[nn.Module, list[dict], dict, list[str] | None], dict] = unweighted_loss

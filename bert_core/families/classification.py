@@ -9,6 +9,8 @@ spec's ``f1`` is the F1 of the positive class, which is ``label_names[1]`` (so a
 first, e.g. MRPC's ``["0", "1"]``).
 Calibration (spec ``calibration``, default ``temperature``): the scores are the softmax of the logits divided by a
 temperature fitted on the eval split (``bert_core/calibration.py``), saved with the model; it never changes the label.
+Rare classes (``imbalance.py``): spec ``class_weights`` weigh the cross-entropy; a binary task answers the positive
+class when its probability reaches the ``decision_threshold`` (0.5, a number, or ``tune``: tuned on dev).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from torch import nn
 
 from bert_core import metrics
 from bert_core.calibration import fit_and_measure, measure, scaled, turned_off
+from bert_core.families import imbalance
 from bert_core.families.base import Family, Predictions, Rows, as_rows
 from bert_core.families.cls_head import SequenceClassifier
 from bert_core.families.text_encoding import (
@@ -77,7 +80,7 @@ def build_classifier(encoder: BertEncoder, label_names: list[str] | None) -> nn.
 class LabelRows(Rows):
     """Text (pair) rows with one label name each."""
 
-    spec_fields = ("display_names", "calibration", "long_text")
+    spec_fields = ("display_names", "class_weights", "decision_threshold", "calibration", "long_text")
 
     def __init__(self, pair: bool):
         self.pair = pair
@@ -97,10 +100,13 @@ class LabelRows(Rows):
             shown = list(spec.display_names.values())
             if len(set(shown)) != len(shown):
                 raise ValueError(f"display_names must show distinct names, got {shown}")
+        problems = imbalance.label_problems(spec, spec.labels) if spec.labels is not None else []
+        if problems:
+            raise ValueError("; ".join(problems))
 
     def task_settings(self, spec) -> dict:
         settings = {"display_names": spec.display_names} if spec.display_names else {}
-        return settings | turned_off(spec) | long_text_settings(spec)
+        return settings | imbalance.task_settings(spec) | turned_off(spec) | long_text_settings(spec)
 
     def arrow_features(self):
         return text_arrow_features(label=Value("string"))
@@ -133,6 +139,9 @@ class LabelRows(Rows):
             raise DataError(f"{spec.name}: metrics {binary} (spec field `metrics`) score the positive class of a binary "
                             f"task, but the data has {len(label_names)} labels, {expected_one_of(label_names)}; use "
                             "f1_macro (or f1_micro, f1_weighted)")
+        if problems := imbalance.label_problems(spec, label_names):
+            raise DataError(f"{origins['train']}: {'; '.join(problems)} (the labels seen in the data; spec `labels` "
+                            "unset)")
         seen = Counter(row["label"] for row in splits["train"])
         return [f"{origins['train']}: label {name!r} never occurs in the training split; the model cannot learn it"
                 for name in label_names if not seen[name]]
@@ -158,7 +167,7 @@ class LabelPredictions(Predictions):
             row_logits = scaled(row_logits, settings)  # the fitted temperature: same argmax, truer scores
             probs = np.exp(row_logits - row_logits.max())
             probs /= probs.sum()
-            best = int(probs.argmax())
+            best = imbalance.decide(probs, label_names, settings)
             predictions.append({
                 "label": label_names[best],
                 "label_name": display.get(label_names[best], label_names[best]),
@@ -178,6 +187,18 @@ class LabelPredictions(Predictions):
         """(logits (N, C), gold label indices (N,)) of labelled rows."""
         return (np.stack(logits_by_row(logits, features, len(rows), window_pooling(settings))),
                 np.array([label_index(row, label_names) for row in as_rows(rows)]))
+    def tune(self, predictions, rows, settings) -> dict:
+        """``decision_threshold: tune``: the cut-off on the positive class's probability with the best primary metric
+        on these rows (``imbalance.best_threshold``); nothing to learn otherwise."""
+        if settings.get("decision_threshold") != imbalance.TUNE:
+            return {}
+        label_names = list(predictions[0]["probabilities"])
+        if len(label_names) != 2:
+            raise ValueError(f"decision_threshold 'tune' needs exactly two labels, got {label_names}")
+        p1 = np.array([p["probabilities"][label_names[1]] for p in predictions])
+        gold = np.array([label_index(row, label_names) for row in as_rows(rows)])
+        metric = METRICS[settings["decision_threshold_tuned_for"]]
+        return {"decision_threshold": imbalance.best_threshold(p1, gold, metric)}
 
     def compute_metrics(self, predictions, rows, metric_names, label_names=None, settings=None) -> dict[str, float]:
         """Metrics on label indices. Without ``label_names``, their order is read from the
@@ -216,6 +237,10 @@ class LabelPredictions(Predictions):
         return ([spec.display_name(r["label"]) for r in rows], [spec.display_name(p["label"]) for p in predictions],
                 [spec.display_name(n) for n in label_names])
 
+    def card_lines(self, label_names, settings, report) -> list[str]:
+        """The class weights training used and the decision threshold the model applies (``imbalance.py``)."""
+        return imbalance.card_lines(label_names, settings, "each label's rows in the cross-entropy")
+
     def input_limit(self, spec, max_seq_length, label_names) -> str:
         return (f"{truncation_note(max_seq_length, spec.long_text)}; it always answers one of its {len(label_names or [])} labels, "
                 "even for out-of-domain input")
@@ -224,7 +249,7 @@ class LabelPredictions(Predictions):
 def classification(name: str, pair: bool) -> Family:
     """Classification of one text (``pair=False``) or a text pair."""
     return Family(name, rows=LabelRows(pair), features=TextFeatures(target=label_index),
-                  build_model=build_classifier, predictions=LabelPredictions(name))
+                  build_model=build_classifier, predictions=LabelPredictions(name), weigh_loss=imbalance.weigh_classes)
 
 
 SINGLE_CLASSIFICATION = classification("single_classification", pair=False)

@@ -12,8 +12,9 @@ field, what was expected): an empty label between separators, an indicator cell 
 the label set (with ``labels`` inferred from train: a label the training split lacks, bert_core/validation.py).
 
 Head: the ``[CLS]`` head (``cls_head.py``) with one output per label, each trained with binary cross-entropy on its
-logit (``BCEWithLogits``); spec ``pos_weight: true`` weighs each label's positive rows by its negatives / positives
-in the training split. Features: ``text_encoding.py``'s; the target is the row's multi-hot vector (L floats, stacked
+logit (``BCEWithLogits``); spec ``pos_weight: true`` (or ``class_weights: balanced``) weighs each label's positive
+rows by its negatives / positives in the training split, spec ``class_weights: {label: weight}`` by those weights
+(``imbalance.py``). Features: ``text_encoding.py``'s; the target is the row's multi-hot vector (L floats, stacked
 to (B, L) by ``collate``).
 
 Predictions: ``{"labels": [...], "probabilities": {label: p}}``, p the sigmoid of the label's logit divided by the
@@ -62,6 +63,7 @@ from torch import nn
 
 from bert_core import metrics
 from bert_core.calibration import fit_and_measure, measure, scaled, turned_off
+from bert_core.families import imbalance
 from bert_core.families.base import Family, Predictions, Rows, as_rows
 from bert_core.families.cls_head import SequenceClassifier
 from bert_core.families.text_encoding import (
@@ -188,7 +190,7 @@ def read_indicators(cells: dict) -> tuple[list[str] | None, str | None]:
 class LabelSetRows(Rows):
     """Text (pair) rows with a set of label names each, possibly empty."""
 
-    spec_fields = ("label_separator", "label_columns", "thresholds", "pos_weight", "calibration", "long_text")
+    spec_fields = ("label_separator", "label_columns", "thresholds", "pos_weight", "class_weights", "calibration", "long_text")
 
     def __init__(self, pair: bool):
         self.pair = pair
@@ -205,6 +207,12 @@ class LabelSetRows(Rows):
         if spec.labels is not None and len(spec.labels) < 2:
             raise ValueError(f"labels {spec.labels}: multi-label classification needs at least two labels")
         check_long_text(spec, self.pair)
+        if spec.pos_weight and spec.class_weights is not None:
+            raise ValueError("pos_weight and class_weights both weigh each label's positive rows; keep one "
+                             "(class_weights: balanced is pos_weight: true)")
+        problems = imbalance.label_problems(spec, spec.labels) if spec.labels is not None else []
+        if problems:
+            raise ValueError("; ".join(problems))
 
     def _check_label_columns(self, spec) -> None:
         columns = spec.label_columns
@@ -227,7 +235,8 @@ class LabelSetRows(Rows):
             raise ValueError(f"labels {spec.labels} and label_columns {columns} must name the same labels")
 
     def task_settings(self, spec) -> dict:
-        settings = {key: value for key, value in (("thresholds", spec.thresholds), ("pos_weight", spec.pos_weight)) if value}
+        settings = {key: value for key, value in (("thresholds", spec.thresholds), ("pos_weight", spec.pos_weight),
+                                                  ("class_weights", spec.class_weights)) if value}
         return settings | turned_off(spec) | long_text_settings(spec)
 
     def source_columns(self, spec) -> dict[str, str]:
@@ -271,6 +280,9 @@ class LabelSetRows(Rows):
         if len(label_names) < 2:
             raise DataError(f"{origins['train']}: the training split holds only the label(s) {label_names}; multi-label "
                             "classification needs at least two (list them in the spec's `labels`)")
+        if problems := imbalance.label_problems(spec, label_names):
+            raise DataError(f"{origins['train']}: {'; '.join(problems)} (the labels seen in the data; spec `labels` "
+                            "unset)")
         warnings = []
         for split, rows in splits.items():
             counts = Counter(name for row in rows for name in row["labels"])
@@ -324,15 +336,21 @@ def build_multi_label(encoder: BertEncoder, label_names: list[str] | None) -> nn
     return SequenceClassifier(encoder, len(label_names), BinaryCrossEntropy())
 
 
-def weigh_positives(model: nn.Module, train_features: list[dict], settings: dict) -> None:
-    """Spec ``pos_weight: true``: each label's positives weigh its negatives / positives among the training rows
-    (1 for a label never on)."""
-    if not settings.get("pos_weight"):
-        return
+def weigh_positives(model: nn.Module, train_features: list[dict], settings: dict,
+                    label_names: list[str] | None = None) -> dict:
+    """Spec ``pos_weight: true`` or ``class_weights: balanced``: each label's positives weigh its negatives / positives
+    among the training rows (1 for a label never on); ``class_weights: {label: weight}``: those weights (1 for a label
+    not named). Returns ``{"class_weights": {label: pos weight}}`` for the model's meta ({} when unweighted)."""
+    setting = settings.get("class_weights") or (imbalance.BALANCED if settings.get("pos_weight") else None)
+    if setting is None:
+        return {}
     targets = np.array([f["labels"] for f in train_features], dtype=np.float64)  # (N, L)
     positives = targets.sum(axis=0)
-    weight = np.where(positives > 0, (len(targets) - positives) / np.maximum(positives, 1), 1.0)
+    balanced = np.where(positives > 0, (len(targets) - positives) / np.maximum(positives, 1), 1.0)
+    label_names = label_names or [str(j) for j in range(targets.shape[1])]
+    weight = imbalance.weight_vector(setting, label_names, balanced)
     model.loss = BinaryCrossEntropy(torch.tensor(weight, dtype=torch.float32))
+    return {"class_weights": {name: float(w) for name, w in zip(label_names, weight, strict=True)}}
 
 
 # ---- predictions ----------------------------------------------------------------------------------------
@@ -417,8 +435,8 @@ class LabelSetPredictions(Predictions):
 
     def card_lines(self, label_names, settings, report) -> list[str]:
         """The thresholds the model applies (saved ``label_thresholds``, else the default) beside each label's dev
-        precision, recall, F1 and support (``report``: ``per_class_report`` of the eval split), and what an
-        empty answer means."""
+        precision, recall, F1 and support (``report``: ``per_class_report`` of the eval split), what an empty answer
+        means, and the positive weights training used (``class_weights``), if any."""
         thresholds = thresholds_of(label_names, settings)
         if not settings.get("label_thresholds"):
             how = f"No thresholds were tuned: every label uses {DEFAULT_THRESHOLD:g}."
@@ -441,7 +459,9 @@ class LabelSetPredictions(Predictions):
             scores = (f"{row['precision']:.4f} | {row['recall']:.4f} | {row['f1-score']:.4f} | {int(row['support'])}"
                       if row else "- | - | - | -")
             lines.append(f"| `{name}` | {threshold:g} | {scores} |")
-        return [*lines, ""]
+        weights = imbalance.card_lines(label_names, settings, "each label's positive rows in the binary cross-entropy "
+                                       "(`pos_weight`)")
+        return [*lines, "", *weights]
 
     def input_limit(self, spec, max_seq_length, label_names) -> str:
         return (f"{truncation_note(max_seq_length, spec.long_text)}; it answers any of its {len(label_names or [])} "

@@ -16,6 +16,7 @@ from bert_core.loading import load_task_data
 from bert_core.spec import TaskSpec, load_spec
 from bert_core.training import distributed
 from bert_core.training.config import TrainConfig
+from bert_core.training.features import effective_spec
 from bert_core.training.recipe import FitResult, fit
 
 
@@ -23,8 +24,9 @@ def fit_task(spec: TaskSpec | str, cfg: TrainConfig, output_dir: str | Path, *, 
              callbacks=(), cache_dir=None) -> FitResult:
     """load data -> fit, for one task spec (a built-in name, a YAML path or a TaskSpec)."""
     spec = spec if isinstance(spec, TaskSpec) else load_spec(spec)
-    data = load_task_data(spec, data_dir)
     cfg = cfg.with_defaults(spec.defaults)
+    spec = effective_spec(spec, cfg)  # the config's class weights and threshold, checked before the data loads
+    data = load_task_data(spec, data_dir)
     return fit(spec, cfg, output_dir, data.splits["train"].to_list(), data.splits["eval"].to_list(), data.label_names,
                pretrained=pretrained, data_fingerprint=data.fingerprint, callbacks=callbacks, cache_dir=cache_dir,
                extra_meta={"data_fingerprint": data.fingerprint})

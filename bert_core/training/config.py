@@ -3,10 +3,12 @@ UI form, the CLI and the code agree on names, defaults and bounds."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from bert_core.families.imbalance import read_class_weights, read_decision_threshold
 
 
 class TrainConfig(BaseModel):
@@ -48,6 +50,24 @@ class TrainConfig(BaseModel):
         None, ge=1, description="torch intra-op threads; None = $OMP_NUM_THREADS if set, else the cores free when "
         "training starts (a busy core slows every thread of a step).")
     progress_bar: bool = Field(True, description="Show a tqdm progress bar (rank 0 only).")
+    # Task choices a sweep may search; set, they replace the task spec's field of the same name.
+    class_weights: Literal["balanced"] | dict[str, float] | None = Field(
+        None, description="Weigh each label in the training loss (classification; multi-label: its positive rows): "
+        "'balanced' (inverse frequency) or {label: weight}, on the command line balanced or JSON such as "
+        "'{\"1\": 5}'; None = the task spec's class_weights.")
+    decision_threshold: float | Literal["tune"] | None = Field(
+        None, description="Binary classification: answer the second label when its probability is at least this, "
+        "in (0, 1), or 'tune' it on the eval split for the primary metric; None = the task spec's (default 0.5).")
+
+    @field_validator("class_weights", mode="before")
+    @classmethod
+    def _class_weights_read(cls, value: Any) -> Any:
+        return read_class_weights(value)
+
+    @field_validator("decision_threshold", mode="before")
+    @classmethod
+    def _decision_threshold_read(cls, value: Any) -> Any:
+        return read_decision_threshold(value)
 
     @model_validator(mode="after")
     def _accumulation_divides_batch(self) -> TrainConfig:

@@ -6,15 +6,20 @@ from __future__ import annotations
 from bert_core.checkpoint import OFFLINE_DEFAULT
 from bert_core.families import Family, get_family
 from bert_core.feature_cache import cached_features
-from bert_core.spec import TaskSpec
+from bert_core.spec import TaskSpec, replaced
 from bert_core.training.config import TrainConfig
 
 # The task settings a fine-tuned model keeps in its meta (save_finetuned), so predicting and scoring with it
-# later work as they did in training; some are learnt on the eval split (``Predictions.tune``'s thresholds,
-# ``Predictions.calibrate``'s temperature), not read from the spec; ``long_text`` (the spec's, a dict) makes
-# predicting read long texts in the windows training read.
+# later work as they did in training. Some are learnt on the eval split, not read from the spec: ``Predictions.tune``'s
+# thresholds, ``Predictions.calibrate``'s temperature. ``long_text`` (the spec's, a dict) makes predicting read long
+# texts in the windows training read. ``class_weights`` (what the loss used, ``Family.weigh_loss``) and
+# ``decision_threshold_tuned_for`` are kept for the model card; ``decision_threshold`` is applied
+# (bert_core/families/imbalance.py).
 TASK_SETTINGS = ("max_seq_length", "doc_stride", "max_answer_length", "tag_scheme", "display_names",
-                 "no_answer_threshold", "label_thresholds", "temperature", "long_text")
+                 "no_answer_threshold", "label_thresholds", "class_weights", "decision_threshold_tuned_for",
+                 "decision_threshold", "temperature", "long_text")
+# TrainConfig fields that, when set, replace the task spec's field of the same name (so a sweep can search them).
+SPEC_CHOICES = ("class_weights", "decision_threshold")
 
 
 def spec_columns(spec: TaskSpec) -> dict[str, list[str]]:
@@ -29,8 +34,22 @@ def spec_columns(spec: TaskSpec) -> dict[str, list[str]]:
     return {field: names for field, names in found.items() if names}
 
 
+def effective_spec(spec: TaskSpec, cfg: TrainConfig) -> TaskSpec:
+    """``spec`` with the ``SPEC_CHOICES`` the training config sets in place of its own (the config wins), checked as
+    the spec's own fields are (SpecError naming the field); ``spec`` itself when the config sets none. Class weights
+    replace multi-label's ``pos_weight`` too (both weigh its positive rows)."""
+    chosen = {name: getattr(cfg, name) for name in SPEC_CHOICES if getattr(cfg, name) is not None}
+    where = f"task spec {spec.name!r} with the training config's {', '.join(chosen)}"
+    if "class_weights" in chosen:
+        chosen["pos_weight"] = False
+    if all(getattr(spec, name) == value for name, value in chosen.items()):
+        return spec
+    return replaced(spec, chosen, where)
+
+
 def feature_settings(spec: TaskSpec, cfg: TrainConfig) -> dict:
     """What the feature builders, postprocessing and metrics need from the spec and the config."""
+    spec = effective_spec(spec, cfg)
     return {"max_seq_length": cfg.max_seq_length or spec.max_seq_length, **get_family(spec.family).rows.task_settings(spec)}
 
 

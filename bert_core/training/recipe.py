@@ -195,7 +195,7 @@ def setup(spec: TaskSpec, cfg: TrainConfig, output_dir: Path, train_rows: list[d
     eval_features, eval_hit = build_split_features(family, tokenizer, eval_rows, label_names, settings, rows,
                                                    "eval", cache_dir, cached)
     model = family.build_model(encoder, label_names).to(d.device).train()
-    family.weigh_loss(model, train_features, settings)
+    weighed = family.weigh_loss(model, train_features, settings, label_names)  # e.g. the class weights used
     steps_per_epoch = math.ceil(len(train_features) / cfg.batch_size)
     if d.world_size > 1:  # every rank must get a share of every micro-batch: drop the ragged tail
         steps_per_epoch = len(train_features) // cfg.batch_size
@@ -212,7 +212,7 @@ def setup(spec: TaskSpec, cfg: TrainConfig, output_dir: Path, train_rows: list[d
                        **family.features.stats(train_features + eval_features)},
         steps_per_epoch=steps_per_epoch, total_steps=total_steps, warmup_steps=int(cfg.warmup_ratio * total_steps),
         eval_every=cfg.eval_every or steps_per_epoch, output_dir=output_dir,
-        meta={"family": spec.family, "task": spec.name, "label_names": label_names, **settings,
+        meta={"family": spec.family, "task": spec.name, "label_names": label_names, **settings, **weighed,
               "primary_metric": spec.primary_metric, "metrics": list(spec.metrics),
               "spec_columns": spec_columns(spec), **(extra_meta or {})})
 

@@ -10,7 +10,8 @@ stay out of the model, so the model's defaults apply (and TrainConfig's unset fi
 From a field's type: `bool` -> a flag (`--no-<name>` when the default is True; both forms for TrainConfig,
 whose unset fields are the spec's), `Literal` -> choices, `int` / `float` / `str` (`X | None` alike), `dict`
 -> a repeated KEY=VALUE option, a `list` positional -> any number of values, a pydantic model -> its own options
-(`nested`). What the type cannot say
+(`nested`), a union holding a `Literal` or `str` (`float | Literal["tune"]`, `Literal["balanced"] | dict`) -> its
+text as given, which the model reads (`0.3` or `tune`; `balanced` or JSON). What the type cannot say
 (another flag name, how a dict's values are written) is a `Form`.
 """
 
@@ -158,8 +159,8 @@ def _kind(annotation) -> Any:
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         if len(args) == 1:
             return _kind(args[0])
-        if all(a is str or typing.get_origin(a) is typing.Literal for a in args):  # e.g. BuiltinTask | str
-            return str
+        if any(a is str or typing.get_origin(a) is typing.Literal for a in args):  # e.g. BuiltinTask | str,
+            return str  # float | Literal["tune"]: the model reads the text (its field validator, or pydantic's)
     if origin in (dict, list) or annotation in (int, float, bool, str):
         return origin or annotation
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
@@ -194,9 +195,11 @@ def space_option(text: str) -> tuple[str, object]:
 
 
 def scalar(text: str):
-    """'16' -> 16, '2e-5' -> 2e-05, 'true' -> True, else the text."""
+    """'16' -> 16, '2e-5' -> 2e-05, 'true' -> True, 'null' -> None (the task spec's value), else the text."""
     if text.lower() in ("true", "false"):
         return text.lower() == "true"
+    if text.lower() in ("null", "none"):
+        return None
     for kind in (int, float):
         try:
             return kind(text)

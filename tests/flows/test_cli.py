@@ -110,7 +110,12 @@ def test_each_option_has_its_fields_help_choices_and_default(command):
         assert field.description in action.help.replace("%%", "%"), option
         assert action.default is None, f"{option}: not given must mean the model's default"
         annotation = field.annotation
-        literal = [a for a in (annotation, *typing.get_args(annotation)) if typing.get_origin(a) is typing.Literal]
+        members = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
+        if typing.get_origin(annotation) is typing.Literal:
+            members = [annotation]
+        # A Literal (or Literal | None) gives the choices; a Literal beside other types (float | Literal["tune"],
+        # Literal["balanced"] | dict) is text the model reads, with no choices.
+        literal = [a for a in members if typing.get_origin(a) is typing.Literal] if len(members) == 1 else []
         assert (tuple(action.choices) if action.choices else None) == (typing.get_args(literal[0]) if literal else None)
         if field.default is not None and not isinstance(field.default, bool) and not action.required:
             assert f"Default: {field.default}" in action.help, option
@@ -148,6 +153,36 @@ def test_options_given_reach_their_fields(tmp_path):
     args = parser().parse_args(["score", "m", str(tmp_path / "x.csv"), "--column", "text=a", "--column", "text=b"])
     with pytest.raises(ValueError, match="--column names 'text' twice"):
         score_command.params(args)
+
+
+def test_class_weights_and_the_decision_threshold_are_text_the_training_config_reads(capsys):
+    args = parser().parse_args(["run", "mrpc", "--class-weights", "balanced", "--decision-threshold", "tune"])
+    training = run_command.params(args).training
+    assert (training.class_weights, training.decision_threshold) == ("balanced", "tune")
+    args = parser().parse_args(["sweep", "mrpc", "--class-weights", '{"1": 5}', "--decision-threshold", "0.3",
+                                "--space", "seed=1,2"])
+    training = sweep_command.params(args).base.training
+    assert (training.class_weights, training.decision_threshold) == ({"1": 5.0}, 0.3)
+    assert run_command.params(parser().parse_args(["run", "mrpc"])).training.class_weights is None, "unset: the spec's"
+    for option, value in (("--class-weights", "heavy"), ("--class-weights", '{"1": -5}'),
+                          ("--decision-threshold", "1.5"), ("--decision-threshold", "high")):
+        with pytest.raises(ValueError, match=option[2:].replace("-", "_")):
+            run_command.params(parser().parse_args(["run", "mrpc", option, value]))
+    assert main(["check", "mrpc", "--decision-threshold", "0"]) == 1
+    assert "decision_threshold" in capsys.readouterr().err
+
+
+def test_the_prefect_form_takes_class_weights_and_the_decision_threshold():
+    from prefect.utilities.callables import parameter_schema
+    from prefect.utilities.schema_tools.validation import validate
+
+    from flows.finetune import finetune
+
+    schema = parameter_schema(finetune).model_dump()
+    for training in ({"class_weights": "balanced", "decision_threshold": "tune"},
+                     {"class_weights": {"1": 5}, "decision_threshold": 0.3}, {"class_weights": None}):
+        assert validate({"params": {"task": "mrpc", "training": training}}, schema) == [], training
+    assert validate({"params": {"task": "mrpc", "training": {"decision_threshold": "high"}}}, schema)
 
 
 def test_the_suites_tasks_are_a_list_positional_and_none_given_means_the_default_set():

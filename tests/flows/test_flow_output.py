@@ -87,3 +87,32 @@ def test_the_registered_version_carries_its_model_card(toy):
     low, high = summary["interval"]
     assert f"[{low:.4f}, {high:.4f}]" in card and low <= summary["score"] <= high
     assert "one version per fine-tune" in client.get_registered_model(summary["model_name"]).description
+
+
+def test_class_weights_and_a_tuned_threshold_reach_the_params_the_card_and_the_served_model(toy):
+    """The training config's class_weights and decision_threshold through the whole flow: the run's params say the
+    weights used and the threshold applied, the card says why, and the registered model answers by it."""
+    import mlflow
+    import pandas as pd
+
+    from tests.bert_core.test_training import toy_rows
+
+    training = TrainConfig(**TRAINING.model_dump(exclude_unset=True), class_weights="balanced",
+                           decision_threshold="tune")
+    state = finetune(FinetuneParams(task=str(toy["spec"]), data_dir=str(toy["data"]), pretrained=str(toy["tiny"]),
+                                    training=training), return_state=True)
+    assert state.is_completed(), state.result(raise_on_failure=False)
+    summary = state.result()
+    params = MlflowClient().get_run(summary["mlflow_run_id"]).data.params
+    labels = [r["label"] for r in toy_rows(64, 1)]  # the toy task's training rows
+    weights = {name: 64 / (2 * labels.count(name)) for name in ("neg", "pos")}
+    assert json.loads(params["class_weights"]) == pytest.approx(weights) and " " not in params["class_weights"]
+    threshold = float(params["decision_threshold"])
+    assert 0 < threshold < 1 and params["decision_threshold_tuned_for"] == "accuracy"
+    card = MlflowClient().get_model_version(summary["model_name"], summary["model_version"]).description
+    assert "## Class weights and decision threshold" in card and f"at least {threshold:g}" in card
+    assert "best `accuracy`" in card
+    served = mlflow.pyfunc.load_model(summary["model_uri"]).predict(
+        pd.DataFrame({"text": [r["text_a"] for r in toy_rows(32, 2)]}))
+    p1 = [s if v == "pos" else 1 - s for v, s in zip(served["label_value"], served["score"], strict=True)]
+    assert list(served["label_value"]) == ["pos" if p >= threshold else "neg" for p in p1]

@@ -4,6 +4,7 @@ first trial fails, a TPE sweep with two trials at once), plus the CLI's `--space
 
 from __future__ import annotations
 
+import json
 import math
 import time
 
@@ -129,6 +130,26 @@ def test_the_cli_reads_lists_and_ranges_and_names_a_bad_space(capsys):
     assert "expected FIELD=V1,V2" in capsys.readouterr().err
     assert main(["sweep", "sst2", "--space", "learning_rate=1e-5:1e-4"]) == 1  # a range needs tpe
     assert "a range, which a grid cannot enumerate" in capsys.readouterr().err
+
+
+def test_class_weights_and_the_decision_threshold_are_searchable():
+    from flows.cli.options import space_option
+
+    space = {"class_weights": ["balanced", None, '{"1": 5}'], "decision_threshold": [0.5, "tune"]}
+    assert {"class_weights", "decision_threshold"} <= set(sweep_study.SEARCHABLE)
+    sweep_study.check_space(space, "grid", TrainConfig())
+    assert SweepParams(base=FinetuneParams(task="mrpc"), space=space).space == space, "null stays null"
+    for bad, message in (({"decision_threshold": [0.5, 1.5]}, "value 1.5 is not a valid decision_threshold"),
+                         ({"class_weights": ["balanced", "heavy"]}, "value 'heavy' is not a valid class_weights")):
+        with pytest.raises(ValueError, match=message):
+            sweep_study.check_space(bad, "grid", TrainConfig())
+    assert space_option("class_weights=balanced,null") == ("class_weights", ["balanced", None])
+    assert space_option("decision_threshold=0.5,tune") == ("decision_threshold", [0.5, "tune"])
+    study = optuna.create_study()
+    sweep_study.enqueue_grid(study, space, seed=0)
+    configs = [TrainConfig(**sweep_study.suggest(study.ask(), space)) for _ in range(6)]
+    assert {(json.dumps(c.class_weights), c.decision_threshold) for c in configs} == {
+        (json.dumps(w), t) for w in ("balanced", None, {"1": 5.0}) for t in (0.5, "tune")}, "each point a trial's config"
 
 
 # ---- the flow, on a tiny model ------------------------------------------------------------------------------
