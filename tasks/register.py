@@ -1,13 +1,13 @@
 """The model's last two steps, as two tasks:
 
 - `log_trained_model`: the best checkpoint logged as an MLflow pyfunc in its run, with the body of its model
-  card and the run tags `logged_model_uri` and `dev_rows` (tracking.registration). Every fine-tune does this,
-  a sweep's trials too.
+  card and the run tags `logged_model_uri` and `dev_rows` (tracking.registration), and `parent_head` for a model
+  started from another (tracking.parent_model). Every fine-tune does this, a sweep's trials too.
 - `register`: that logged model registered as a new version of `bert-<task>` and given `champion` or
   `challenger` (tracking.registry); the decision goes to the run's tags and to the version's model card
-  (tracking.registration), and to two Prefect artifacts, a metrics table and a markdown summary of the
-  decision. A fine-tune registers its own model; a sweep registers only its best trial's, from that trial's
-  run (`register_logged_run`).
+  (tracking.registration) and to two Prefect artifacts, a metrics table and a markdown summary of the
+  decision; the run's lineage tags (`parent_model`, ...) go to the version. A fine-tune registers its own
+  model; a sweep registers only its best trial's, from that trial's run (`register_logged_run`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from bert_core.checkpoint import OFFLINE_DEFAULT, checkpoint_language
+from bert_core.checkpoint import OFFLINE_DEFAULT, checkpoint_language, read_finetuned_meta
 from bert_core.families import get_family
 from bert_core.spec import TaskSpec
 from bert_core.training import TrainConfig
@@ -27,6 +27,7 @@ from tasks.evaluate import Evaluation
 from tasks.train import Trained, artifact_key
 from tracking.model_card import card_body, model_card, task_description
 from tracking.packaging import EXAMPLE_ROWS, log_model, rows_to_frame
+from tracking.parent_model import PretrainedSource, copy_lineage_to_version
 from tracking.registration import (
     LoggedModel,
     logged_model_of_run,
@@ -54,14 +55,20 @@ class Registered:
 
 @task(cache_policy=NO_CACHE)
 def log_trained_model(spec: TaskSpec, cfg: TrainConfig, data: DataInfo, trained: Trained, evaluation: Evaluation,
-                      run: TrackedRun, dev_rows: str, pretrained: str | None = None) -> LoggedModel:
+                      run: TrackedRun, dev_rows: str, pretrained: PretrainedSource | str | None = None) -> LoggedModel:
     """Log the best checkpoint in `run` (the active MLflow run); returns its URI and the model card's body.
-    `dev_rows` names the dev rows the score comes from (tracking.registry compares it)."""
+    `dev_rows` names the dev rows the score comes from (tracking.registry compares it). `pretrained`: what the
+    fine-tune started from (a checkpoint folder or hub id, or a resolved registered model)."""
+    if not isinstance(pretrained, PretrainedSource):
+        pretrained = PretrainedSource(pretrained, pretrained, pretrained or OFFLINE_DEFAULT)
     example_rows = load_split(data, "eval", EXAMPLE_ROWS)
     info = log_model(trained.model_dir, spec.family, example_rows)
     body = card_body(spec, cfg, data, dataclasses.asdict(trained), dataclasses.asdict(evaluation),
-                     rows_to_frame(spec.family, example_rows), pretrained or OFFLINE_DEFAULT,
-                     checkpoint_language(pretrained), run.run_id)
+                     rows_to_frame(spec.family, example_rows), pretrained.given or OFFLINE_DEFAULT,
+                     checkpoint_language(pretrained.path), run.run_id,
+                     parent=pretrained.parent.uri if pretrained.parent else None)
+    if started_from := read_finetuned_meta(trained.model_dir).get("parent"):
+        run.set_tag("parent_head", started_from["head"])
     return record_logged_model(run.run_id, info.model_uri, body, dev_rows)
 
 
@@ -79,6 +86,7 @@ def register(spec: TaskSpec, run: TrackedRun, logged: LoggedModel, eval_scores: 
                                 dev_rows, policy=policy, confidence=confidence, family=spec.family,
                                 label_names=label_names, settings=get_family(spec.family).rows.task_settings(spec))
     with retracted_on_failure(name, decision.version):  # the run fails: so does its version
+        copy_lineage_to_version(run.run_id, name, decision.version)
         card = model_card(logged.card_body, name, decision.version, decision.alias, decision.reason,
                           spec.description or spec.name)
         record_decision(run.run_id, decision, card, task_description(spec, policy))

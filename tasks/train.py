@@ -93,12 +93,14 @@ class ProgressArtifact:
 @task(retries=1, retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
 def train_model(spec: TaskSpec, cfg: TrainConfig, data: DataInfo, run_dir: str, run: TrackedRun,
                 pretrained: str | None = None, cache_dir: str | None = None, trial: SweepTrial | None = None,
-                identity: FinetuneIdentity | None = None) -> Trained:
+                identity: FinetuneIdentity | None = None, pretrained_name: str | None = None) -> Trained:
     """Fine-tune on the saved train split, select on the eval split; returns paths and numbers only.
 
     `cfg` must already hold the spec's defaults. `run`: the MLflow run receiving the metrics. `trial`: the
     sweep trial this fine-tune is, whose pruner may stop it (`pruned_at` in the result: that evaluation).
     `identity`: the run folder's (data root and code version included), recorded in every checkpoint.
+    `pretrained`: a checkpoint or a fine-tuned folder; `pretrained_name`: how the identity and the model's meta
+    name it when it was resolved from a registered model (tasks/pretrained.py).
     """
     train_rows = load_split(data, "train", cfg.max_train_samples)
     eval_rows = load_split(data, "eval", cfg.max_eval_samples)
@@ -108,8 +110,9 @@ def train_model(spec: TaskSpec, cfg: TrainConfig, data: DataInfo, run_dir: str, 
         result = fit(spec, cfg, Path(run_dir) / "training", train_rows, eval_rows, data.label_names,
                      pretrained=pretrained, data_fingerprint=data.fingerprint,
                      callbacks=[metrics, progress, *([reporter] if reporter else [])], cache_dir=cache_dir,
-                     identity=identity,
-                     extra_meta={"data_fingerprint": data.fingerprint, "pretrained": pretrained or OFFLINE_DEFAULT})
+                     identity=identity, pretrained_name=pretrained_name,
+                     extra_meta={"data_fingerprint": data.fingerprint,
+                                 "pretrained": pretrained_name or pretrained or OFFLINE_DEFAULT})
     finally:  # a failed or interrupted fine-tune keeps the curve up to its last step
         with contextlib.suppress(Exception):
             metrics.flush()

@@ -2,7 +2,8 @@
 
 - ``compare_versions(task)``: one row per version of ``bert-<task>``, best first: its metrics, the 95%
   bootstrap interval of the primary metric, the paired bootstrap of (version - champion) on the same dev
-  rows, and what produced it (pretrained checkpoint, key hyperparameters, data, time, throughput).
+  rows, and what produced it (pretrained checkpoint, the model it started from, key hyperparameters, data,
+  time, throughput).
 - ``interval_chart_png`` / ``comparison_markdown`` / ``display_rows``: the same rows as a chart, a
   markdown report and short text cells (for the CLI and the Prefect table).
 - ``run_comparison(task)``: all of the above, written to a run folder and logged to a new MLflow run
@@ -51,7 +52,8 @@ def compare_versions(task: str, confidence: float = 0.95, n_resamples: int = N_R
     """One dict per registered version of ``name`` (default ``bert-<task>``), ranked by the primary metric,
     best first. Keys: ``rank, version, aliases, primary_metric, score, low, high`` (the interval),
     ``vs_champion, vs_champion_low, vs_champion_high, p_better`` (paired bootstrap; None when not
-    paired), ``note``, one key per spec metric, ``pretrained``, the ``HYPERPARAMETERS``,
+    paired), ``note``, one key per spec metric, ``pretrained``, ``parent`` (the pinned URI of the model it
+    was fine-tuned from: its run's ``parent_model`` tag; None from a checkpoint), the ``HYPERPARAMETERS``,
     ``data_fingerprint, dev_rows, train_seconds, examples_per_second, run_id, created``.
     Raises LookupError when ``name`` has no versions."""
     spec = load_spec(task)
@@ -121,8 +123,8 @@ def _row(line: dict) -> dict:
 
 def _run_facts(run_id: str | None) -> dict:
     """What produced a version, read from its MLflow run; None for anything missing (e.g. a deleted run)."""
-    facts = {"pretrained": None, **dict.fromkeys(HYPERPARAMETERS), "data_fingerprint": None, "dev_rows": None,
-             "train_seconds": None, "examples_per_second": None}
+    facts = {"pretrained": None, "parent": None, **dict.fromkeys(HYPERPARAMETERS), "data_fingerprint": None,
+             "dev_rows": None, "train_seconds": None, "examples_per_second": None}
     if not run_id:
         return facts
     try:
@@ -131,7 +133,7 @@ def _run_facts(run_id: str | None) -> dict:
         return facts
     params, tags, metrics = run.data.params, run.data.tags, run.data.metrics
     facts |= {short: _param(params.get(key)) for short, key in HYPERPARAMETERS.items()}
-    facts |= {"pretrained": tags.get("pretrained") or params.get("pretrained"),
+    facts |= {"pretrained": tags.get("pretrained") or params.get("pretrained"), "parent": tags.get("parent_model"),
               "data_fingerprint": tags.get("data_fingerprint"),
               "train_seconds": metrics.get("train_seconds"), "examples_per_second": metrics.get("examples_per_second")}
     return facts
@@ -166,6 +168,7 @@ def display_rows(rows: list[dict]) -> list[dict[str, str]]:
                             f"{num(r['vs_champion_high'], sign=True)}]") if paired else "-",
             "p(better)": num(r["p_better"], 3), "note": r["note"] or "-",
             "pretrained": Path(str(r["pretrained"])).name if r["pretrained"] else "-",
+            "parent": r["parent"] or "-",
             "lr": _plain(r["learning_rate"]), "batch": _plain(r["batch_size"]), "epochs": _plain(r["epochs"]),
             "max train": _plain(r["max_train_samples"]), "dev rows": _plain(r["dev_rows"]),
             "data": (r["data_fingerprint"] or "-")[:12], "train s": num(r["train_seconds"], 1),

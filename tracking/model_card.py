@@ -43,13 +43,14 @@ def model_card(body: str, name: str, version: str, alias: str, reason: str, desc
 
 
 def card_body(spec: TaskSpec, cfg: TrainConfig, data, trained: dict, evaluation: dict, example: pd.DataFrame,
-              pretrained: str, language: str | None, run_id: str) -> str:
+              pretrained: str, language: str | None, run_id: str, parent: str | None = None) -> str:
     """Markdown for people: task, labels, data, recipe, dev metrics with intervals, the family's own section (how
     the saved settings turn scores into answers, e.g. multi-label thresholds), calls, limits.
     ``data``: the download task's DataInfo (rows per split, source, fingerprint, carve, dropped, labels);
     ``trained``: the train task's Trained as a dict (``model_dir``: the saved model, whose meta holds its
     settings); ``evaluation``: the evaluate task's Evaluation as a dict (``files["report_eval"]``: the eval
-    split's per-class report)."""
+    split's per-class report); ``parent``: the pinned URI of the model it started from, when it did (the card then
+    says which, from the model's meta: the task, and whether its head was kept)."""
     uri = MODEL_URI
     lines = ["| | |", "|---|---|",
              f"| task | `{spec.name}` ({spec.family}), primary metric `{spec.primary_metric}` |"]
@@ -59,11 +60,21 @@ def card_body(spec: TaskSpec, cfg: TrainConfig, data, trained: dict, evaluation:
         more = f", ... ({len(data.label_names)} in all)" if len(data.label_names) > 30 else ""
         lines.append(f"| {'tags' if 'tags' in get_family(spec.family).rows.fields else 'labels'} | {shown}{more} |")
     lines += [f"| pretrained | {pretrained} |", f"| MLflow run | `{run_id}` |", ""]
+    lines += _lineage(trained["model_dir"], parent or pretrained)
     lines += _data(data, cfg) + _recipe(spec, cfg, trained) + _metrics(spec, evaluation)
     lines += _family_section(spec, data.label_names, trained["model_dir"], evaluation)
     lines += _calibration(read_finetuned_meta(trained["model_dir"]), evaluation, run_id)
     lines += _calls(get_family(spec.family).rows.request, uri, example) + _limits(spec, cfg, data, language)
     return "\n".join(lines) + "\n"
+
+
+def _lineage(model_dir: str, parent: str) -> list[str]:
+    """One line for a model started from another fine-tuned model (its meta's ``parent``); none otherwise."""
+    started_from = read_finetuned_meta(model_dir).get("parent")
+    if not started_from:
+        return []
+    return [f"Fine-tuned from {parent} (task {started_from.get('task') or 'unknown'}; head {started_from['head']}).",
+            ""]
 
 
 def _data(data, cfg: TrainConfig) -> list[str]:

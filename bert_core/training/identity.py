@@ -58,7 +58,10 @@ class Change(NamedTuple):
 class FinetuneIdentity:
     task: str
     spec_sha256: str  # of the spec's content (not its path), 16 hex digits
-    pretrained: str  # a folder resolved to its absolute path, a hub id, or the offline default's name
+    # A folder resolved to its absolute path, a hub id, the offline default's name, or a registered model (or a
+    # run's) as the pipeline names it: the URI given, the version it resolved to and the logged model's id
+    # (tracking/parent_model.py), so `models:/bert-snli@champion` moving to a new version is another fine-tune.
+    pretrained: str
     recipe: dict  # TrainConfig with the spec's defaults, less RESUME_INDIFFERENT, as JSON types
     data_root: str | None  # resolved; None: no local root (the hub), or not known (fit given rows)
     drop_bad_rows: bool
@@ -123,8 +126,8 @@ class FinetuneIdentity:
 
 
 def resolve_pretrained(pretrained: str | Path | None) -> str:
-    """A folder as its absolute path (the same one from any working directory), a hub id as given, None as
-    the offline default's name."""
+    """A folder as its absolute path (the same one from any working directory), a hub id (or a registered
+    model's name, as the pipeline resolved it) as given, None as the offline default's name."""
     text = str(pretrained) if pretrained else OFFLINE_DEFAULT
     if Path(text).expanduser().is_dir():
         return str(Path(text).expanduser().resolve())

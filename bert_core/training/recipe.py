@@ -1,6 +1,7 @@
 """The fine-tuning recipe, written the way torchtune and litgpt write one: ``fit`` reads top to bottom,
 
-    setup    features (cached) -> model = pretrained encoder + family head -> AdamW -> schedule -> resume
+    setup    features (cached) -> model = pretrained encoder + family head (starting_model.py: a fine-tuned
+             model's encoder, and its head when the labels are the same) -> AdamW -> schedule -> resume
     loop     train_step (accumulated micro-batches, clipping, AdamW) per batch; at their cadence: a log
              event, an evaluation keeping the best model, a resumable checkpoint
     result   a FitResult: the best model's folder and metrics, the history, the speed
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from bert_core.checkpoint import load_pretrained, save_finetuned
+from bert_core.checkpoint import save_finetuned
 from bert_core.families import Family, get_family
 from bert_core.families.base import MODEL_INPUTS
 from bert_core.spec import TaskSpec
@@ -45,6 +46,7 @@ from bert_core.training.features import (
 from bert_core.training.identity import FinetuneIdentity
 from bert_core.training.inference import autocast, evaluate_and_tune
 from bert_core.training.optim import build_optimizer, clip_gradients, lr_at, set_lr
+from bert_core.training.starting_model import starting_model
 from bert_core.training.state import list_checkpoints, load_checkpoint, save_checkpoint
 from bert_core.training.threads import default_threads
 
@@ -135,15 +137,20 @@ class FitContext:
 def fit(spec: TaskSpec, cfg: TrainConfig, output_dir: str | Path, train_rows: list[dict], eval_rows: list[dict],
         label_names: list[str] | None, *, pretrained: str | Path | None = None, data_fingerprint: str = "",
         callbacks=(), cache_dir=None, extra_meta: dict | None = None,
-        identity: FinetuneIdentity | None = None) -> FitResult:
+        identity: FinetuneIdentity | None = None, pretrained_name: str | None = None) -> FitResult:
     """Fine-tune the pretrained encoder + the spec's family head; keep the best model in ``output_dir/best``.
 
+    ``pretrained``: a Hugging Face checkpoint (folder or hub id; None: the offline default) or a folder bertflow
+    fine-tuned, whose encoder (and head, when its labels are the task's) it starts from (``starting_model.py``).
     Started again with the same ``output_dir``, it resumes from the newest complete checkpoint in
     ``output_dir/checkpoints`` and ends as an uninterrupted run would; checkpoints of another fine-tune are
     refused. ``identity``: what this fine-tune is (``bert_core/training/identity.py``), recorded in every
     checkpoint; None: built from the arguments, as a flow builds it (a given one must agree with them).
+    ``pretrained_name``: how the identity names ``pretrained`` when it is a folder resolved from something this
+    package cannot read (a registered model: its URI, version and model id); None: the folder itself.
     """
-    identity = _checked_identity(identity, FinetuneIdentity.of(spec, cfg, pretrained, data_fingerprint=data_fingerprint))
+    built = FinetuneIdentity.of(spec, cfg, pretrained_name or pretrained, data_fingerprint=data_fingerprint)
+    identity = _checked_identity(identity, built)
     ctx = setup(spec, cfg, Path(output_dir), train_rows, eval_rows, label_names, pretrained, data_fingerprint,
                 cache_dir, extra_meta)
     callbacks = list(callbacks) if ctx.dist.is_main else []
@@ -186,15 +193,15 @@ def setup(spec: TaskSpec, cfg: TrainConfig, output_dir: Path, train_rows: list[d
         raise ValueError("embedding_update 'sparse' runs in one process only (DDP would all-reduce a dense copy); "
                          "use 'dense' with torchrun")
     seed_everything(cfg.seed)
-    encoder, tokenizer = load_pretrained(pretrained)
-    settings = feature_settings(spec, cfg)
-    check_fits_checkpoint(settings, encoder.config, pretrained)
+    start = starting_model(family, label_names, pretrained)
+    tokenizer, settings = start.tokenizer, feature_settings(spec, cfg)
+    check_fits_checkpoint(settings, start.model.bert.config, pretrained)
     rows = features_fingerprint(data_fingerprint, cfg, "train")
     train_features, train_hit = build_split_features(family, tokenizer, train_rows, label_names, settings, rows,
                                                      "train", cache_dir, cached)
     eval_features, eval_hit = build_split_features(family, tokenizer, eval_rows, label_names, settings, rows,
                                                    "eval", cache_dir, cached)
-    model = family.build_model(encoder, label_names).to(d.device).train()
+    model = start.model.to(d.device).train()
     weighed = family.weigh_loss(model, train_features, settings, label_names)  # e.g. the class weights used
     steps_per_epoch = math.ceil(len(train_features) / cfg.batch_size)
     if d.world_size > 1:  # every rank must get a share of every micro-batch: drop the ragged tail
@@ -214,7 +221,8 @@ def setup(spec: TaskSpec, cfg: TrainConfig, output_dir: Path, train_rows: list[d
         eval_every=cfg.eval_every or steps_per_epoch, output_dir=output_dir,
         meta={"family": spec.family, "task": spec.name, "label_names": label_names, **settings, **weighed,
               "primary_metric": spec.primary_metric, "metrics": list(spec.metrics),
-              "spec_columns": spec_columns(spec), **(extra_meta or {})})
+              "spec_columns": spec_columns(spec), **({"parent": start.parent} if start.parent else {}),
+              **(extra_meta or {})})
 
 
 def seed_everything(seed: int) -> None:

@@ -33,9 +33,15 @@ def handle(args: argparse.Namespace) -> int:
     from bert_core.dry_run import dry_run
     from bert_core.spec import load_spec
     from flows.check_report import report
+    from tracking.parent_model import is_model_uri, resolve_pretrained_source
+    from tracking.store import configure_tracking
 
     spec = load_spec(args.task)  # a bad spec is named first
     checked = params(args)
     cfg = checked.training.with_defaults(spec.defaults)
-    print(report(dry_run(spec, cfg, checked.data_dir, checked.pretrained, checked.drop_bad_rows)))
+    pretrained = checked.pretrained
+    if is_model_uri(pretrained):  # a registered model: its fine-tuned folder, from the default store
+        configure_tracking()
+        pretrained = resolve_pretrained_source(pretrained).path
+    print(report(dry_run(spec, cfg, checked.data_dir, pretrained, checked.drop_bad_rows)))
     return 0
