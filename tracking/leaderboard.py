@@ -17,8 +17,8 @@ import mlflow
 
 from tracking import store
 
-COLUMNS = ["task", "status", "family", "primary_metric", "score", "secondary_metrics", "train_seconds",
-           "examples_per_second", "model", "alias", "champion", "mlflow_run_id", "error"]
+COLUMNS = ["task", "family", "primary_metric", "score", "secondary_metrics", "train_seconds",
+           "examples_per_second", "model", "alias", "champion", "status", "mlflow_run_id", "error"]
 
 
 def leaderboard_row(task_name: str, summary: dict | None = None, error: str = "") -> dict:
@@ -29,14 +29,14 @@ def leaderboard_row(task_name: str, summary: dict | None = None, error: str = ""
     primary = f"eval_{summary['primary_metric']}"
     secondary = {k: v for k, v in summary["metrics"].items() if k != primary}
     return {
-        "task": summary["task"], "status": "unchanged" if summary.get("unchanged_since") else "trained",
-        "family": summary["family"], "primary_metric": summary["primary_metric"],
+        "task": summary["task"], "family": summary["family"], "primary_metric": summary["primary_metric"],
         "score": round(summary["score"], 4),
         "secondary_metrics": "; ".join(f"{k}={v:.4f}" for k, v in sorted(secondary.items())),
         "train_seconds": round(summary["train_seconds"], 1),
         "examples_per_second": round(summary["examples_per_second"], 1),
         "model": f"{summary['model_name']} v{summary['model_version']}", "alias": summary["alias"],
         "champion": "" if summary.get("unchanged_since") else "yes" if summary["champion"] else "no",
+        "status": "unchanged" if summary.get("unchanged_since") else "trained",
         "mlflow_run_id": summary["mlflow_run_id"], "error": "",
     }
 
