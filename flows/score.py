@@ -28,6 +28,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.deployments import run_deployment
+from prefect.events import emit_event
 from prefect.runtime import flow_run
 
 from flows.params import ScoreParams
@@ -75,6 +76,7 @@ def score(params: ScoreParams = ScoreParams()) -> dict:  # noqa: B008 (pydantic 
         create_table_artifact([{**{k: f[k] for k in ("input", "rows_scored", "rows_rejected", "rows_per_second",
                                                      "predictions", "mlflow_run_id")}, "drift": _drift_cell(f)}
                                for f in scored], key=artifact_key(label, "scored"), description=f"files scored by {label}")
+    announce_drift(pinned, scored)
     retrain = retrain_on_drift(params.retrain_on_drift, scored)
     if failed:
         raise RuntimeError(f"{len(failed)} of {len(found['new'])} file(s) failed ({len(scored)} scored): "
@@ -82,6 +84,16 @@ def score(params: ScoreParams = ScoreParams()) -> dict:  # noqa: B008 (pydantic 
     return {"model": pinned, "tracking_uri": tracking.mask_secrets(uri), "folder": folder, "pattern": pattern,
             "files": scored, "already_scored": found["already_scored"], "settling": found["settling"],
             "conflicts": found["conflicts"], "retrain": retrain}
+
+
+def announce_drift(pinned: dict, scored: list[dict]) -> None:
+    """The Prefect event `bertflow.score.drift` when any file drifted, one per flow run, for automations
+    (docs/scoring.md): its resource is the model (`bertflow.model.<name>`), its payload the files and items."""
+    drifted = {Path(f["input"]).name: f["drift"]["drifted"] for f in scored if (f.get("drift") or {}).get("drifted")}
+    if drifted:
+        emit_event("bertflow.score.drift", payload={"model_uri": pinned["uri"], "files": drifted},
+                   resource={"prefect.resource.id": f"bertflow.model.{pinned['name'] or pinned['label']}",
+                             "prefect.resource.name": pinned["label"]})
 
 
 def retrain_on_drift(deployment: str | None, scored: list[dict]) -> dict | None:

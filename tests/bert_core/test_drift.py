@@ -74,3 +74,34 @@ def test_what_a_model_answered_comes_from_its_response_columns():
     assert answered([{"tags": ["O", "B-PER"]}])[0:2] == ("predicted_tag", ["O", "B-PER"])
     assert answered([{"answer": "", "score": 1.0}, {"answer": "in paris", "score": 2.0}])[1] == ["no answer", "2"]
     assert answered([{"score": 3.5}]) == ("predicted_score", [3.5], True)
+
+
+WHAT_IT_ANSWERED = {"single_classification": "predicted_label", "pair_classification": "predicted_label",
+                    "pair_regression": "predicted_score", "token_tagging": "predicted_tag",
+                    "extractive_qa": "answer_length"}
+
+
+@pytest.mark.parametrize("family", list(WHAT_IT_ANSWERED))
+def test_every_familys_dev_profile_is_written_and_compares_to_itself_as_zero(family, tmp_path):
+    """What tasks/evaluate.py does for each family: its rows and people-ready predictions -> the model folder's
+    profile; the same rows answered the same way again are no drift."""
+    from bert_core import BertConfig, BertEncoder, save_finetuned
+    from bert_core.drift import PROFILE_FILE, profile_model_dir, read_profile
+    from bert_core.predict import Predictor
+    from tests.tiny_models import TINY
+    from tests.tracking.test_pyfunc import EXAMPLE_ROWS, LABELS
+
+    (tmp_path / "vocab.txt").write_text("\n".join(VOCAB) + "\n", encoding="utf-8")
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    model = get_family(family).build_model(BertEncoder(BertConfig(**TINY)), LABELS[family]).eval()
+    meta = {"family": family, "label_names": LABELS[family], "task": "demo", "max_seq_length": 128,
+            "doc_stride": 32, "max_answer_length": 10}
+    folder = save_finetuned(model, BertTokenizer.from_vocab(tmp_path / "vocab.txt"), tmp_path / "m", meta)
+    rows = EXAMPLE_ROWS[family] * 3
+    profile_model_dir(folder, rows, Predictor(folder).predict(rows))
+    profile = read_profile(folder)
+    assert (folder / PROFILE_FILE).is_file() and profile["rows"] == 3
+    assert WHAT_IT_ANSWERED[family] in profile["items"]
+    assert ("top_score" in profile["items"]) == (family not in ("pair_regression", "token_tagging"))
+    assert set(compare_profiles(profile, profile).values()) == {0.0}

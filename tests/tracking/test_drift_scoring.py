@@ -111,11 +111,16 @@ def test_retrain_on_drift_starts_the_deployment_it_names_only_on_drift(models, t
         id, name = "0000", "brave-fox"
 
     monkeypatch.setattr(score_flow, "run_deployment", lambda name, **kw: started.append((name, kw)) or FlowRun())
+    events = []
+    monkeypatch.setattr(score_flow, "emit_event", lambda event, **kw: events.append((event, kw)))
     scored_run(tmp_path, "calm", models[:100], retrain_on_drift="bertflow-finetune/sst2")
-    assert started == []
+    assert started == [] and events == []
     result, _, _ = scored_run(tmp_path, "drifting", texts(5, 100, PLAIN, 40, 80), retrain_on_drift="bertflow-finetune/sst2")
     assert [name for name, _ in started] == ["bertflow-finetune/sst2"] and started[0][1]["timeout"] == 0
     assert result["retrain"]["files"] == ["drifting.csv"]
+    assert [event for event, _ in events] == ["bertflow.score.drift"]
+    assert events[0][1]["resource"]["prefect.resource.id"] == "bertflow.model.bert-drift"
+    assert set(events[0][1]["payload"]["files"]["drifting.csv"]) >= {"token_length", "cut_share"}
     assert "retrain on drift: started bertflow-finetune/sst2 (flow run brave-fox, 0000)" in summary_text(result)
 
 
