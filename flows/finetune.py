@@ -5,7 +5,14 @@ deployment picked up by a worker (prefect.yaml). Everything a run produces sits 
 `<run_root>/<task>/<run name>` (flows/run_folder.py: a new run with the parameters of an interrupted one takes
 its folder over and resumes) and in its MLflow run (tracking/run.py); a failed run ends FAILED in MLflow with
 the error as the `error` tag and `error.txt`, records `failed` and the error in its folder's `run.json`, and
-registers no model version. Errors of the input (spec, data, metric vs labels) fail at once; only what
+registers no model version.
+
+Retrain on change (tracking/retrain.py): once the data is read, the fine-tune's identity (data fingerprint, task
+spec, pretrained checkpoint, recipe, code version) is recorded on its MLflow run and compared with what the
+task's champion was trained on. Nothing changed: nothing is trained or registered, the MLflow run ends FINISHED
+tagged `skipped`, the run folder is removed (one taken over from an interrupted run is left as it was), and the
+flow run ends Completed with the message "no change since models:/bert-<task>/<N>". `force` and a sweep's trials
+train anyway. Errors of the input (spec, data, metric vs labels) fail at once; only what
 may heal (tracking server or hub unreachable, I/O) is retried (tasks/retry_policy.py). A retry first
 closes the MLflow run (and retracts the model version) of an earlier attempt that lost the tracking
 server (tasks.lost_attempts). A registered model as `pretrained` (`models:/bert-snli@champion`) is pinned
@@ -19,6 +26,7 @@ import datasets
 import yaml
 from prefect import flow, get_run_logger
 from prefect.runtime import deployment, flow_run
+from prefect.states import Completed
 
 from bert_core.checkpoint import OFFLINE_DEFAULT
 from bert_core.feature_cache import default_cache_dir
@@ -32,12 +40,14 @@ from tasks.evaluate import Evaluation, evaluate_model
 from tasks.lost_attempts import close_lost_attempts
 from tasks.pretrained import resolve_pretrained
 from tasks.register import Registered, log_trained_model, register
+from tasks.retrain import compare_with_champion, skip_unchanged
 from tasks.retry_policy import give_up_unless_transient
 from tasks.tokenize import FeaturesInfo, tokenize
 from tasks.train import Trained, train_model
 from tracking import store as tracking
 from tracking.parent_model import PretrainedSource
 from tracking.registration import LoggedModel
+from tracking.retrain import Comparison
 from tracking.run import TrackedRun, start_run
 
 
@@ -45,7 +55,8 @@ from tracking.run import TrackedRun, start_run
 # after a pause long enough for a restart; errors of the input fail at once (tasks/retry_policy.py).
 @flow(name="bertflow-finetune", retries=1, retry_delay_seconds=60)
 def finetune(params: FinetuneParams = FinetuneParams()) -> dict:  # noqa: B008 (pydantic default = the UI form's)
-    """Fine-tune one task spec and register the model; returns the run's summary."""
+    """Fine-tune one task spec and register the model; returns the run's summary (`unchanged_since` set when
+    nothing changed: then nothing was trained)."""
     try:
         # Fail fast, before any data or training, when MLflow cannot be reached (the message names the URI).
         uri = tracking.configure_tracking(tracking.check_tracking(params.tracking_uri))
@@ -64,6 +75,11 @@ def finetune(params: FinetuneParams = FinetuneParams()) -> dict:  # noqa: B008 (
                 folder.update(status=run_folder.FAILED, ended=run_folder.now(),
                               error=tracking.mask_secrets(f"{type(err).__name__}: {err}")[:2000])
                 raise
+            if summary.unchanged_since:  # nothing trained: the folder holds nothing worth keeping
+                folder.release_unused()
+                _say(f"{summary.decision} ({summary.alias or 'no alias'}): nothing trained, nothing registered; "
+                     "`force` trains anyway")
+                return Completed(message=summary.decision, data=summary.as_dict())
             if not params.keep_checkpoints_after_success:
                 folder.keep_only_results()
             folder.update(status=run_folder.FINISHED, ended=run_folder.now())
@@ -106,6 +122,11 @@ def _tracked_run(params: FinetuneParams, spec: TaskSpec, cfg: TrainConfig, folde
         if set_aside := folder.set_aside_if_changed(data.fingerprint, tags["code_version"]):
             log.warning(set_aside)
         run.log_params({"data": {"source": data.source, "rows": data.rows, "dropped": data.dropped, "carve": data.carve}})
+        comparison = compare_with_champion(spec, folder.identity, run)
+        if comparison.unchanged and not (params.force or trial):
+            skip_unchanged(spec, comparison.unchanged, run)
+            return FinetuneSummary.unchanged(spec, run.run_id, tracking.mask_secrets(uri), comparison.unchanged)
+        _say(_comparison_line(comparison, params))
         features = tokenize(spec, cfg, data, source.path, cache_dir)
         _say(_features_line(features))
         run.log_params({"features": features.settings})
@@ -163,6 +184,16 @@ def _log_and_register(params: FinetuneParams, spec: TaskSpec, cfg: TrainConfig, 
 
 
 # ---- the step lines for people ------------------------------------------------------------------------------
+def _comparison_line(comparison: Comparison, params: FinetuneParams) -> str:
+    """Why this fine-tune trains, said before it does."""
+    if comparison.unchanged:
+        return (f"no change since {comparison.unchanged.uri}; trained anyway "
+                f"({'a sweep trial' if params.sweep_trial else 'force'})")
+    if comparison.champion is None:
+        return "no champion yet: training"
+    return f"changed since {comparison.champion.uri}: {'; '.join(comparison.changes)}"
+
+
 def _data_line(data: DataInfo) -> str:
     dropped = f", {data.dropped} bad rows dropped" if data.dropped else ""
     return (f"1/5 data: {', '.join(f'{s} {n:,}' for s, n in data.rows.items())} rows from {data.source} "

@@ -82,12 +82,16 @@ class FinetuneParams(BaseModel):
         False, description="Keep the resumable checkpoints and the best model's folder in the run folder after a "
         "successful run (the model is in MLflow either way). Off: a finished run folder keeps its data, "
         "evaluation and records only.")
+    force: bool = Field(
+        False, description="Train even when nothing changed. Without it, a fine-tune whose data (fingerprint), task "
+        "spec, pretrained checkpoint, recipe and code are those the task's champion (or another version) was trained "
+        "with trains nothing, registers nothing and ends with 'no change since models:/bert-<task>/<N>'.")
     run_root: str | None = Field(
         None, description="Where run folders (data, checkpoints, model, predictions, plots) go; empty = "
         "$BERTFLOW_HOME/runs.")
     sweep_trial: SweepTrial | None = Field(
         None, description="Set by the sweep flow on its trials (leave empty): the fine-tune reports its dev metric "
-        "to the Optuna trial, may be pruned, logs its model and registers none.")
+        "to the Optuna trial, may be pruned, logs its model and registers none; it trains even when nothing changed.")
 
     @field_validator("tracking_uri")
     @classmethod
@@ -150,7 +154,8 @@ class SweepParams(BaseModel):
 
     def identity(self) -> dict:
         """What makes two sweeps the same study: not where results go or how many run at once."""
-        base = self.base.model_dump(mode="json", exclude={"tracking_uri", "run_root", "sweep_trial"})
+        # `force` is not part of it: trials always train.
+        base = self.base.model_dump(mode="json", exclude={"tracking_uri", "run_root", "sweep_trial", "force"})
         return {"base": base, "space": json.loads(json.dumps(self.space, default=lambda r: r.model_dump())),
                 "sampler": self.sampler, "seed": self.seed}
 

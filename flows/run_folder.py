@@ -18,6 +18,8 @@ What makes an unfinished folder resumable (docs/reliability.md, "Resuming") is t
 - The tracking store, the run root and the registry policy are not part of it: a folder whose MLflow run
   is in another store (or was deleted) is still taken over, with a warning.
 - A retry of the same flow run always gets its own folder back.
+- A run that trained nothing (no change since the task's champion: flows/finetune.py) leaves no folder behind
+  (`release_unused`).
 """
 
 from __future__ import annotations
@@ -87,6 +89,16 @@ class RunFolder:
         for path in removed:
             shutil.rmtree(path)
         self.update(removed_after_success=[str(p.relative_to(self.path)) for p in removed])
+
+    def release_unused(self) -> None:
+        """After a run that trained nothing (nothing changed since the task's champion): its own folder, which
+        holds only a copy of the data, is deleted (a frequent schedule would otherwise fill the disk); a folder
+        it took over gets its earlier run's record back, so a later run (e.g. with `force`) can still resume it."""
+        if not self.taken_over:
+            shutil.rmtree(self.path)  # the lock file goes too: the lock is held on its open handle until released
+            return
+        *earlier, last = self.record["earlier"]
+        self.update(**last, earlier=earlier)
 
     def set_aside(self, why: str) -> Path | None:
         """Move the old training output (checkpoints, best model) to `training.stale-<time>` so training

@@ -11,7 +11,8 @@ Two ways to fan out, both Prefect's own machinery:
   fine-tune waits for it. The summary comes back from the MLflow run tagged with its flow run id, so
   workers on other machines need only the shared tracking server.
 
-A failed task does not stop the others; the suite fails at the end, naming the tasks that failed, after
+A task whose fine-tune finds nothing changed since its champion trains nothing (flows/finetune.py): its row
+says `unchanged` and shows that version and its scores. A failed task does not stop the others; the suite fails at the end, naming the tasks that failed, after
 the leaderboard (with their errors) is published.
 """
 
@@ -35,6 +36,7 @@ from flows.summary import FinetuneSummary
 from tasks.leaderboard import publish_leaderboard
 from tracking import store as tracking
 from tracking.leaderboard import leaderboard_row
+from tracking.retrain import UNCHANGED_SINCE_TAG, read_version
 from tracking.run import finished_run_of_flow_run
 
 GLUE = ["cola", "sst2", "mrpc", "rte", "stsb", "mnli"]
@@ -114,13 +116,16 @@ def finetune_on_worker(deployment: str, params: FinetuneParams) -> dict:
 
 
 def summary_from_mlflow(params: FinetuneParams, flow_run_id: str) -> dict:
-    """The finetune flow's summary, rebuilt from the FINISHED MLflow run tagged with `flow_run_id`."""
+    """The finetune flow's summary, rebuilt from the FINISHED MLflow run tagged with `flow_run_id` (and, for a
+    fine-tune that trained nothing, from the version it stands on)."""
     spec = load_spec(params.task)
     tracking.configure_tracking(params.tracking_uri)
     found = finished_run_of_flow_run(tracking.experiment_name(spec.name), flow_run_id)
     if found is None:
         raise RuntimeError(f"no FINISHED MLflow run of {tracking.experiment_name(spec.name)} is tagged with flow "
                            f"run {flow_run_id}")
+    if since := found.tags.get(UNCHANGED_SINCE_TAG):
+        return FinetuneSummary.unchanged(spec, found.run_id, "", read_version(since)).as_dict()
     return FinetuneSummary.from_run(spec, found).as_dict()
 
 

@@ -1,11 +1,13 @@
 """What one fine-tune produced, as the finetune flow returns it (a dict, so Prefect stores it as JSON), as the
 suite rebuilds it from the MLflow run of a fine-tune that ran on another worker, and as `bertflow run`
-prints it for people.
+prints it for people. A fine-tune that trained nothing (nothing changed since a registered version) has
+`unchanged_since` set, and reports that version's model and dev scores.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from bert_core.spec import TaskSpec
 from tasks.evaluate import Evaluation
@@ -13,6 +15,8 @@ from tasks.register import Registered
 from tasks.tokenize import FeaturesInfo
 from tasks.train import Trained
 from tracking.registration import LoggedModel
+from tracking.registry import CHAMPION
+from tracking.retrain import KnownVersion
 from tracking.run import RunRecord
 from tracking.training_log import TRAINING_METRICS
 
@@ -44,6 +48,7 @@ class FinetuneSummary:
     feature_cache: dict | None = None  # tokenize's and fit's cache hits (a local run only)
     logged_model_uri: str | None = None  # the model logged in the run (None: a pruned sweep trial)
     pruned_at: int | None = None  # a sweep trial stopped by the pruner: at this evaluation
+    unchanged_since: str | None = None  # models:/<name>/<N>: nothing changed since it, so nothing was trained
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -70,6 +75,20 @@ class FinetuneSummary:
             logged_model_uri=logged.model_uri if logged else None, pruned_at=trained.pruned_at)
 
     @classmethod
+    def unchanged(cls, spec: TaskSpec, run_id: str, tracking_uri: str, since: KnownVersion) -> FinetuneSummary:
+        """A fine-tune that trained nothing: nothing changed since version `since`, whose model and dev scores
+        it reports (`score` NaN if the version has no score of the primary metric)."""
+        alias = CHAMPION if CHAMPION in since.aliases else (since.aliases[0] if since.aliases else None)
+        return cls(
+            task=spec.name, family=spec.family, mlflow_run_id=run_id, tracking_uri=tracking_uri,
+            model_name=since.name, model_version=since.version, model_uri=since.uri, alias=alias, champion=None,
+            decision=f"no change since {since.uri}", primary_metric=spec.primary_metric,
+            score=since.metrics.get(spec.primary_metric, math.nan), interval=None, champion_score_before=None,
+            metrics={f"eval_{k}": v for k, v in since.metrics.items()}, train_rows=None, eval_rows=None, steps=None,
+            train_seconds=0.0, examples_per_second=0.0, run_dir=None, run_dir_bytes=None,
+            unchanged_since=since.uri)
+
+    @classmethod
     def from_run(cls, spec: TaskSpec, run: RunRecord) -> FinetuneSummary:
         """From the FINISHED MLflow run of a finetune flow run (tags, metrics and params it logged)."""
         metrics, tags, params = run.metrics, run.tags, run.params
@@ -93,6 +112,10 @@ class FinetuneSummary:
 
     def text(self) -> str:
         """A few lines for people: the score, the model and its alias, the training, where things are."""
+        if self.unchanged_since:
+            return (f"{self.task}: {self.decision} ({self.alias or 'no alias'}, {self.primary_metric} "
+                    f"{self.score:.4f}): nothing trained, nothing registered; --force trains anyway\n"
+                    f"  MLflow run  {self.mlflow_run_id} in {self.tracking_uri or 'the tracking store'}")
         interval = f" (95% interval {self.interval[0]:.4f} to {self.interval[1]:.4f})" if self.interval else ""
         rows = f" on {self.eval_rows:,} dev rows" if self.eval_rows else ""
         lines = [f"{self.task}: {self.primary_metric} {self.score:.4f}{interval}{rows}"]

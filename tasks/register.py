@@ -6,8 +6,10 @@
 - `register`: that logged model registered as a new version of `bert-<task>` and given `champion` or
   `challenger` (tracking.registry); the decision goes to the run's tags and to the version's model card
   (tracking.registration) and to two Prefect artifacts, a metrics table and a markdown summary of the
-  decision; the run's lineage tags (`parent_model`, ...) go to the version. A fine-tune registers its own
-  model; a sweep registers only its best trial's, from that trial's run (`register_logged_run`).
+  decision. The version keeps what its run was trained on and what changed since the champion
+  (tracking/retrain.py), and its card says why it was trained; the run's lineage tags (`parent_model`, ...) go to
+  the version too. A fine-tune registers its own model; a sweep registers only its best trial's, from that
+  trial's run (`register_logged_run`).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from bert_core.training import TrainConfig
 from tasks.data import DataInfo, load_split
 from tasks.evaluate import Evaluation
 from tasks.train import Trained, artifact_key
-from tracking.model_card import card_body, model_card, task_description
+from tracking.model_card import card_body, model_card, task_description, why_this_version
 from tracking.packaging import EXAMPLE_ROWS, log_model, rows_to_frame
 from tracking.parent_model import PretrainedSource, copy_lineage_to_version
 from tracking.registration import (
@@ -36,6 +38,7 @@ from tracking.registration import (
     retracted_on_failure,
 )
 from tracking.registry import RegistryDecision, decision_markdown, model_name, register_version
+from tracking.retrain import CHANGED_SINCE_TAG, CHANGES_TAG, version_tags
 from tracking.run import TrackedRun
 
 
@@ -82,13 +85,16 @@ def register(spec: TaskSpec, run: TrackedRun, logged: LoggedModel, eval_scores: 
     metrics artifact.
     """
     name = model_name(spec.name)
+    trained_on = version_tags(run.run_id)  # what the run was trained on, and what changed since the champion
     decision = register_version(logged.model_uri, name, run.run_id, eval_scores, spec.primary_metric,
                                 dev_rows, policy=policy, confidence=confidence, family=spec.family,
-                                label_names=label_names, settings=get_family(spec.family).rows.task_settings(spec))
+                                label_names=label_names, settings=get_family(spec.family).rows.task_settings(spec),
+                                tags=trained_on)
     with retracted_on_failure(name, decision.version):  # the run fails: so does its version
         copy_lineage_to_version(run.run_id, name, decision.version)
         card = model_card(logged.card_body, name, decision.version, decision.alias, decision.reason,
-                          spec.description or spec.name)
+                          spec.description or spec.name,
+                          why_this_version(trained_on.get(CHANGED_SINCE_TAG), trained_on.get(CHANGES_TAG)))
         record_decision(run.run_id, decision, card, task_description(spec, policy))
         table = [{"split": "eval", "metric": metric, "value": round(value, 4)} for metric, value in eval_scores.items()]
         table += [{"split": "train", "metric": k, "value": round(v, 2)} for k, v in (training or {}).items()]

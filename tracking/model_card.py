@@ -36,10 +36,25 @@ def task_description(spec: TaskSpec, policy: str) -> str:
 MODEL_URI = "<MODEL_URI>"  # in a card's body; `model_card` puts the version's URI there
 
 
-def model_card(body: str, name: str, version: str, alias: str, reason: str, description: str) -> str:
-    """A version's card: its name, version and registry decision, then the body with its URI filled in."""
-    return (f"# {name} v{version}: {description}\n\n**{alias}**: {reason}\n\n"
+def model_card(body: str, name: str, version: str, alias: str, reason: str, description: str, why: str = "") -> str:
+    """A version's card: its name, version and registry decision (and `why_this_version`), then the body with its
+    URI filled in."""
+    return (f"# {name} v{version}: {description}\n\n**{alias}**: {reason}\n\n" + (f"{why}\n\n" if why else "")
             + body.replace(MODEL_URI, f"models:/{name}/{version}"))
+
+
+def why_this_version(changed_since: str | None, changes: str | None) -> str:
+    """The card's line on why this version was trained, from its run's tags `changed_since` (the champion it was
+    compared with, or `none`) and `changes` (the differences in words, `; `-joined, or `none`; tracking/retrain.py);
+    "" for a run that recorded neither."""
+    if not changed_since:
+        return ""
+    if changed_since == "none":
+        return "**Why this version**: there was no champion to compare with."
+    if not changes or changes == "none":
+        return (f"**Why this version**: nothing changed since {changed_since}; trained because it was asked to "
+                "(`force`, or a sweep's trial).")
+    return f"**Why this version**: since {changed_since}, {changes}."
 
 
 def card_body(spec: TaskSpec, cfg: TrainConfig, data, trained: dict, evaluation: dict, example: pd.DataFrame,

@@ -112,9 +112,11 @@ def register_version(
     model_uri: str, name: str, run_id: str, metrics: dict, primary_metric: str, data_fingerprint: str,
     higher_is_better: bool = True, policy: str = "better", confidence: float = 0.95, family: str | None = None,
     label_names: list[str] | None = None, n_resamples: int = N_RESAMPLES, settings: dict | None = None,
+    tags: dict[str, str] | None = None,
 ) -> RegistryDecision:
     """Register ``model_uri`` (``models:/<model_id>`` or ``runs:/<run>/<name>``) as a new version of
-    ``name``, tag it, and give it ``champion`` or ``challenger`` (see the module docstring).
+    ``name``, tag it, and give it ``champion`` or ``challenger`` (see the module docstring). ``tags``: more
+    tags of the new version, set when it is created (e.g. what it was trained on: tracking/retrain.py).
 
     Policy ``significant`` only: ``confidence`` of the interval that must clear 0; ``family`` (default: the
     run's ``family`` tag), ``label_names`` (default: read from the predictions) and ``settings`` (the task's,
@@ -137,7 +139,7 @@ def register_version(
         evidence_args = dict(candidate=run_predictions(run_id), family=family, metric=primary_metric,
                              label_names=label_names, confidence=confidence, n_resamples=n_resamples,
                              settings=settings)
-    tags = {f"metric.{k}": _number(v) for k, v in metrics.items()}
+    tags = {**(tags or {}), **{f"metric.{k}": _number(v) for k, v in metrics.items()}}
     tags |= {"primary_metric": primary_metric, "data_fingerprint": str(data_fingerprint), "run_id": run_id}
     # register_model creates the registered model when absent (tolerating a concurrent creator) and
     # resolves both runs:/ URIs and MLflow 3's models:/<model_id> URIs to the logged model.

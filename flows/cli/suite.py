@@ -35,6 +35,6 @@ def handle(args: argparse.Namespace) -> int:
     from flows.suite import suite
 
     rows = run_here(args, suite, params=suite_params)
-    print(table([{k: r[k] for k in ("task", "primary_metric", "score", "model", "alias", "train_seconds")}
+    print(table([{k: r[k] for k in ("task", "status", "primary_metric", "score", "model", "alias", "train_seconds")}
                  for r in rows]))
     return 0

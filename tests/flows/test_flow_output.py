@@ -31,8 +31,10 @@ def toy(flow_root):
 
 
 def run(toy, **params) -> tuple[dict, object]:
+    # The same fine-tune runs several times here, each to train and register: `force`, or the runs after the
+    # first would find nothing changed and train nothing (tests/flows/test_retrain.py).
     state = finetune(FinetuneParams(task=str(toy["spec"]), data_dir=str(toy["data"]), pretrained=str(toy["tiny"]),
-                                    training=TRAINING, **params), return_state=True)
+                                    training=TRAINING, force=True, **params), return_state=True)
     assert state.is_completed(), state.result(raise_on_failure=False)
     return state.result(), state
 

@@ -120,9 +120,9 @@ def test_the_flow_killed_then_run_again_with_the_same_parameters_resumes(flow_ro
     assert killed.info.status == "FAILED" and "interrupted" in killed.data.tags["error"]
     assert json.loads((killed_dir / "run.json").read_text())["status"] == "finished"
 
-    # The same parameters once more: the folder is finished, so this run trains afresh in a new folder,
-    # uninterrupted, and ends with the same metrics.
-    whole = finetune(params("runs"))
+    # The same parameters once more (with `force`: nothing changed since the resumed run's version): the folder
+    # is finished, so this run trains afresh in a new folder, uninterrupted, and ends with the same metrics.
+    whole = finetune(params("runs").model_copy(update={"force": True}))
     assert whole["run_dir"] != resumed["run_dir"]
     assert "resumed_from_run" not in client.get_run(whole["mlflow_run_id"]).data.tags
     assert resumed["metrics"] == whole["metrics"], "the resumed run ends as an uninterrupted one"

@@ -8,6 +8,7 @@ import yaml
 from prefect.client.schemas.schedules import CronSchedule
 from prefect.flows import load_flow_from_entrypoint
 
+from bert_core.loading import has_local_data
 from bert_core.spec import builtin_specs, load_spec
 from bert_core.training import TrainConfig
 from tests.conftest import REPO_ROOT
@@ -18,10 +19,12 @@ DEPLOYMENTS = {d["name"]: d for d in CONFIG["deployments"]}
 
 ON_DEMAND = {"on-demand", "sweep"}  # run when asked (the UI's form, the suite), never on a schedule
 FINETUNES = {name for name, d in DEPLOYMENTS.items() if d["entrypoint"] == "flows/finetune.py:finetune"}
+ON_NEW_DATA = "reviews-on-new-data"  # a frequent fine-tune of a dataset of one's own: it trains when its files change
 
 
 def test_every_builtin_task_has_a_deployment():
-    tasks = {DEPLOYMENTS[n]["parameters"]["params"]["task"] for n in FINETUNES if DEPLOYMENTS[n]["parameters"]}
+    tasks = {DEPLOYMENTS[n]["parameters"]["params"]["task"] for n in FINETUNES - {ON_NEW_DATA}
+             if DEPLOYMENTS[n]["parameters"]}
     assert tasks == set(builtin_specs())
     assert "suite" in DEPLOYMENTS
     assert DEPLOYMENTS["suite"]["parameters"]["params"]["deployment"] == "bertflow-finetune/on-demand"
@@ -81,6 +84,22 @@ def test_the_scoring_deployments():
     assert alias == "champion" and name.removeprefix("bert-") in builtin_specs()
     assert folder["concurrency_limit"] == {"limit": 1, "collision_strategy": "CANCEL_NEW"}
     assert params["settle_seconds"] > 0, "a file still being copied waits for the next run"
+
+
+def test_the_deployment_on_new_data(monkeypatch):
+    """`reviews-on-new-data` checks often whether its data changed: a frequent schedule, a spec whose files are
+    all under its data_dir (from the checkout, where the pull step puts the run), and no `force`, so that an
+    unchanged check trains nothing (tests/flows/test_retrain.py runs such a sequence); a check never starts
+    while its retrain is still going."""
+    deployment = DEPLOYMENTS[ON_NEW_DATA]
+    assert deployment["entrypoint"] == "flows/finetune.py:finetune"
+    params = deployment["parameters"]["params"]
+    assert not params.get("force") and params["task"] not in builtin_specs()
+    monkeypatch.chdir(REPO_ROOT)
+    assert has_local_data(params["task"], params["data_dir"]), "its files are under its data_dir"
+    (schedule,) = deployment["schedules"]
+    assert CronSchedule(cron=schedule["cron"]).cron.split()[1] == "*", "at least hourly"
+    assert deployment["concurrency_limit"] == {"limit": 1, "collision_strategy": "CANCEL_NEW"}
 
 
 def test_pull_step_sets_the_working_directory():

@@ -344,7 +344,8 @@ def test_a_secret_echoed_by_an_error_is_masked_in_the_failed_run(secrets_env, tm
 def test_a_password_in_the_tracking_uri_works_and_leaks_nowhere(secrets_env, tmp_path, capfd, monkeypatch):
     # Through MLFLOW_TRACKING_URI, which stays out of Prefect's parameters (see the next test).
     monkeypatch.setenv("MLFLOW_TRACKING_URI", secrets_env["uri_with_password"])
-    state = finetune(secrets_env["params"](None, "runs-uri"), return_state=True)
+    # `force`: the same fine-tune as secret_run's, which must train and register again through this URI.
+    state = finetune(secrets_env["params"](None, "runs-uri", force=True), return_state=True)
     assert state.is_completed(), state.result(raise_on_failure=False)
     summary = state.result()
     found = {where: leaks(text) for where, text in mlflow_texts(secrets_env["client"], summary, tmp_path).items()
