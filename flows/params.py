@@ -197,7 +197,7 @@ class ScoreParams(BaseModel):
         "[UNK] rate, predicted labels, top score) counts as drifted from the model's dev set: the scoring run gets "
         "the tag drift=true. Rule of thumb: under 0.1 stable, 0.1-0.25 watch, over 0.25 drift.")
     retrain_on_drift: str | None = Field(
-        None, description="A deployment ('flow name/deployment name', e.g. 'bertflow-finetune/sst2-weekly') to run "
+        None, description="A deployment ('flow name/deployment name', e.g. 'bertflow-finetune/sst2') to run "
         "when any file scored drifted; off when empty (docs/scoring.md).")
 
 
