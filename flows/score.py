@@ -14,6 +14,10 @@ that this version has not scored yet (its predictions file is there and a finish
 file's sha256: tracking.scoring.unscored), that are not scoring's own output, and that were not modified in
 the last `settle_seconds` (they may still be arriving). A file that fails does not stop the others; the
 flow fails at the end, naming it, and the next run tries it again.
+
+Drift: each file's inputs and predictions are profiled and compared with the model's dev set
+(tracking.drift_check: a PSI per item, the run tag `drift`, a drift section in the summary). With
+`retrain_on_drift` naming a deployment, a flow run in which any file drifted starts it (`retrain_on_drift`).
 """
 
 from __future__ import annotations
@@ -23,11 +27,15 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
+from prefect.deployments import run_deployment
+from prefect.events import emit_event
+from prefect.runtime import flow_run
 
 from flows.params import ScoreParams
 from tasks.score import find_new_files, pin, score_one_file
 from tasks.train import artifact_key
 from tracking import store as tracking
+from tracking.drift_check import drift_lines
 
 
 @flow(name="bertflow-score")
@@ -58,22 +66,55 @@ def score(params: ScoreParams = ScoreParams()) -> dict:  # noqa: B008 (pydantic 
     for path in found["new"]:
         try:
             scored.append(score_one_file(pinned, path, params.columns, params.input_format, params.batch_size,
-                                         params.fail_on_bad_rows))
+                                         params.fail_on_bad_rows, params.drift_threshold))
         except Exception as err:
             if file is not None:
                 raise
             failed.append({"input": path, "error": tracking.mask_secrets(f"{type(err).__name__}: {err}")})
             get_run_logger().error("%s: %s", path, err)
     if scored:
-        create_table_artifact([{k: f[k] for k in ("input", "rows_scored", "rows_rejected", "rows_per_second",
-                                                  "predictions", "mlflow_run_id")} for f in scored],
-                              key=artifact_key(label, "scored"), description=f"files scored by {label}")
+        create_table_artifact([{**{k: f[k] for k in ("input", "rows_scored", "rows_rejected", "rows_per_second",
+                                                     "predictions", "mlflow_run_id")}, "drift": _drift_cell(f)}
+                               for f in scored], key=artifact_key(label, "scored"), description=f"files scored by {label}")
+    announce_drift(pinned, scored)
+    retrain = retrain_on_drift(params.retrain_on_drift, scored)
     if failed:
         raise RuntimeError(f"{len(failed)} of {len(found['new'])} file(s) failed ({len(scored)} scored): "
                            + "; ".join(f"{f['input']}: {f['error']}" for f in failed))
     return {"model": pinned, "tracking_uri": tracking.mask_secrets(uri), "folder": folder, "pattern": pattern,
             "files": scored, "already_scored": found["already_scored"], "settling": found["settling"],
-            "conflicts": found["conflicts"]}
+            "conflicts": found["conflicts"], "retrain": retrain}
+
+
+def announce_drift(pinned: dict, scored: list[dict]) -> None:
+    """The Prefect event `bertflow.score.drift` when any file drifted, one per flow run, for automations
+    (docs/scoring.md): its resource is the model (`bertflow.model.<name>`), its payload the files and items."""
+    drifted = {Path(f["input"]).name: f["drift"]["drifted"] for f in scored if (f.get("drift") or {}).get("drifted")}
+    if drifted:
+        emit_event("bertflow.score.drift", payload={"model_uri": pinned["uri"], "files": drifted},
+                   resource={"prefect.resource.id": f"bertflow.model.{pinned['name'] or pinned['label']}",
+                             "prefect.resource.name": pinned["label"]})
+
+
+def retrain_on_drift(deployment: str | None, scored: list[dict]) -> dict | None:
+    """Opt-in (`retrain_on_drift`): when any file drifted, start that deployment's flow run and return it (not
+    waiting for it; one per score flow run, however many files drifted, and one only if this flow run is
+    retried: the idempotency key)."""
+    drifted = [Path(f["input"]).name for f in scored if (f.get("drift") or {}).get("drifted")]
+    if not deployment or not drifted:
+        return None
+    started = run_deployment(deployment, timeout=0, as_subflow=False, tags=["bertflow-drift-retrain"],
+                             idempotency_key=f"drift-retrain-{flow_run.id}")
+    _say(f"drift in {', '.join(drifted)}: started {deployment} (flow run {started.name}, {started.id})")
+    return {"deployment": deployment, "flow_run_id": str(started.id), "flow_run_name": started.name,
+            "files": drifted}
+
+
+def _drift_cell(done: dict) -> str:
+    drift = done.get("drift") or {}
+    if not drift.get("measured"):
+        return "not measured"
+    return ("drift: " + ", ".join(drift["drifted"])) if drift["drifted"] else "none"
 
 
 def _say(message: str) -> None:
@@ -107,5 +148,9 @@ def summary_text(result: dict) -> str:
                   f"{done['seconds']:.2f} s in all)",
                   f"  predictions  {done['predictions']}",
                   f"  MLflow run   {done['mlflow_run_id']} in {done['experiment']}"]
+        lines += drift_lines(done.get("drift"))
+    if result.get("retrain"):
+        lines.append(f"retrain on drift: started {result['retrain']['deployment']} "
+                     f"(flow run {result['retrain']['flow_run_name']}, {result['retrain']['flow_run_id']})")
     lines.append(f"MLflow store {result['tracking_uri']} (browse: bertflow ui)")
     return "\n".join(lines)

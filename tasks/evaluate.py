@@ -4,7 +4,9 @@ the MLflow run. Metrics are named `eval_<metric>` for the eval split and `<split
 A report with a row per label (class, entity type, tag) is also logged as the MLflow table
 `evaluation/per_label_<split>.json` and drawn as `per_label_f1_<split>.png`. A model whose scores were calibrated
 (classification, multi-label) gets `reliability_diagram.png`, drawn from the report saved with it (its meta's
-`calibration_report`: the eval split, before and after the temperature it applies).
+`calibration_report`: the eval split, before and after the temperature it applies). The eval split's input profile
+(bert_core.drift) is written into the model's folder as `input_profile.json`, so it is logged with the model: the
+reference every scoring run's drift is measured against.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from prefect.cache_policies import NO_CACHE
 
 from bert_core.bootstrap import bootstrap_interval
 from bert_core.checkpoint import read_finetuned_meta
+from bert_core.drift import profile_model_dir
 from bert_core.families import get_family
 from bert_core.spec import TaskSpec
 from bert_core.training import TrainConfig, evaluate_model_dir, features_fingerprint
@@ -74,6 +77,8 @@ def evaluate_model(spec: TaskSpec, cfg: TrainConfig, data: DataInfo, trained: Tr
         if split == "eval":  # how sure each dev score is: 95% bootstrap intervals over the dev rows
             intervals = {name: bootstrap_interval(spec.family, predictions, rows, name, data.label_names,
                                                   settings=family.rows.task_settings(spec)) for name in spec.metrics}
+            # The dev set's input profile, saved in the model's folder (so logged with it): scoring's drift reference.
+            files["input_profile"] = str(profile_model_dir(trained.model_dir, rows, predictions))
             confusion = family.predictions.confusion(rows, predictions, data.label_names, spec)
             if confusion is not None:
                 files["confusion_matrix"] = str(confusion_matrix_png(*confusion, out / "confusion_matrix.png"))

@@ -72,11 +72,13 @@ class BertPyfunc(mlflow.pyfunc.PythonModel):
 
     def __init__(self):
         self.family, self.predictor, self.columns, self.limit = None, None, None, DEFAULT_LIMIT
+        self.model_dir = None  # the logged save_finetuned folder (scoring reads its input profile: bert_core.drift)
 
     def load_context(self, context: PythonModelContext) -> None:
         from bert_core.predict import Predictor  # torch is imported only when a model is really loaded
 
-        self.predictor = Predictor(context.artifacts["model_dir"])
+        self.model_dir = context.artifacts["model_dir"]
+        self.predictor = Predictor(self.model_dir)
         self.family = self.predictor.family_name
         # Models saved before their meta kept the spec's column names take the family's names alone.
         self.columns = request_columns(get_family(self.family), self.predictor.meta.get("spec_columns"))

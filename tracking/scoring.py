@@ -11,7 +11,9 @@ The scoring run, in the experiment ``bertflow-score-<model name>`` (``bertflow-s
 - params: ``columns`` (the file's column read for each request field), ``batch_size``, ``fail_on_bad_rows``;
 - metrics: ``rows``, ``rows_scored``, ``rows_rejected``, ``predict_seconds``, ``rows_per_second`` (rows
   scored per second of prediction), ``seconds`` (the whole file: reading, predicting, writing);
-- artifacts: ``scoring/<predictions file>`` and, when rows were rejected, ``scoring/<rejected file>``.
+- artifacts: ``scoring/<predictions file>`` and, when rows were rejected, ``scoring/<rejected file>``;
+- drift against the model's dev set (``tracking.drift_check``): metrics ``drift_psi_<item>``, tags ``drift`` and
+  ``drift_items``, the artifact ``drift/drift_report.json``.
 A failure ends the run FAILED with its message as the ``error`` tag.
 
 Bad rows: the good rows are scored, the rejected ones listed (with their error) in the predictions file and
@@ -36,9 +38,11 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from bert_core.drift import DRIFT_PSI
 from bert_core.families import FAMILIES, Family, get_family
 from bert_core.validation import DataError
 from tracking import store
+from tracking.drift_check import measure_drift
 from tracking.packaging import rows_to_frame
 from tracking.pinning import PinnedModel, scoring_task
 from tracking.request_check import text_limit
@@ -92,8 +96,10 @@ def predict_rows(model, family: Family, rows: list[RequestRow], batch_size: int)
 
 
 def score_file(pinned: PinnedModel, path: str | Path, columns: dict[str, str] | None = None, fmt: str | None = None,
-               batch_size: int = BATCH_SIZE, fail_on_bad_rows: bool = False, tags: dict[str, str] | None = None) -> dict:
-    """Score one file in its own MLflow run (see the module docstring); returns what was done, as a dict."""
+               batch_size: int = BATCH_SIZE, fail_on_bad_rows: bool = False, tags: dict[str, str] | None = None,
+               drift_threshold: float = DRIFT_PSI) -> dict:
+    """Score one file in its own MLflow run (see the module docstring); returns what was done, as a dict, its
+    ``drift`` that of ``tracking.drift_check.measure_drift`` (``drift_threshold``: the PSI an item must pass)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     began = time.perf_counter()
@@ -116,6 +122,7 @@ def score_file(pinned: PinnedModel, path: str | Path, columns: dict[str, str] | 
             if requests.rejected and fail_on_bad_rows:
                 raise DataError(bad_rows_message(requests))
             responses, predict_seconds = predict_rows(model, family, requests.rows, batch_size)
+            drift = measure_drift(model, family, [r.fields for r in requests.rows], responses, drift_threshold)
             write_jsonl(predictions_path, prediction_lines(requests, responses))
             mlflow.log_artifact(str(predictions_path), artifact_path="scoring")
             if requests.rejected:
@@ -134,7 +141,7 @@ def score_file(pinned: PinnedModel, path: str | Path, columns: dict[str, str] | 
     return {"input": str(path), "format": requests.format, "sha256": requests.sha256, "columns": requests.columns,
             **metrics, "predictions": str(predictions_path),
             "rejected_file": str(rejected_path) if requests.rejected else None, "mlflow_run_id": run.info.run_id,
-            "experiment": pinned.experiment, "model": dataclasses.asdict(pinned)}
+            "experiment": pinned.experiment, "model": dataclasses.asdict(pinned), "drift": drift}
 
 
 def bad_rows_message(requests: RequestFile) -> str:
