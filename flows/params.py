@@ -1,7 +1,8 @@
 """The flows' parameters, one pydantic model per flow: `FinetuneParams` (the finetune flow, the suite's and
-the sweep's fine-tunes), `SweepParams` (the sweep flow) and `ScoreParams` (the score flow). Each field has one
-default, one description and one set of choices (a Literal), which the Prefect UI shows as the flow's form,
-deployments and the code fill, and the `bertflow` command turns into its options (flows/cli/options.py).
+the sweep's fine-tunes), `SweepParams` (the sweep flow), `ScoreParams` (the score flow) and `AuditParams` (the
+audit flow). Each field has one default, one description and one set of choices (a Literal), which the Prefect UI
+shows as the flow's form, deployments and the code fill, and the `bertflow` command turns into its options
+(flows/cli/options.py).
 
 `training` is `bert_core.training.TrainConfig` itself: the fields a user leaves unset take the task
 spec's defaults (e.g. its learning rate) through `TrainConfig.with_defaults`.
@@ -244,3 +245,28 @@ class CompareParams(BaseModel):
         return refuse_password(uri, "tracking_uri", "set MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (or "
                                "MLFLOW_TRACKING_TOKEN) in the environment instead")
 
+
+
+class AuditParams(BaseModel):
+    """A label audit: out-of-fold probabilities of a task's training rows from k fine-tunes, then the rows whose
+    given label they find least likely (bert_core/audit.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base: FinetuneParams = Field(
+        default_factory=FinetuneParams, description="The fine-tune each fold runs (its task, pretrained checkpoint, "
+        "training fields and budgets, data); max_train_samples caps the training rows audited. Folds register "
+        "nothing, so the registry fields are not used.")
+    k: int = Field(5, ge=2, description="Folds: each row is scored by a model fine-tuned on the other k-1 folds.")
+    fold_seed: int = Field(0, description="Seeds the stratified split of the training rows into folds.")
+    top: int = Field(100, ge=1, description="Suspect rows listed in the CSV and the MLflow table, most suspect "
+                     "first (the counts cover every flagged row).")
+    max_concurrency: int = Field(1, ge=1, description="Fold fine-tunes running at once (they share the machine's "
+                                 "cores).")
+
+    @field_validator("base")
+    @classmethod
+    def _not_a_trial(cls, base: FinetuneParams) -> FinetuneParams:
+        if base.sweep_trial is not None:
+            raise ValueError("an audit's fine-tunes are not sweep trials: leave base.sweep_trial empty")
+        return base

@@ -6,6 +6,7 @@
     bertflow runs --status failed interrupted        # run folders; add --prune to delete them
     bertflow suite sst2 stsb squad --max-train-samples 500 --max-concurrency 2   # many tasks, a leaderboard
     bertflow sweep mrpc --space learning_rate=2e-5,3e-5,5e-5 --space batch_size=16,32   # a search
+    bertflow audit sst2 --max-train-samples 4000 --k 5 --epochs 1   # training rows whose label looks wrong
     bertflow predict models:/bert-sst2@champion --text "a gripping film"
     echo '{"text": "a gripping film"}' | bertflow predict models:/bert-sst2@champion
     bertflow compare sst2                            # registered versions side by side
@@ -25,9 +26,22 @@ import contextlib
 import signal
 import sys
 
-from flows.cli import check, compare, local_flow, predict, run, runs, score, servers, suite, sweep, tasks
+from flows.cli import (
+    audit,
+    check,
+    compare,
+    local_flow,
+    predict,
+    run,
+    runs,
+    score,
+    servers,
+    suite,
+    sweep,
+    tasks,
+)
 
-COMMANDS = (tasks, check, run, runs, suite, sweep, predict, score, servers, compare)  # in `--help`'s order
+COMMANDS = (tasks, check, run, runs, suite, sweep, audit, predict, score, servers, compare)  # in `--help`'s order
 
 
 class Terminated(KeyboardInterrupt):

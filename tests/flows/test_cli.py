@@ -21,7 +21,7 @@ from flows.cli import main, parser
 from flows.cli import run as run_command
 from flows.cli import score as score_command
 from flows.cli import sweep as sweep_command
-from flows.params import CompareParams, FinetuneParams, ScoreParams, SuiteParams, SweepParams
+from flows.params import AuditParams, CompareParams, FinetuneParams, ScoreParams, SuiteParams, SweepParams
 from flows.run_folder import list_runs
 from tests.conftest import REPO_ROOT
 from tests.tiny_models import write_tiny_checkpoint
@@ -64,6 +64,10 @@ COMMANDS = {
     "suite": ({"tasks"}, FINETUNE | flags_of(SuiteParams, {"max_concurrency", "deployment"}), {"--verbose"}),
     "sweep": ({"task"}, FINETUNE | flags_of(SweepParams, set(SweepParams.model_fields) - {"base"}, RENAMED),
               {"--verbose"}),
+    # Folds register nothing: the registry fields and keep_checkpoints_after_success are not audit options.
+    "audit": ({"task"}, FINETUNE - flags_of(FinetuneParams, {"registry_policy", "registry_confidence",
+                                                              "keep_checkpoints_after_success"})
+              | flags_of(AuditParams, set(AuditParams.model_fields) - {"base"}), {"--verbose"}),
     "score": ({"model", "file"}, flags_of(ScoreParams, set(ScoreParams.model_fields) - {"model", "file"}, RENAMED),
               {"--json", "--verbose"}),
 }
@@ -90,7 +94,7 @@ def test_a_commands_options_are_its_parameter_models_fields(command):
 
 MODELS = {"check": (FinetuneParams, TrainConfig), "run": (FinetuneParams, TrainConfig),
           "suite": (SuiteParams, FinetuneParams, TrainConfig), "sweep": (SweepParams, FinetuneParams, TrainConfig),
-          "score": (ScoreParams,), "compare": (CompareParams,)}
+          "audit": (AuditParams, FinetuneParams, TrainConfig), "score": (ScoreParams,), "compare": (CompareParams,)}
 
 
 def model_field(command: str, option: str):
@@ -323,3 +327,13 @@ def _session(process: psutil.Process) -> int | None:
         return os.getsid(process.pid)
     except OSError:  # gone meanwhile
         return None
+
+
+def test_audit_options_reach_the_audit_params_and_its_folds_fine_tune():
+    from flows.cli import audit as audit_command
+
+    given = audit_command.params(parser().parse_args(
+        ["audit", "sst2", "--k", "3", "--top", "7", "--fold-seed", "4", "--max-train-samples", "50", "--epochs", "1"]))
+    assert (given.k, given.top, given.fold_seed, given.max_concurrency) == (3, 7, 4, 1)
+    assert given.base.task == "sst2" and given.base.training.max_train_samples == 50
+    assert given.base.training.model_fields_set == {"max_train_samples", "epochs"}  # the rest: the spec's defaults

@@ -17,7 +17,7 @@ CONFIG = yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text(encoding="utf-8")
 DEPLOYMENTS = {d["name"]: d for d in CONFIG["deployments"]}
 
 
-ON_DEMAND = {"on-demand", "sweep"}  # run when asked (the UI's form, the suite), never on a schedule
+ON_DEMAND = {"on-demand", "sweep", "audit"}  # run when asked (the UI's form, the suite), never on a schedule
 FINETUNES = {name for name, d in DEPLOYMENTS.items() if d["entrypoint"] == "flows/finetune.py:finetune"}
 ON_NEW_DATA = "reviews-on-new-data"  # a frequent fine-tune of a dataset of one's own: it trains when its files change
 
@@ -52,6 +52,9 @@ def test_deployment_parameters_validate_against_its_flow(name, monkeypatch):
         shown = {name: given.get(name, field.default) for name, field in TrainConfig.model_fields.items()}
         assert shown == runs.model_dump(), {k: (shown[k], v) for k, v in runs.model_dump().items() if shown[k] != v}
         assert runs.max_train_samples is None
+    elif name == "audit":  # the form's nested fine-tune reaches the folds; its budget caps the rows audited
+        params = validated["params"]
+        assert params.base.task == "sst2" and params.k == 5 and params.base.training.max_train_samples == 4000
     elif deployment["entrypoint"] == "flows/score.py:score":  # the nested shape reaches the flow's ScoreParams
         assert validated["params"].model == deployment["parameters"]["params"]["model"]
 
