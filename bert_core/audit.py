@@ -112,8 +112,10 @@ def rank_suspects(rows: list[dict], label_names: list[str], probabilities: np.nd
         labels = np.array([index[row["label"]] for row in rows])
         given_p = probabilities[np.arange(len(rows)), labels]
         quality = get_label_quality_scores(labels, probabilities, method="normalized_margin")
+    # n_jobs=1: cleanlab's default forks a multiprocessing pool, and a fork of a process already running threads
+    # (torch's, Prefect's) can deadlock on a lock one of them held; one process ranks 100k rows in seconds anyway.
     ranked = find_label_issues(labels, probabilities, multi_label=multi_label,
-                               return_indices_ranked_by="self_confidence")
+                               return_indices_ranked_by="self_confidence", n_jobs=1)
     return [{"rank": rank, "row": int(i), "source": rows[i].get("_source", ""), "text_a": rows[i].get("text_a"),
              "text_b": rows[i].get("text_b"), "given_label": _label_text(rows[i], multi_label),
              "suggested_label": _suggested(probabilities[i], label_names, multi_label),
