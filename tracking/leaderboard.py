@@ -15,6 +15,7 @@ from pathlib import Path
 
 import mlflow
 
+from bert_core.calibration import CALIBRATION_METRICS
 from tracking import store
 
 COLUMNS = ["task", "family", "primary_metric", "score", "secondary_metrics", "train_seconds",
@@ -27,7 +28,9 @@ def leaderboard_row(task_name: str, summary: dict | None = None, error: str = ""
         return {column: "" for column in COLUMNS} | {"task": task_name, "status": "failed", "error": error[:300],
                                                      "score": None}
     primary = f"eval_{summary['primary_metric']}"
-    secondary = {k: v for k, v in summary["metrics"].items() if k != primary}
+    # The spec's other metrics; calibration's four (every classifier logs them) would crowd every row.
+    calibration = {f"eval_{name}" for name in CALIBRATION_METRICS}
+    secondary = {k: v for k, v in summary["metrics"].items() if k != primary and k not in calibration}
     return {
         "task": summary["task"], "family": summary["family"], "primary_metric": summary["primary_metric"],
         "score": round(summary["score"], 4),

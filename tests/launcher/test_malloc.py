@@ -83,8 +83,8 @@ def test_the_packages_import_their_public_names_eagerly():
         "True True True True True",
         "BertConfig BertEncoder BertTokenizer Encoding FAMILIES get_family load_finetuned load_pretrained "
         "save_finetuned",
-        "Callback FitResult TrainConfig TrainingDiverged build_split_features evaluate_and_tune evaluate_features "
-        "evaluate_model_dir feature_settings features_fingerprint fit fit_task predict_logits rows_name"]
+        "Callback FitResult TrainConfig TrainingDiverged build_split_features effective_spec evaluate_and_tune "
+        "evaluate_features evaluate_model_dir feature_settings features_fingerprint fit fit_task predict_logits rows_name"]
 
 
 @pytest.mark.parametrize("command", [["-m", "launcher.train"], ["-m", "bert_core.training"]])
