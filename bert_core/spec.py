@@ -26,7 +26,7 @@ from pydantic import (
 )
 
 from bert_core.families import FAMILIES
-from bert_core.families.imbalance import read_class_weights, read_decision_threshold
+from bert_core.families.imbalance import ImbalanceFields
 
 # The spec's `family`: a name in the family registry (bert_core/families), which says what else the spec
 # may hold (fields, metrics, formats, family-only fields) and checks it (`Family.rows.check_spec`).
@@ -174,7 +174,7 @@ class LongText(_Strict):
         "(per class; max: a label found anywhere).")
 
 
-class TaskSpec(_Strict):
+class TaskSpec(_Strict, ImbalanceFields):
     name: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$", description="Task name, used in run names.")
     family: FamilyName = Field(description="Which head/feature builder/metric family the task uses.")
     description: str = Field("", description="One line for people: what the task is.")
@@ -259,16 +259,6 @@ class TaskSpec(_Strict):
             if unknown:
                 raise ValueError(f"{unknown} not allowed for family {family!r}; allowed: {list(allowed)}")
         return metrics
-
-    @field_validator("class_weights", mode="before")
-    @classmethod
-    def _class_weights_read(cls, value: Any) -> Any:
-        return read_class_weights(value)
-
-    @field_validator("decision_threshold", mode="before")
-    @classmethod
-    def _decision_threshold_read(cls, value: Any) -> Any:
-        return read_decision_threshold(value)
 
     @field_validator("display_names", mode="before")
     @classmethod

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, field_validator
 from torch import nn
 
 BALANCED = "balanced"
@@ -109,6 +110,21 @@ def task_settings(spec) -> dict:
     elif spec.decision_threshold != DEFAULT_THRESHOLD:
         settings["decision_threshold"] = spec.decision_threshold
     return settings
+
+
+class ImbalanceFields(BaseModel):
+    """The reading of ``class_weights`` and ``decision_threshold`` that a task spec and a training config share
+    (both models inherit it, so the command line's text and a spec's YAML are read alike)."""
+
+    @field_validator("class_weights", mode="before", check_fields=False)
+    @classmethod
+    def _class_weights_read(cls, value: Any) -> Any:
+        return read_class_weights(value)
+
+    @field_validator("decision_threshold", mode="before", check_fields=False)
+    @classmethod
+    def _decision_threshold_read(cls, value: Any) -> Any:
+        return read_decision_threshold(value)
 
 
 # ---- class weights in the loss ------------------------------------------------------------------------------

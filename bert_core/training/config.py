@@ -3,15 +3,15 @@ UI form, the CLI and the code agree on names, defaults and bounds."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
-from bert_core.families.imbalance import read_class_weights, read_decision_threshold
+from bert_core.families.imbalance import ImbalanceFields
 
 
-class TrainConfig(BaseModel):
+class TrainConfig(ImbalanceFields):
     """How to fine-tune. Defaults follow the BERT paper's GLUE recipe (Appendix A.3)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -58,16 +58,6 @@ class TrainConfig(BaseModel):
     decision_threshold: float | Literal["tune"] | None = Field(
         None, description="Binary classification: answer the second label when its probability is at least this, "
         "in (0, 1), or 'tune' it on the eval split for the primary metric; None = the task spec's (default 0.5).")
-
-    @field_validator("class_weights", mode="before")
-    @classmethod
-    def _class_weights_read(cls, value: Any) -> Any:
-        return read_class_weights(value)
-
-    @field_validator("decision_threshold", mode="before")
-    @classmethod
-    def _decision_threshold_read(cls, value: Any) -> Any:
-        return read_decision_threshold(value)
 
     @model_validator(mode="after")
     def _accumulation_divides_batch(self) -> TrainConfig:
