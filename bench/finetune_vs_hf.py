@@ -27,8 +27,11 @@ Every side runs with this process's malloc: prefix the command with
 ``LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4`` for tcmalloc on every side (what ``bertflow``
 itself picks when the system has it, ``launcher/malloc.py``); the header says which.
 With --repeats R the runs are interleaved (a, b, c, a, b, c, ...) and the median is reported (best in
-brackets). The last line is ``ratio_vs_tuned=X ratio_vs_default=Y acc_delta=Z mfu=M``: (c)/(b) and (c)/(a)
-in examples/s, (c)'s dev accuracy minus (b)'s in points, and (c)'s MFU in percent.
+brackets). The last line is ``ratio_vs_tuned=X ratio_vs_default=Y acc_delta=Z mfu=M mfu_shape=S``: (c)/(b) and
+(c)/(a) in examples/s, (c)'s dev accuracy minus (b)'s in points, and (c)'s MFU in percent against the square's peak
+and against the peak of the model's own matmul shapes (``shape_peak``: BERT-shaped matmuls at the run's batch
+size, in its precision; on a CPU whose square peak the small shapes never reach, the second says how much of
+what the shapes allow the step uses).
 """
 
 from __future__ import annotations
@@ -84,7 +87,8 @@ def model_shape() -> dict:
 
     encoder, _ = load_pretrained(None)
     per_token = sum(p.numel() for p in encoder.layers.parameters())
-    return {"layers": encoder.config.num_hidden_layers, "hidden": encoder.config.hidden_size, "params": per_token}
+    return {"layers": encoder.config.num_hidden_layers, "hidden": encoder.config.hidden_size, "params": per_token,
+            "intermediate": encoder.config.intermediate_size}
 
 
 def train_flops(shapes: list[tuple[int, int]], m: dict) -> float:
@@ -248,6 +252,33 @@ def matmul_peak(threads: int, dtype=torch.bfloat16, n: int = 2048, reps: int = 5
     return 2 * n**3 / best
 
 
+def model_matmuls(tokens: int, hidden: int, intermediate: int) -> list[tuple[int, int, int]]:
+    """(n, k, m) of the matmuls one encoder layer's linear layers run on ``tokens`` rows, forward and backward:
+    fused QKV (H -> 3H), attention output (H -> H), FFN up (H -> I) and down (I -> H); for each, the forward
+    (tokens x k) @ (k x m), the input gradient (tokens x m) @ (m x k) and the weight gradient (m x tokens) @ (tokens x k)."""
+    shapes = []
+    for k, m in ((hidden, 3 * hidden), (hidden, hidden), (hidden, intermediate), (intermediate, hidden)):
+        shapes += [(tokens, k, m), (tokens, m, k), (m, tokens, k)]
+    return shapes
+
+
+def shape_peak(threads: int, shapes: list[tuple[int, int, int]], dtype=torch.bfloat16, reps: int = 5) -> float:
+    """FLOP/s of these (n, k, m) matmuls run one after another, best of ``reps``: the peak of the shapes a model
+    runs, which for a small hidden size is well below a 2048^3 square's."""
+    torch.set_num_threads(threads)
+    pairs = [(torch.randn(n, k, dtype=dtype), torch.randn(k, m, dtype=dtype)) for n, k, m in shapes]
+    flops = sum(2 * n * k * m for n, k, m in shapes)
+    for a, b in pairs:
+        a @ b
+    best = math.inf
+    for _ in range(reps):
+        start = time.perf_counter()
+        for a, b in pairs:
+            a @ b
+        best = min(best, time.perf_counter() - start)
+    return flops / best
+
+
 def run_child(which: str, args) -> dict:
     cmd = [sys.executable, __file__, "--only", which, *sys.argv[1:]]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
@@ -313,7 +344,7 @@ def main() -> None:
 
     print()
     header = (f"{'run':<12}{'prec':>5}{'steps':>6}{'train s':>9}{'ex/s med [best]':>18}{'real tok/s':>11}"
-              f"{'pad %':>7}{'peak RSS MB':>12}{'dev acc %':>10}{'MFU %':>7}{'HFU %':>7}{'CPU %':>7}")
+              f"{'pad %':>7}{'peak RSS MB':>12}{'dev acc %':>10}{'MFU %':>7}{'HFU %':>7}{'MFU shp %':>10}{'CPU %':>7}")
     print(header)
     useful = _useful_flops(args, shape)  # the same rows and epochs in every run
     summary = {}
@@ -325,18 +356,28 @@ def main() -> None:
         padded = sum(b * t for b, t in first["batch_shapes"])
         hardware = train_flops([(b, t) for b, t in first["batch_shapes"]], shape)
         peak = peaks[first["precision"]]  # MFU against the peak of the precision this run used
+        # ... and against the peak of the matmuls this model runs at this run's median batch size in tokens
+        tokens = int(statistics.median(b * t for b, t in first["batch_shapes"]))
+        dtype = torch.bfloat16 if first["precision"] == "bf16" else torch.float32
+        peak_shapes = shape_peak(args.threads, model_matmuls(tokens, shape["hidden"], shape["intermediate"]), dtype)
         summary[which] = {"eps": med, "acc": statistics.median(r["accuracy"] for r in runs),
-                          "mfu": 100 * useful / seconds / peak}
+                          "mfu": 100 * useful / seconds / peak, "mfu_shape": 100 * useful / seconds / peak_shapes,
+                          "peak_shapes": peak_shapes, "tokens": tokens}
         print(f"{RUNS[which]:<12}{first['precision']:>5}{first['steps']:>6}{seconds:>9.1f}"
               f"{f'{med:.1f} [{best:.1f}]':>18}{first['real_tokens'] / seconds:>11.0f}"
               f"{100 * (1 - first['real_tokens'] / padded):>7.1f}"
               f"{statistics.median(r['peak_rss_mb'] for r in runs):>12.0f}{100 * summary[which]['acc']:>10.2f}"
               f"{100 * useful / seconds / peak:>7.1f}{100 * hardware / seconds / peak:>7.1f}"
-              f"{100 * statistics.median(r['cpu_util'] for r in runs):>7.0f}")
+              f"{summary[which]['mfu_shape']:>10.1f}{100 * statistics.median(r['cpu_util'] for r in runs):>7.0f}")
     print("MFU: training FLOPs of the real tokens per second / measured matmul peak of the run's precision; HFU: of "
           "the padded tokens. Both count the whole model's FLOPs; ours computes the last layer for [CLS] alone (all "
           "its head reads), so up to a seventh of the count (most of 1 layer in 6) is work it skips, not work done faster. "
-          "CPU %: process CPU time in the timed loop / (wall time x threads); well under 100 means the cores were shared.")
+          "MFU shp: the same FLOPs over the measured peak of the model's own matmuls (its linear layers' forward and "
+          "backward shapes at the run's median batch tokens, in its precision): what the shapes allow, not a 2048^3 "
+          "square. CPU %: process CPU time in the timed loop / (wall time x threads); well under 100 means the cores "
+          "were shared.")
+    for which, row in summary.items():
+        print(f"  {RUNS[which]}: shape peak {row['peak_shapes'] / 1e9:.1f} GFLOP/s at {row['tokens']} tokens a batch")
     for which, runs in results.items():
         print(f"  {RUNS[which]}: threads in training {runs[0]['threads']}, optimizer {runs[0]['optimizer']}, "
               f"token ids equal to ours: {runs[0]['ids_match']}")
@@ -349,7 +390,7 @@ def main() -> None:
               f"{'met' if vs_default >= 4 else 'NOT met'}; dev accuracy >= (b) - 0.5 point: "
               f"{'met' if delta >= -0.5 else 'NOT met'}")
         print(f"ratio_vs_tuned={vs_tuned:.2f} ratio_vs_default={vs_default:.2f} acc_delta={delta:+.2f} "
-              f"mfu={summary['c']['mfu']:.1f}")
+              f"mfu={summary['c']['mfu']:.1f} mfu_shape={summary['c']['mfu_shape']:.1f}")
 
 
 def auto_precision() -> str:

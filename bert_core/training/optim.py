@@ -92,6 +92,27 @@ def clip_gradients(model: nn.Module, max_norm: float) -> torch.Tensor:
     return total
 
 
+def clipped_step(optimizer: AdamW, model: nn.Module, max_norm: float | None) -> None:
+    """Clip the gradients to total norm ``max_norm`` (None or 0: no clipping) and take the optimizer step.
+
+    With dense gradients the clip's factor is not applied in a pass of its own: fused AdamW reads every gradient
+    anyway and takes a ``grad_scale`` it divides them by as it reads them (the hook ``GradScaler`` uses), so the
+    factor goes there and one read-and-write pass over all gradients is saved. The update is ``clip_grad_norm_``'s
+    then AdamW's up to rounding (g / (1 / c) instead of g * c). Sparse gradients take ``clip_gradients``."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    if not max_norm or any(p.grad.is_sparse for p in params):
+        if max_norm:
+            clip_gradients(model, max_norm)
+        optimizer.step()
+        return
+    total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm([p.grad for p in params])))
+    optimizer.grad_scale = ((total + 1e-6) / max_norm).clamp(min=1.0)  # 1 / clip_grad_norm_'s clamped factor
+    try:
+        optimizer.step()
+    finally:
+        optimizer.grad_scale = None
+
+
 def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float) -> float:
     """Learning rate for optimizer step ``step`` (0-based): linear 0 -> peak over warmup, then -> 0 at total."""
     if warmup_steps and step < warmup_steps:

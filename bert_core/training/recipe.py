@@ -45,7 +45,7 @@ from bert_core.training.features import (
 )
 from bert_core.training.identity import FinetuneIdentity
 from bert_core.training.inference import autocast, evaluate_and_tune
-from bert_core.training.optim import build_optimizer, clip_gradients, lr_at, set_lr
+from bert_core.training.optim import build_optimizer, clipped_step, lr_at, set_lr
 from bert_core.training.starting_model import starting_model
 from bert_core.training.state import list_checkpoints, load_checkpoint, save_checkpoint
 from bert_core.training.threads import default_threads
@@ -345,9 +345,7 @@ def train_step(ctx: FitContext, state: TrainState, batch_indices: list[int], lr:
         loss_sum += loss.item() * weight
         state.examples += len(indices) * d.world_size
         state.tokens += int(batch["attention_mask"].sum()) * d.world_size
-    if cfg.max_grad_norm:
-        clip_gradients(ctx.model, cfg.max_grad_norm)
-    ctx.optimizer.step()
+    clipped_step(ctx.optimizer, ctx.model, cfg.max_grad_norm)
     ctx.optimizer.zero_grad(set_to_none=True)
     return loss_sum
 

@@ -254,6 +254,38 @@ def test_sparse_embedding_update_moves_only_the_batch_rows_as_adamw_would(tiny_n
     assert not torch.equal(dense[others], before[others])  # dense AdamW's weight decay moved them
 
 
+@pytest.mark.parametrize("max_norm", [0.01, 100.0])  # clipping, and a norm too large to clip
+def test_clipped_step_updates_as_clip_grad_norm_then_adamw(tiny_no_dropout, max_norm):
+    """The recipe's step (``clipped_step``: the clip's factor handed to fused AdamW as its grad_scale) moves every
+    weight as ``clip_grad_norm_`` followed by AdamW does, over three steps; and clipping does act at 0.01."""
+    from bert_core import get_family, load_pretrained
+    from bert_core.training.optim import build_optimizer, clipped_step
+
+    ids = torch.tensor([[2, 7, 9, 7, 3], [2, 11, 5, 3, 0]])
+
+    def weights_after(step) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        encoder, _ = load_pretrained(tiny_no_dropout)
+        model = get_family("single_classification").build_model(encoder, ["neg", "pos"]).train()
+        opt = build_optimizer(model, 1e-2, 0.1)
+        for _ in range(3):
+            model(ids, attention_mask=(ids != 0).long(), labels=torch.tensor([0, 1])).loss.backward()
+            step(opt, model)
+            opt.zero_grad(set_to_none=True)
+        return [p.detach().clone() for p in model.parameters()]
+
+    def reference(opt, model):
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+        opt.step()
+
+    ours = weights_after(lambda opt, model: clipped_step(opt, model, max_norm))
+    gap = max((a - b).abs().max().item() for a, b in zip(ours, weights_after(reference)))
+    unclipped = weights_after(lambda opt, model: opt.step())
+    clipping = max((a - b).abs().max().item() for a, b in zip(ours, unclipped))
+    assert gap < 5e-6  # rounding (5.8e-7 seen); every update is ~1e-2 (lr) in size, clipping's effect ~2e-2
+    assert (clipping > 1e-4) == (max_norm == 0.01)
+
+
 def test_sparse_embedding_update_learns_and_resumes_exactly(tmp_path, tiny):
     whole = run(tmp_path, tiny, "whole", epochs=2, embedding_update="sparse")
 
