@@ -6,9 +6,12 @@ the whole step, vs a frozen word embedding, on the same batches in one process.
 
 Every variant: the packaged all-MiniLM-L6-v2 + a fresh SST-2 head (seed 0), the first ``--steps`` x 32 SST-2
 train rows in ``step_batches`` order (length-grouped, seed 42), ``fit``'s step (autocast forward, loss,
-backward, clipping at 1.0, fused AdamW with weight decay on matrices, zero_grad), lr 2e-5.
+backward, clipping at 1.0 folded into fused AdamW's grad_scale, fused AdamW with weight decay on matrices,
+zero_grad), lr 2e-5.
 
 - ``eager``           ``fit``'s step as it is.
+- ``separate-clip``   eager with clipping as its own pass (``clip_grad_norm_`` multiplies every gradient by the
+                      clip factor, then AdamW reads them): the step before ``optim.clipped_step``, the same math.
 - ``compile-model``   ``torch.compile(model)``, the rest eager. Batch lengths are padded up to a multiple of
                       N (``compile-model@16``) so the number of shapes, hence recompiles, stays bounded; with
                       ``-dynamic`` (``compile-model-dynamic``) one graph with a symbolic length.
@@ -86,7 +89,7 @@ def run_variant(variant: str, data, args) -> dict:
     name = variant.partition("@")[0].removesuffix("-dynamic")
     dynamic = variant.partition("@")[0].endswith("-dynamic") or None
     from bert_core.training.inference import autocast
-    from bert_core.training.optim import build_optimizer, clip_gradients
+    from bert_core.training.optim import build_optimizer, clip_gradients, clipped_step
 
     model = fresh_model()
     if name == "full-last-layer":
@@ -119,9 +122,12 @@ def run_variant(variant: str, data, args) -> dict:
         return loss.detach()
 
     def opt_step():
-        if master is None:
+        if name == "separate-clip":  # the step before clipped_step: clip_grad_norm_ rewrites every gradient
             clip_gradients(model, 1.0)
             opt.step()
+            return
+        if master is None:
+            clipped_step(opt, model, 1.0)
             return
         for p, m in zip(model.parameters(), master.parameters()):
             m.grad = p.grad.float()
