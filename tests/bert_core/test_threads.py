@@ -159,5 +159,6 @@ def test_the_sampler_does_not_count_our_own_busy_threads():
         a = torch.tanh(a @ a)
     others = sample()
     own = (sum(me.cpu_times()[:2]) - own_before) / (time.monotonic() - start)  # cores' worth we used
-    assert own > 0.3, f"this process barely ran ({own:.2f} cores): the check below would prove nothing"
+    if own < 0.3:
+        pytest.skip(f"this machine gave the process {own:.2f} cores: too little to tell our threads from others")
     assert others <= len(cores) - own + 0.15, (others, own)
