@@ -206,9 +206,16 @@ def _features_line(features: FeaturesInfo) -> str:
             f"{features.settings['max_seq_length']})")
 
 
+def _threads_story(used: list[dict]) -> str:
+    """``1 thread, 2 from step 37``: the count at the start and each change the load made (bert_core/training/threads.py)."""
+    first = used[0]["threads"]
+    return f"{first} thread{'s' if first > 1 else ''}" + "".join(f", {u['threads']} from step {u['step']}" for u in used[1:])
+
+
 def _trained_line(trained: Trained, metric: str) -> str:
     resumed = f", resumed at step {trained.resumed_from_step}" if trained.resumed_from_step else ""
-    threads = f"{trained.threads} thread{'s' if trained.threads > 1 else ''}"
+    threads = _threads_story(trained.threads_used) if len(trained.threads_used) > 1 else \
+        f"{trained.threads} thread{'s' if trained.threads > 1 else ''}"
     return (f"3/5 fine-tune: {trained.train_rows:,} rows, {trained.final_step:,} steps in "
             f"{trained.train_seconds:.0f} s ({trained.examples_per_second:.1f} examples/s, {trained.precision}, "
             f"{threads}{resumed}); best dev {metric} {trained.best_metric:.4f} at step {trained.best_step}")

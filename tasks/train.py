@@ -56,6 +56,8 @@ class Trained:
     stopped_early: bool
     feature_cache_hit: bool  # fit found the tokenize task's features (False: a key mismatch, a bug)
     pruned_at: int | None  # a sweep trial stopped by its pruner: at this evaluation
+    # the thread count at the start and at each change ([{"step", "threads"}, ...]; bert_core/training/threads.py)
+    threads_used: list[dict] = dataclasses.field(default_factory=list)
 
 
 class ProgressArtifact:
@@ -132,4 +134,5 @@ def train_model(spec: TaskSpec, cfg: TrainConfig, data: DataInfo, run_dir: str, 
         metrics=result.eval_metrics, history_path=str(history_path), precision=result.precision,
         resumed_from_step=result.resumed_from_step, stopped_early=result.stopped_early,
         feature_cache_hit=result.feature_stats["feature_cache_hit"], threads=result.threads,
+        threads_used=result.threads_used,
         pruned_at=reporter.pruned_at if reporter else None, **summary)

@@ -47,8 +47,8 @@ class TrainConfig(ImbalanceFields):
     group_by_length: bool = Field(True, description="Batch examples of similar length together (less padding).")
     log_every: int = Field(10, ge=1, description="Report loss, learning rate and throughput every N steps.")
     num_threads: int | None = Field(
-        None, ge=1, description="torch intra-op threads; None = $OMP_NUM_THREADS if set, else the cores free when "
-        "training starts (a busy core slows every thread of a step).")
+        None, ge=1, description="torch intra-op threads; None = $OMP_NUM_THREADS if set, else the cores free of "
+        "other processes' work, re-checked as training runs (a busy core slows every thread of a step).")
     progress_bar: bool = Field(True, description="Show a tqdm progress bar (rank 0 only).")
     # Task choices a sweep may search; set, they replace the task spec's field of the same name.
     class_weights: Literal["balanced"] | dict[str, float] | None = Field(

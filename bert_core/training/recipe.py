@@ -48,7 +48,7 @@ from bert_core.training.inference import autocast, evaluate_and_tune
 from bert_core.training.optim import build_optimizer, clipped_step, lr_at, set_lr
 from bert_core.training.starting_model import starting_model
 from bert_core.training.state import list_checkpoints, load_checkpoint, save_checkpoint
-from bert_core.training.threads import default_threads
+from bert_core.training.threads import ThreadController, default_threads
 
 
 class Callback(Protocol):
@@ -79,7 +79,9 @@ class FitResult:
     train_rows: int
     eval_rows: int
     feature_stats: dict[str, Any]
-    threads: int = 1  # intra-op threads the steps ran with
+    threads: int = 1  # intra-op threads the steps ran with (at the end)
+    threads_used: list[dict] = dataclasses.field(default_factory=list)  # ThreadController.history: the count
+    # at the start and at each change, [{"step", "threads"}, ...]
 
 
 class TrainingDiverged(FloatingPointError):
@@ -161,7 +163,9 @@ def fit(spec: TaskSpec, cfg: TrainConfig, output_dir: str | Path, train_rows: li
         "precision": ctx.precision, "threads": torch.get_num_threads(), "world_size": ctx.dist.world_size,
         "resumed_from_step": resumed_from, "train_rows": len(ctx.train_rows), "eval_rows": len(ctx.eval_rows),
         **ctx.feature_stats})
-    stopped_early = train_loop(ctx, state, callbacks)
+    # Unless the config, OMP_NUM_THREADS or torchrun fixed it, the thread count follows the load (threads.py).
+    threads = ThreadController.for_run(cfg.num_threads, ctx.dist.world_size, state.step)
+    stopped_early = train_loop(ctx, state, callbacks, threads)
 
     seconds = max(state.train_seconds, 1e-9)
     result = FitResult(
@@ -171,7 +175,7 @@ def fit(spec: TaskSpec, cfg: TrainConfig, output_dir: str | Path, train_rows: li
         examples_per_second=state.examples / seconds, tokens_per_second=state.tokens / seconds,
         resumed_from_step=resumed_from, precision=ctx.precision, stopped_early=stopped_early,
         train_rows=len(ctx.train_rows), eval_rows=len(ctx.eval_rows), feature_stats=ctx.feature_stats,
-        threads=torch.get_num_threads())
+        threads=torch.get_num_threads(), threads_used=threads.history)
     _notify(callbacks, "on_train_end", result)
     return result
 
@@ -268,9 +272,9 @@ def _check_resumable(checkpoint: Path, identity: FinetuneIdentity) -> None:
 
 
 # ---- the loop ------------------------------------------------------------------------------------------
-def train_loop(ctx: FitContext, state: TrainState, callbacks) -> bool:
+def train_loop(ctx: FitContext, state: TrainState, callbacks, threads: ThreadController | None = None) -> bool:
     """Steps from ``state.step`` to the end, with log events, evaluations and checkpoints at their cadence;
-    returns whether early stopping ended it."""
+    returns whether early stopping ended it. ``threads``: re-decides the thread count after each step."""
     cfg, d = ctx.cfg, ctx.dist
     bar = tqdm(total=ctx.total_steps, initial=state.step, desc=f"fine-tune {ctx.spec.name}", unit="step",
                disable=not (d.is_main and cfg.progress_bar), dynamic_ncols=True)
@@ -286,13 +290,16 @@ def train_loop(ctx: FitContext, state: TrainState, callbacks) -> bool:
             lr = lr_at(state.step, ctx.total_steps, ctx.warmup_steps, cfg.learning_rate)
             loss = train_step(ctx, state, batch_indices, lr)
             state.step += 1
+            if threads is not None:
+                threads.after_step(state.step)
             bar.update(1)
             if state.step % cfg.log_every == 0 or state.step == ctx.total_steps:
                 now = time.perf_counter()
                 state.train_seconds += now - window_start
                 window_seconds += now - window_start
                 rate = (state.examples - window_examples) / max(window_seconds, 1e-9)
-                logged = {"loss": loss, "lr": lr, "examples_per_second": rate, "epoch": state.step / ctx.steps_per_epoch}
+                logged = {"loss": loss, "lr": lr, "examples_per_second": rate, "epoch": state.step / ctx.steps_per_epoch,
+                          "threads": torch.get_num_threads()}
                 state.history.append({"step": state.step, **logged})
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", ex_s=f"{rate:.1f}")
                 _notify(callbacks, "on_step", state.step, logged)

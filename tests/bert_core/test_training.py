@@ -190,6 +190,33 @@ def test_unset_threads_default_to_the_free_cores_unless_omp_num_threads_says(mon
     assert threads.default_threads() == 3
 
 
+@pytest.mark.parametrize("num_threads", [None, 1])
+def test_fit_follows_the_load_unless_the_config_fixes_the_threads(tmp_path, tiny, monkeypatch, num_threads):
+    """Started at 1 thread after a busy moment, on a machine that is quiet from then on (a scripted sampler,
+    sampled after every step): fit moves to both cores once two samples agree, records it and logs the count;
+    a config that sets num_threads keeps its count."""
+    from bert_core.training import recipe, threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(recipe, "default_threads", lambda: 1)
+    monkeypatch.setattr(threads, "usable_cores", lambda: [0, 1])
+    monkeypatch.setattr(threads, "OtherProcessesLoad", lambda cores: lambda: 0.0)
+    monkeypatch.setattr(threads, "EARLY_EVERY", 0.0)
+    before = torch.get_num_threads()
+    try:
+        result = run(tmp_path, tiny, epochs=1, num_threads=num_threads)
+        after = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+    logged = [h["threads"] for h in result.history if "loss" in h]
+    if num_threads is None:
+        assert result.threads_used == [{"step": 0, "threads": 1}, {"step": 2, "threads": 2, "others_load": 0.0}]
+        assert result.threads == after == 2 and logged == [1] + [2] * 5
+    else:
+        assert result.threads_used == [{"step": 0, "threads": 1}]
+        assert result.threads == after == 1 and logged == [1] * 6
+
+
 def test_a_checkpoint_restores_weights_optimizer_and_state_and_keeps_the_newest(tmp_path):
     from bert_core.training.state import load_checkpoint, save_checkpoint
 
