@@ -27,10 +27,9 @@ import torch
 from bert_core.checkpoint import OFFLINE_DEFAULT
 from bert_core.loading import TaskData, load_task_data
 from bert_core.spec import TaskSpec
-from bert_core.training.batching import step_batches
 from bert_core.training.config import TrainConfig
 from bert_core.training.features import build_split_features, effective_spec
-from bert_core.training.recipe import FitContext, TrainState, setup, train_step
+from bert_core.training.recipe import FitContext, TrainState, epoch_batches, setup, train_step
 
 TIMED_STEPS = 3  # each after an untimed step on the same batch
 # Suggest `long_text` when more than this share of a split's rows is cut at max_seq_length: a tenth of the rows
@@ -129,8 +128,7 @@ def _estimate(ctx: FitContext) -> TrainingEstimate:
     untimed first: the first step at a new sequence length pays one-off kernel set-up, which a real run pays once
     per length and then amortises over thousands of steps."""
     cfg = ctx.cfg
-    batches = step_batches([len(f["input_ids"]) for f in ctx.train_features], cfg.batch_size, cfg.seed, 0,
-                           cfg.group_by_length)[: ctx.steps_per_epoch]
+    batches = epoch_batches(ctx, 0)
     picked = batches[:: max(1, ctx.steps_per_epoch // TIMED_STEPS)][:TIMED_STEPS]
     state, times = TrainState(), []
     for indices in (i for batch in picked for i in (batch, batch)):

@@ -22,6 +22,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -158,10 +159,12 @@ class LocalSource(_Strict):
 class LongText(_Strict):
     """How a text family reads a text (pair) longer than ``max_seq_length`` (``families/text_encoding.py``).
 
-    ``windows``: the text in overlapping windows, each a feature of its row (in training, an example with the
-    row's label); the windows' logits are pooled into the row's. ``head_tail``: one feature keeping the text's
-    first quarter and last three quarters of the window (Sun et al. 2019, "How to fine-tune BERT for text
-    classification": 128 head + 382 tail tokens of 512), no extra cost."""
+    ``windows``: the text in overlapping windows, each a feature of its row; the windows' logits are pooled into
+    the row's. In training (``train_on``) each window is an example with the row's label, or (``document``, single
+    and pair classification) a step takes whole rows: all their windows through the encoder, the logits pooled per
+    row as evaluation pools them, the loss once per row (``SequenceClassifier``; ``batch_size`` counts rows).
+    ``head_tail``: one feature keeping the text's first quarter and last three quarters of the window (Sun et al.
+    2019, "How to fine-tune BERT for text classification": 128 head + 382 tail tokens of 512), no extra cost."""
 
     strategy: Literal["windows", "head_tail"] = Field(
         "windows", description="windows: overlapping windows, logits pooled per row; head_tail: the first and last "
@@ -172,6 +175,26 @@ class LongText(_Strict):
     pooling: Literal["mean", "max"] = Field(
         "mean", description="windows: how a row's logits come from its windows' logits: their mean or their maximum "
         "(per class; max: a label found anywhere).")
+    train_on: Literal["windows", "document"] = Field(
+        "windows", description="windows: what a training step counts and weighs: each window an example with its "
+        "row's label; document (single/pair classification): whole rows, the loss of each row's pooled logits "
+        "(batch_size then counts rows, each read in all its windows).")
+
+    @model_validator(mode="after")
+    def _document_needs_windows(self) -> LongText:
+        if self.train_on == "document" and self.strategy != "windows":
+            raise ValueError(f"train_on 'document' pools a row's windows; strategy {self.strategy!r} reads one feature "
+                             "per row (use train_on: windows, or strategy: windows)")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _default_train_on_unsaid(self, handler) -> dict:
+        # train_on 'windows' is left out of the dump, so the long_text settings, feature cache keys and spec hashes
+        # (checkpoint identities) of the specs written before train_on existed stay what they were.
+        dumped = handler(self)
+        if dumped.get("train_on") == "windows":
+            dumped.pop("train_on")
+        return dumped
 
 
 class TaskSpec(_Strict, ImbalanceFields):

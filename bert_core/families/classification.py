@@ -88,7 +88,7 @@ class LabelRows(Rows):
         self.request = text_request(pair)
 
     def check_spec(self, spec) -> None:
-        check_long_text(spec, self.pair)
+        check_long_text(spec, self.pair, pooled_loss=True)
         binary = [m for m in spec.metrics if m in BINARY_METRICS]
         if binary and spec.labels is not None and len(spec.labels) != 2:
             raise ValueError(f"metrics {binary}: the F1 of the positive class needs exactly two labels, and "

@@ -34,6 +34,8 @@ import torch.nn.functional as F
 from pydantic import BaseModel, field_validator
 from torch import nn
 
+from bert_core.families.text_encoding import trains_on_documents
+
 BALANCED = "balanced"
 TUNE = "tune"
 DEFAULT_THRESHOLD = 0.5
@@ -159,11 +161,14 @@ class WeightedCrossEntropy:
 def weigh_classes(model: nn.Module, train_features: list[dict], settings: dict,
                   label_names: list[str] | None = None) -> dict:
     """Classification's ``Family.weigh_loss``: with ``settings["class_weights"]``, the head's loss becomes the
-    weighted cross-entropy; returns ``{"class_weights": {label: weight}}`` for the model's meta ({} when unweighted)."""
+    weighted cross-entropy; returns ``{"class_weights": {label: weight}}`` for the model's meta ({} when unweighted).
+    'balanced' counts what the loss counts: features (windows), or rows with ``long_text.train_on: document``."""
     setting = settings.get("class_weights")
     if setting is None:
         return {}
-    counts = np.bincount([f["labels"] for f in train_features], minlength=len(label_names))
+    rows_only = trains_on_documents(settings)
+    counts = np.bincount([f["labels"] for f in train_features if not rows_only or f.get("window", 0) == 0],
+                         minlength=len(label_names))
     weights = weight_vector(setting, label_names, balanced_weights(counts))
     model.loss = WeightedCrossEntropy(torch.tensor(weights, dtype=torch.float32))
     return {"class_weights": {name: float(w) for name, w in zip(label_names, weights, strict=True)}}

@@ -9,8 +9,10 @@ are labelled, ``labels``: the family's ``target`` of each row (a label index, a 
 Long texts (the spec's ``long_text``, kept in the task settings as a dict): instead of the cut,
 - ``windows``: a row longer than ``max_seq_length`` gives several features, overlapping windows of its text, each
   with the row's ``example_index``, its position ``window`` (0, 1, ...) and, in training, the row's target: every
-  window is an example of its document's label. ``logits_by_row`` pools a row's window logits (mean or max per
-  class). A pair keeps its shorter text in every window and windows the longer one: in pair tasks with long
+  window is an example of its document's label; with ``train_on: document`` a training step takes whole rows
+  and the loss is their pooled logits' (``cls_head.SequenceClassifier``, ``training/batching.py``'s
+  ``row_features``). ``pool_windows`` pools a row's window logits (mean or max per class), in evaluation
+  (``logits_by_row``) and in that loss alike. A pair keeps its shorter text in every window and windows the longer one: in pair tasks with long
   inputs one side is short (a question, a hypothesis) and which side it is varies by dataset, so the longer text
   is windowed whichever it is (``BertTokenizer.encode_long_batch``), and segment ids keep text_a's first.
 - ``head_tail``: one feature per row, the first quarter and the last three quarters of the window's text
@@ -23,6 +25,7 @@ import dataclasses
 from collections.abc import Callable
 
 import numpy as np
+import torch
 from datasets import Features, Value
 
 from bert_core.families.base import FeatureBuilder, as_rows
@@ -35,7 +38,7 @@ MAX_WINDOWS = 64
 # head_tail: Sun et al. 2019 ("How to fine-tune BERT for text classification"), 128 head + 382 tail of the 510
 # text tokens of a 512-token input; scaled to any max_seq_length.
 HEAD_SHARE = 128 / 510
-POOLING = {"mean": np.mean, "max": np.max}
+POOLINGS = ("mean", "max")
 
 
 def text_fields(pair: bool) -> tuple[str, ...]:
@@ -64,7 +67,7 @@ def truncation_note(max_seq_length: int, long_text=None) -> str:
     if long_text is not None and long_text.strategy == "windows":
         return (f"a long input is read in windows of {max_seq_length} word pieces overlapping by {long_text.stride} "
                 f"(at most {MAX_WINDOWS}; a pair's shorter text in each), its answer from the {long_text.pooling} "
-                "of the windows' scores")
+                "of the windows' scores" + (", as in training" if long_text.train_on == "document" else ""))
     if long_text is not None:
         return (f"a long input keeps the first quarter and the last three quarters of {max_seq_length} word pieces "
                 "([CLS]/[SEP] included), a pair's shorter text whole or cut")
@@ -88,11 +91,15 @@ def long_text_problem(long_text: dict | None, max_seq_length: int, pair: bool) -
     return None
 
 
-def check_long_text(spec, pair: bool) -> None:
-    """A family's spec check of ``long_text`` (stride below the window's room); raises ValueError."""
+def check_long_text(spec, pair: bool, pooled_loss: bool = False) -> None:
+    """A family's spec check of ``long_text`` (stride below the window's room; ``train_on: document`` only where
+    the family trains on ``pooled_loss``, classification's); raises ValueError."""
     found = long_text_problem(long_text_settings(spec).get("long_text"), spec.max_seq_length, pair)
     if found:
         raise ValueError(found)
+    if spec.long_text is not None and spec.long_text.train_on == "document" and not pooled_loss:
+        raise ValueError(f"long_text.train_on 'document' (a loss on each row's pooled windows) is for single and pair "
+                         f"classification, not {spec.family!r}; use train_on: windows")
 
 
 def long_text_settings(spec) -> dict:
@@ -104,6 +111,21 @@ def window_pooling(settings: dict) -> str:
     """How a row's window logits are pooled (``logits_by_row``): the settings' ``long_text.pooling``, else mean
     (a row of one feature is that feature's, whatever the pooling)."""
     return (settings.get("long_text") or {}).get("pooling", "mean")
+
+
+def trains_on_documents(settings: dict) -> bool:
+    """True when a training step takes whole rows, the loss on their pooled windows (``long_text.train_on``)."""
+    return (settings.get("long_text") or {}).get("train_on") == "document"
+
+
+def pool_windows(windows, pooling: str):
+    """A row's logits from its windows' (W, C) or (W,): their ``pooling``, "mean" or "max" per class. A numpy
+    array (evaluation, serving) or a torch tensor (training's pooled loss, which backpropagates through it)."""
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling {pooling!r}; expected one of {POOLINGS}")
+    if pooling == "mean":
+        return windows.mean(0)
+    return windows.amax(0) if isinstance(windows, torch.Tensor) else windows.max(0)
 
 
 def is_labelled(rows: list[dict], field: str = "label") -> bool:
@@ -187,4 +209,4 @@ def logits_by_row(logits: list[np.ndarray], features, n_rows: int, pooling: str 
         per_row[feature["example_index"]].append(np.asarray(logit, dtype=np.float64))
     if not all(per_row):
         raise ValueError("postprocess: some rows have no feature/logits; features and rows do not match")
-    return [windows[0] if len(windows) == 1 else POOLING[pooling](np.stack(windows), axis=0) for windows in per_row]
+    return [windows[0] if len(windows) == 1 else pool_windows(np.stack(windows), pooling) for windows in per_row]

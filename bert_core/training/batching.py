@@ -1,7 +1,9 @@
 """Which examples go into which step: seeded shuffling, length grouping, accumulation and DDP shards.
 
 The order is a pure function of (seed, epoch), so a resumed run can skip exactly the steps it has done,
-and 1 process with batch B sees the same examples per step as N processes with B / N each.
+and 1 process with batch B sees the same examples per step as N processes with B / N each. The examples are
+features, or with ``long_text.train_on: document`` rows (``row_features``), which ``row_forwards`` packs whole
+into the forwards of a step.
 """
 
 from __future__ import annotations
@@ -57,3 +59,23 @@ def make_batch(features: list[dict], indices: list[int], pad_id: int, keys: tupl
     # Pad to the batch's longest row exactly: on CPU, rounding up to a multiple of 8 only adds work.
     return collate([{k: features[i][k] for k in keys if k in features[i]} for i in indices], pad_id=pad_id,
                    pad_to_multiple_of=1)
+
+
+def row_features(features: list[dict]) -> list[list[int]]:
+    """The feature indices of each row (its windows, in order), rows in ``example_index`` order."""
+    rows: dict[int, list[int]] = {}
+    for i, feature in enumerate(features):
+        rows.setdefault(feature["example_index"], []).append(i)
+    return [rows[r] for r in sorted(rows)]
+
+
+def row_forwards(rows: list[list[int]], max_windows: int) -> list[tuple[list[int], list[int]]]:
+    """Rows (each its feature indices) packed whole, in order, into forwards of at most ``max_windows`` features
+    (a row of more gets a forward of its own): (the forward's feature indices, each row's number of them)."""
+    forwards: list[tuple[list[int], list[int]]] = []
+    for row in rows:
+        if not forwards or len(forwards[-1][0]) + len(row) > max_windows:
+            forwards.append(([], []))
+        forwards[-1][0].extend(row)
+        forwards[-1][1].append(len(row))
+    return forwards

@@ -31,10 +31,11 @@ from tqdm.auto import tqdm
 from bert_core.checkpoint import save_finetuned
 from bert_core.families import Family, get_family
 from bert_core.families.base import MODEL_INPUTS
+from bert_core.families.text_encoding import MAX_WINDOWS, trains_on_documents, window_pooling
 from bert_core.spec import TaskSpec
 from bert_core.tokenizer import BertTokenizer
 from bert_core.training import distributed
-from bert_core.training.batching import make_batch, micro_batches, step_batches
+from bert_core.training.batching import make_batch, micro_batches, row_features, row_forwards, step_batches
 from bert_core.training.config import TrainConfig
 from bert_core.training.features import (
     build_split_features,
@@ -134,6 +135,7 @@ class FitContext:
     eval_every: int
     output_dir: Path
     meta: dict  # saved with the best model
+    train_documents: list[list[int]] | None = None  # long_text.train_on document: each row's feature indices
 
 
 def fit(spec: TaskSpec, cfg: TrainConfig, output_dir: str | Path, train_rows: list[dict], eval_rows: list[dict],
@@ -207,9 +209,11 @@ def setup(spec: TaskSpec, cfg: TrainConfig, output_dir: Path, train_rows: list[d
                                                    "eval", cache_dir, cached)
     model = start.model.to(d.device).train()
     weighed = family.weigh_loss(model, train_features, settings, label_names)  # e.g. the class weights used
-    steps_per_epoch = math.ceil(len(train_features) / cfg.batch_size)
+    documents = row_features(train_features) if trains_on_documents(settings) else None  # batches of rows
+    examples = len(documents) if documents is not None else len(train_features)
+    steps_per_epoch = math.ceil(examples / cfg.batch_size)
     if d.world_size > 1:  # every rank must get a share of every micro-batch: drop the ragged tail
-        steps_per_epoch = len(train_features) // cfg.batch_size
+        steps_per_epoch = examples // cfg.batch_size
     total_steps = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
     return FitContext(
         spec=spec, cfg=cfg, family=family, dist=d, precision=cfg.resolved_precision(d.device), tokenizer=tokenizer,
@@ -226,7 +230,8 @@ def setup(spec: TaskSpec, cfg: TrainConfig, output_dir: Path, train_rows: list[d
         meta={"family": spec.family, "task": spec.name, "label_names": label_names, **settings, **weighed,
               "primary_metric": spec.primary_metric, "metrics": list(spec.metrics),
               "spec_columns": spec_columns(spec), **({"parent": start.parent} if start.parent else {}),
-              **(extra_meta or {})})
+              **(extra_meta or {})},
+        train_documents=documents)
 
 
 def seed_everything(seed: int) -> None:
@@ -284,8 +289,7 @@ def train_loop(ctx: FitContext, state: TrainState, callbacks, threads: ThreadCon
     last_checkpoint = time.monotonic()
     while state.step < ctx.total_steps and not stopped_early:
         epoch, index_in_epoch = divmod(state.step, ctx.steps_per_epoch)
-        batches = step_batches([len(f["input_ids"]) for f in ctx.train_features], cfg.batch_size, cfg.seed, epoch,
-                               cfg.group_by_length)[:ctx.steps_per_epoch]
+        batches = epoch_batches(ctx, epoch)
         for batch_indices in batches[index_in_epoch:]:
             lr = lr_at(state.step, ctx.total_steps, ctx.warmup_steps, cfg.learning_rate)
             loss = train_step(ctx, state, batch_indices, lr)
@@ -329,22 +333,42 @@ def _checkpoint_due(cfg: TrainConfig, step: int, last: float) -> bool:
     return by_steps or by_time
 
 
+def epoch_batches(ctx: FitContext, epoch: int) -> list[list[int]]:
+    """The epoch's steps (``step_batches``): feature indices, or row indices with ``train_on: document``."""
+    lengths = [len(f["input_ids"]) for f in ctx.train_features]
+    if ctx.train_documents is not None:  # a row's length: its windows' tokens
+        lengths = [sum(lengths[i] for i in row) for row in ctx.train_documents]
+    return step_batches(lengths, ctx.cfg.batch_size, ctx.cfg.seed, epoch, ctx.cfg.group_by_length)[:ctx.steps_per_epoch]
+
+
+def step_forwards(ctx: FitContext, batch_indices: list[int]) -> list[tuple[list[int], list[int] | None]]:
+    """This process's forwards of one step: (feature indices, None) per accumulation micro-batch; with
+    ``train_on: document`` (batch_indices are rows) each micro-batch's rows packed whole into forwards of at most
+    MAX_WINDOWS windows: (their windows' feature indices, windows per row)."""
+    micro = micro_batches(batch_indices, ctx.cfg.grad_accum_steps, ctx.dist.rank, ctx.dist.world_size)
+    if ctx.train_documents is None:
+        return [(indices, None) for indices in micro]
+    return [f for rows in micro for f in row_forwards([ctx.train_documents[r] for r in rows], MAX_WINDOWS)]
+
+
 def train_step(ctx: FitContext, state: TrainState, batch_indices: list[int], lr: float) -> float:
     """One optimizer step on one batch: this process's share of each accumulation micro-batch, forward and
-    backward with every micro-batch's mean loss weighted by its share of the batch (so the gradient is the
-    whole batch's mean loss's), clipping, AdamW. Returns the batch's mean loss."""
+    backward with every forward's mean loss weighted by its share of the batch (so the gradient is the
+    whole batch's mean loss's), clipping, AdamW. Returns the batch's mean loss. With ``train_on: document`` the
+    batch is rows and the loss each row's, on its pooled windows (``SequenceClassifier``)."""
     cfg, d = ctx.cfg, ctx.dist
     set_lr(ctx.optimizer, lr)
     loss_sum = 0.0
-    micro = micro_batches(batch_indices, cfg.grad_accum_steps, d.rank, d.world_size)
-    for k, indices in enumerate(micro):
+    forwards = step_forwards(ctx, batch_indices)
+    for k, (indices, rows) in enumerate(forwards):
         batch = {n: t.to(d.device) for n, t in make_batch(ctx.train_features, indices, ctx.tokenizer.pad_id,
                                                            MODEL_INPUTS + tuple(ctx.family.features.label_keys)).items()}
-        weight = len(indices) * d.world_size / len(batch_indices)
-        sync = d.world_size == 1 or k == len(micro) - 1
+        pooled = {} if rows is None else {"windows_per_row": rows, "pooling": window_pooling(ctx.settings)}
+        weight = len(rows or indices) * d.world_size / len(batch_indices)
+        sync = d.world_size == 1 or k == len(forwards) - 1
         sync_scope = contextlib.nullcontext() if sync else ctx.ddp_model.no_sync()  # all-reduce once per step
         with sync_scope, autocast(ctx.precision, d.device):
-            loss = ctx.ddp_model(**batch).loss
+            loss = ctx.ddp_model(**batch, **pooled).loss
         if not torch.isfinite(loss):
             raise TrainingDiverged(f"loss is {loss.item()} at step {state.step + 1} (lr {lr:.3g}); lower the learning "
                                    "rate, use fp32 precision, or check the data for extreme labels")
