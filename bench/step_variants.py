@@ -94,6 +94,10 @@ def run_variant(variant: str, data, args) -> dict:
     model = fresh_model()
     if name == "full-last-layer":
         model.cls_only = False
+    if name == "kept-word-grad":  # the word embedding's gradient in one buffer, its rows zeroed each step
+        from bert_core.training.word_gradient import KeptWordGradient
+
+        KeptWordGradient(model.bert.embeddings.word_embeddings)
     if name == "frozen-words":
         model.bert.embeddings.word_embeddings.weight.requires_grad_(False)
     if name == "no-attention-dropout":  # SDPA may take a fused kernel instead of its math path

@@ -50,6 +50,7 @@ from bert_core.training.optim import build_optimizer, clipped_step, lr_at, set_l
 from bert_core.training.starting_model import starting_model
 from bert_core.training.state import list_checkpoints, load_checkpoint, save_checkpoint
 from bert_core.training.threads import ThreadController, default_threads
+from bert_core.training.word_gradient import keep_word_gradient
 
 
 class Callback(Protocol):
@@ -167,7 +168,12 @@ def fit(spec: TaskSpec, cfg: TrainConfig, output_dir: str | Path, train_rows: li
         **ctx.feature_stats})
     # Unless the config, OMP_NUM_THREADS or torchrun fixed it, the thread count follows the load (threads.py).
     threads = ThreadController.for_run(cfg.num_threads, ctx.dist.world_size, state.step)
-    stopped_early = train_loop(ctx, state, callbacks, threads)
+    kept = keep_word_gradient(ctx.model, ctx.dist.world_size, cfg.embedding_update)  # no 47 MB refill a step
+    try:
+        stopped_early = train_loop(ctx, state, callbacks, threads)
+    finally:
+        if kept is not None:
+            kept.remove()
 
     seconds = max(state.train_seconds, 1e-9)
     result = FitResult(

@@ -32,7 +32,7 @@ from bert_core.training.batching import make_batch
 from bert_core.training.identity import FinetuneIdentity
 from bert_core.training.recipe import setup
 from bert_core.validation import DataError
-from tests.tiny_models import TINY, VOCAB, write_tiny_checkpoint
+from tests.tiny_models import TINY, VOCAB
 
 approx = pytest.approx
 SINGLE = get_family("single_classification")
@@ -81,11 +81,6 @@ def toy_rows(n: int, seed: int, positive_share: float = 0.5) -> list[dict]:
         rng.shuffle(words)
         rows.append({"text_a": " ".join(words), "text_b": None, "label": label, "_source": f"toy:{i}"})
     return rows
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "ckpt", seed=0)
 
 
 def test_the_recipe_trains_with_the_weighted_loss_and_keeps_the_weights(tiny, tmp_path):

@@ -26,7 +26,7 @@ from bert_core.spec import LongText, SpecError, TaskSpec, load_spec
 from bert_core.training import TrainConfig, fit
 from bert_core.training.features import TASK_SETTINGS, feature_settings
 from flows.check_report import report
-from tests.tiny_models import TINY, VOCAB, write_tiny_checkpoint
+from tests.tiny_models import TINY, VOCAB
 from tracking.packaging import BertPyfunc
 from tracking.request_check import MAX_LONG_TEXT_CHARS, MAX_TEXT_CHARS, check_value, text_limit
 
@@ -235,11 +235,6 @@ def late_signal_rows(n: int, seed: int) -> list[dict]:
         text = " ".join([*(rng.choice(FILL) for _ in range(20)), rng.choice(POS if label == "pos" else NEG)])
         rows.append({"text_a": text, "text_b": None, "label": label, "_source": f"toy:{i}"})
     return rows
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "ckpt", seed=0)
 
 
 @pytest.mark.parametrize("long_text, learnt", [(None, False), ({"stride": 4}, True),

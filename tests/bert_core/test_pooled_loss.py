@@ -24,7 +24,6 @@ from bert_core.training import recipe as recipe_module
 from bert_core.training.batching import row_features, row_forwards
 from bert_core.training.recipe import TrainState, epoch_batches, setup, step_forwards, train_step
 from bert_core.training.state import list_checkpoints
-from tests.tiny_models import write_tiny_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 BASE = dict(name="toy_long", family="single_classification", labels=["neg", "pos"],
@@ -48,11 +47,6 @@ def documents(n: int, seed: int) -> list[dict]:
 
 def spec(train_on: str = "document", pooling: str = "mean", **fields) -> TaskSpec:
     return TaskSpec(**{**BASE, "long_text": {"stride": 4, "pooling": pooling, "train_on": train_on}, **fields})
-
-
-@pytest.fixture(scope="module")
-def tiny0(tmp_path_factory) -> Path:
-    return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny0") / "ckpt", seed=0, dropout=0.0)
 
 
 def context(tmp_path, pretrained, task: TaskSpec, rows: list[dict], **overrides):
@@ -81,9 +75,9 @@ def hand_pooled_loss(ctx, rows: list[int], pooling: str, weight: torch.Tensor | 
 
 
 @pytest.mark.parametrize("pooling, class_weights", [("mean", None), ("max", None), ("mean", "balanced")])
-def test_a_step_on_documents_has_the_loss_of_their_pooled_windows(tmp_path, tiny0, pooling, class_weights):
+def test_a_step_on_documents_has_the_loss_of_their_pooled_windows(tmp_path, tiny_no_dropout, pooling, class_weights):
     rows = documents(12, 1)
-    ctx = context(tmp_path, tiny0, spec(pooling=pooling, class_weights=class_weights), rows)
+    ctx = context(tmp_path, tiny_no_dropout, spec(pooling=pooling, class_weights=class_weights), rows)
     assert ctx.train_documents == row_features(ctx.train_features) and len(ctx.train_documents) == 12
     assert ctx.steps_per_epoch == 3, "batch_size counts rows: 12 rows / 4"
     assert max(map(len, ctx.train_documents)) > 1, "some rows are read in several windows"
@@ -97,11 +91,11 @@ def test_a_step_on_documents_has_the_loss_of_their_pooled_windows(tmp_path, tiny
     assert train_step(ctx, TrainState(), batch, 1e-3) == pytest.approx(expected, abs=2e-6)
 
 
-def test_windows_as_examples_is_another_loss(tmp_path, tiny0):
+def test_windows_as_examples_is_another_loss(tmp_path, tiny_no_dropout):
     """One step on every row: the pooled loss (document) is not the mean of the windows' losses (windows)."""
     rows = documents(8, 2)
-    on_rows = context(tmp_path, tiny0, spec("document"), rows, batch_size=64)
-    on_windows = context(tmp_path, tiny0, spec("windows"), rows, batch_size=64)
+    on_rows = context(tmp_path, tiny_no_dropout, spec("document"), rows, batch_size=64)
+    on_windows = context(tmp_path, tiny_no_dropout, spec("windows"), rows, batch_size=64)
     assert on_windows.train_documents is None and len(on_windows.train_features) > 8
     every_window = F.cross_entropy(torch.stack([window_logits(on_windows, f) for f in on_windows.train_features]),
                                    torch.tensor([f["labels"] for f in on_windows.train_features])).item()
@@ -112,13 +106,13 @@ def test_windows_as_examples_is_another_loss(tmp_path, tiny0):
         every_window, abs=2e-6)
 
 
-def test_accumulation_and_bounded_forwards_keep_the_mean_over_documents(tmp_path, tiny0, monkeypatch):
+def test_accumulation_and_bounded_forwards_keep_the_mean_over_documents(tmp_path, tiny_no_dropout, monkeypatch):
     rows = documents(12, 3)
-    whole = context(tmp_path, tiny0, spec(), rows, batch_size=8)
+    whole = context(tmp_path, tiny_no_dropout, spec(), rows, batch_size=8)
     batch = epoch_batches(whole, 0)[0]
     expected = hand_pooled_loss(whole, batch, "mean")
     monkeypatch.setattr(recipe_module, "MAX_WINDOWS", 4)
-    split = context(tmp_path, tiny0, spec(), rows, batch_size=8, grad_accum_steps=2)
+    split = context(tmp_path, tiny_no_dropout, spec(), rows, batch_size=8, grad_accum_steps=2)
     forwards = step_forwards(split, batch)
     assert len(forwards) > 2, "2 micro-batches, each in forwards of at most 4 windows"
     assert all(len(ids) <= 4 or len(sizes) == 1 for ids, sizes in forwards), "a longer row has a forward of its own"
@@ -132,14 +126,14 @@ def test_row_forwards_pack_whole_rows_in_order():
     assert row_features([{"example_index": e} for e in (0, 0, 1, 2, 2, 2)]) == [[0, 1], [2], [3, 4, 5]]
 
 
-def test_training_on_documents_learns_and_resumes_exactly(tmp_path, tiny0):
+def test_training_on_documents_learns_and_resumes_exactly(tmp_path, tiny_no_dropout):
     cfg = dict(learning_rate=3e-3, batch_size=4, epochs=10, seed=7, precision="fp32", progress_bar=False,
                checkpoint_every=10, log_every=1)
     task = spec()
 
     def run(name, callbacks=()):
         return fit(task, TrainConfig(**cfg), tmp_path / name, documents(96, 4), documents(32, 5), ["neg", "pos"],
-                   pretrained=tiny0, data_fingerprint="pooled-v1", callbacks=callbacks, cache_dir=tmp_path / "cache")
+                   pretrained=tiny_no_dropout, data_fingerprint="pooled-v1", callbacks=callbacks, cache_dir=tmp_path / "cache")
 
     whole = run("whole")
     assert whole.final_step == 10 * 24, "96 rows / 4 a step, 10 epochs"
@@ -189,7 +183,7 @@ def test_train_on_windows_is_the_default_and_left_out_of_what_is_saved():
 
 
 @pytest.mark.slow
-def test_two_process_ddp_on_documents_matches_one_process(tmp_path, tiny0):
+def test_two_process_ddp_on_documents_matches_one_process(tmp_path, tiny_no_dropout):
     """Ranks get different numbers of forwards (rows of other lengths): the step all-reduces once all the same."""
     root = tmp_path / "data"
     (root / "toy").mkdir(parents=True)
@@ -204,7 +198,7 @@ def test_two_process_ddp_on_documents_matches_one_process(tmp_path, tiny0):
     def launch(nproc: int, out: str) -> None:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
                "-m", "bert_core.training", str(root / "toy.yaml"), "--output-dir", str(tmp_path / out),
-               "--pretrained", str(tiny0), "--data-dir", str(root), "--config", config]
+               "--pretrained", str(tiny_no_dropout), "--data-dir", str(root), "--config", config]
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
 

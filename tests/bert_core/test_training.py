@@ -17,7 +17,6 @@ from safetensors.torch import load_file
 from bert_core.spec import TaskSpec
 from bert_core.training import TrainConfig, TrainingDiverged, fit, fit_task
 from bert_core.training.state import list_checkpoints
-from tests.tiny_models import write_tiny_checkpoint
 
 pytest.importorskip("transformers")
 REPO = Path(__file__).resolve().parents[2]
@@ -39,16 +38,6 @@ def toy_rows(n: int, seed: int) -> list[dict]:
         rng.shuffle(words)
         rows.append({"text_a": " ".join(words), "text_b": None, "label": label, "_source": f"toy:{i}"})
     return rows
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "ckpt", seed=0)
-
-
-@pytest.fixture(scope="module")
-def tiny_no_dropout(tmp_path_factory) -> Path:
-    return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny0") / "ckpt", seed=0, dropout=0.0)
 
 
 def run(tmp_path, pretrained, name="run", rows=(96, 48), callbacks=(), **overrides):
