@@ -12,6 +12,9 @@ zero_grad), lr 2e-5.
 - ``eager``           ``fit``'s step as it is.
 - ``separate-clip``   eager with clipping as its own pass (``clip_grad_norm_`` multiplies every gradient by the
                       clip factor, then AdamW reads them): the step before ``optim.clipped_step``, the same math.
+- ``fresh-word-grad`` eager with PyTorch's dense embedding backward: a new zero-filled (V, H) word-embedding
+                      gradient every step, as before ``training/word_gradient.py``; the same math.
+- ``before``          both of the above: the step as it was before issue 25's changes.
 - ``compile-model``   ``torch.compile(model)``, the rest eager. Batch lengths are padded up to a multiple of
                       N (``compile-model@16``) so the number of shapes, hence recompiles, stays bounded; with
                       ``-dynamic`` (``compile-model-dynamic``) one graph with a symbolic length.
@@ -76,6 +79,11 @@ def batches(n_steps: int, bucket: int):
     return out
 
 
+# Variants whose step is fit's eager one apart from what they change (the compiled, sparse, bf16-weight and
+# frozen variants keep PyTorch's own embedding backward).
+FIT_LIKE = {"eager", "separate-clip", "no-attention-dropout", "full-last-layer"}
+
+
 def fresh_model():
     from bert_core import get_family, load_pretrained
 
@@ -94,7 +102,7 @@ def run_variant(variant: str, data, args) -> dict:
     model = fresh_model()
     if name == "full-last-layer":
         model.cls_only = False
-    if name == "kept-word-grad":  # the word embedding's gradient in one buffer, its rows zeroed each step
+    if name in FIT_LIKE:  # fit's step keeps the word embedding's gradient in one buffer (word_gradient.py)
         from bert_core.training.word_gradient import KeptWordGradient
 
         KeptWordGradient(model.bert.embeddings.word_embeddings)
@@ -126,7 +134,7 @@ def run_variant(variant: str, data, args) -> dict:
         return loss.detach()
 
     def opt_step():
-        if name == "separate-clip":  # the step before clipped_step: clip_grad_norm_ rewrites every gradient
+        if name in ("separate-clip", "before"):  # clip_grad_norm_ rewrites every gradient, then AdamW reads them
             clip_gradients(model, 1.0)
             opt.step()
             return
@@ -159,7 +167,7 @@ def run_variant(variant: str, data, args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variants", default="eager,sparse-words,frozen-words,compile-model@16,compile-step@16,compile-step-dynamic")
+    parser.add_argument("--variants", default="before,eager,separate-clip,fresh-word-grad")
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--repeats", type=int, default=1, help="interleaved runs of every variant; median reported")
     parser.add_argument("--bucket", type=int, default=1, help="pad batch lengths up to a multiple of this, for "
