@@ -20,7 +20,9 @@ applied: decision threshold, temperature, long-text windows). Mean ± standard d
          Every window is a training example of its review's label, so max pooling is the mean-pooling model's
          windows pooled otherwise when it answers (``DERIVED``), not a fine-tune of its own. windows_pooled_loss
          trains on whole reviews instead: a step's loss is each review's cross-entropy on its windows' mean logits,
-         and the spec's batch_size (32) counts reviews, so a step reads ~8x the windows in ~1/8 the steps.
+         and the spec's batch_size (32) counts reviews, so a step reads ~8x the windows in ~1/8 the steps;
+         pooled_loss_4_reviews is the same with 4 reviews a step (about the windows of a windows_mean step, as
+         many steps).
          Accuracy on test; the training loop's seconds, the whole fit's wall seconds (features and dev
          evaluations included), training features (windows), and the wall seconds to score the test split.
   ece    SST-2 (first 10,000 training rows, 1 epoch), MRPC (full, 3 epochs), hate_speech (the rare baseline
@@ -63,13 +65,16 @@ DATA_ROOTS = [Path("/work/data23"), REPO_ROOT.parent / "shared" / "datasets"]  #
 TASK_SPECS = {"hate_speech": str(SPECS / "hate_speech.yaml"), "imdb_long": str(SPECS / "imdb_long.yaml"),
               "sst2": "sst2", "mrpc": "mrpc"}
 WINDOWS = {"strategy": "windows", "stride": 64}
+IMDB_DEFAULTS = {"learning_rate": 2.0e-5, "batch_size": 32, "epochs": 3, "warmup_ratio": 0.1, "weight_decay": 0.01}
 EXPERIMENTS = {  # task -> its settings (defaults for caps/epochs), variant -> spec fields it sets
     "rare": {"tasks": {"hate_speech": {}},
              "variants": {"baseline": {}, "class_weights": {"class_weights": "balanced"}}},
     "long": {"tasks": {"imdb_long": {}},
              "variants": {"truncation": {"long_text": None}, "windows_mean": {"long_text": {**WINDOWS, "pooling": "mean"}},
                           "head_tail": {"long_text": {"strategy": "head_tail"}},
-                          "windows_pooled_loss": {"long_text": {**WINDOWS, "pooling": "mean", "train_on": "document"}}}},
+                          "windows_pooled_loss": {"long_text": {**WINDOWS, "pooling": "mean", "train_on": "document"}},
+                          "pooled_loss_4_reviews": {"long_text": {**WINDOWS, "pooling": "mean", "train_on": "document"},
+                                                    "defaults": {**IMDB_DEFAULTS, "batch_size": 4}}}},
     "ece": {"tasks": {"sst2": {"epochs": 1, "max_train_samples": 10_000, "heldout_from_train": 2_000},
                       "mrpc": {}, "hate_speech": {}},
             "variants": {"baseline": {}}},
