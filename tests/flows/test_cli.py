@@ -66,7 +66,8 @@ COMMANDS = {
               {"--verbose"}),
     # Folds register nothing: the registry fields and keep_checkpoints_after_success are not audit options.
     "audit": ({"task"}, FINETUNE - flags_of(FinetuneParams, {"registry_policy", "registry_confidence",
-                                                              "keep_checkpoints_after_success"})
+                                                              "keep_checkpoints_after_success",
+                                                              "serving_precisions", "precision_margin"})
               | flags_of(AuditParams, set(AuditParams.model_fields) - {"base"}), {"--verbose"}),
     "score": ({"model", "file"}, flags_of(ScoreParams, set(ScoreParams.model_fields) - {"model", "file"}, RENAMED),
               {"--json", "--verbose"}),
