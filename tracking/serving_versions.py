@@ -25,6 +25,7 @@ from mlflow.tracking import MlflowClient
 from bert_core.precision_gate import GateResult
 from tracking.model_card import model_card
 from tracking.packaging import log_model
+from tracking.registry import retract_version
 
 ENGINES = {
     "bf16": "bf16 matmuls (autocast; LayerNorm, softmax and the rest in fp32)",
@@ -45,10 +46,14 @@ def register_precision_version(gate: GateResult, name: str, fp32_version: str, m
             f"metric.{gate.metric}": repr(gate.candidate_score), **gate.tags()}
     version = str(mlflow.register_model(info.model_uri, name, tags=tags).version)
     client = MlflowClient()
-    client.set_model_version_tag(name, fp32_version, f"serving.{gate.precision}", version)
-    card = model_card(card_body, name, version, gate.precision, gate.reason, description,
-                      precision_section(gate, fp32_version))
-    client.update_model_version(name, version, description=card)
+    try:
+        card = model_card(card_body, name, version, gate.precision, gate.reason, description,
+                          precision_section(gate, fp32_version))
+        client.update_model_version(name, version, description=card)
+        client.set_model_version_tag(name, fp32_version, f"serving.{gate.precision}", version)
+    except BaseException:
+        retract_version(client, name, version, best_effort=True)  # no half-registered version stays behind
+        raise
     return version
 
 

@@ -110,3 +110,28 @@ def test_the_gate_refuses_a_candidate_worse_by_more_than_the_margin():
     gate = judge(spec, rows, worse, fp32, margin=0.005, label_names=["0", "1"], n_resamples=200)
     assert not gate.passed and gate.delta == pytest.approx(-0.05) and gate.low < -0.005
     assert judge(spec, rows, worse, fp32, margin=0.2, label_names=["0", "1"], n_resamples=200).passed
+
+
+FAMILY_ROWS = {
+    "single_classification": ({"text_a": "a good film"}, ["neg", "pos"]),
+    "pair_classification": ({"text_a": "john visited paris", "text_b": "john played"}, ["e", "n", "c"]),
+    "pair_regression": ({"text_a": "a good film", "text_b": "a great movie"}, None),
+    "token_tagging": ({"tokens": ["john", "visited", "paris"]}, ["O", "B-PER", "B-LOC"]),
+    "extractive_qa": ({"question": "who visited paris ?", "context": "john visited paris ."}, None),
+    "multi_label_classification": ({"text_a": "a good film"}, ["joy", "anger", "fear"]),
+}
+
+
+@pytest.mark.parametrize("family", list(FAMILY_ROWS))
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_every_family_serves_in_each_precision(tmp_path, family, precision):
+    row, labels = FAMILY_ROWS[family]
+    (tmp_path / "vocab.txt").write_text("\n".join(VOCAB) + "\n", encoding="utf-8")
+    torch.manual_seed(0)
+    model = get_family(family).build_model(BertEncoder(BertConfig(**TINY)), labels).eval()
+    meta = {"family": family, "label_names": labels, "task": "demo", "max_seq_length": 128}
+    if family == "extractive_qa":
+        meta |= {"doc_stride": 32, "max_answer_length": 10}
+    folder = save_finetuned(model, BertTokenizer.from_vocab(tmp_path / "vocab.txt"), tmp_path / "m", meta)
+    fp32, other = Predictor(folder).predict([row]), Predictor(folder, precision=precision).predict([row])
+    assert len(other) == len(fp32) == 1 and other[0].keys() == fp32[0].keys()

@@ -56,3 +56,18 @@ def test_int8_within_the_margin_is_registered_and_outside_it_is_not(toy):
     assert set(_versions(name)) == before | {refused["model_version"]}, "only the fp32 version is new"
     reason = client.get_run(refused["mlflow_run_id"]).data.tags["serving.int8"]
     assert "refused" in reason and "paired bootstrap on 32 dev rows" in reason
+
+
+def test_a_precision_that_fails_leaves_the_fp32_version_and_the_run_standing(toy, monkeypatch):
+    import tasks.serving_precision
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no int8 kernels here")
+
+    monkeypatch.setattr(tasks.serving_precision, "register_precision_version", broken)
+    summary = run(toy, precision_margin=0.5)
+    client = MlflowClient()
+    assert client.get_model_version(summary["model_name"], summary["model_version"]).status == "READY"
+    assert "no int8 kernels here" in client.get_run(summary["mlflow_run_id"]).data.tags["serving.int8"]
+    assert not any(t.get("derived_from_version") == summary["model_version"]
+                   for t in _versions(summary["model_name"]).values())
