@@ -83,6 +83,23 @@ def test_auto_is_bf16_only_where_the_cpu_has_it_natively_as_training_decides(mon
         resolve("fp16")
 
 
+def test_the_gate_predicts_the_dev_rows_in_the_precision_it_judges(tmp_path, monkeypatch):
+    """dev_predictions goes through evaluate_model_dir in the precision asked: int8's scores are int8's own."""
+    from bert_core.precision_gate import dev_predictions
+
+    monkeypatch.setenv("BERTFLOW_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "vocab.txt").write_text("\n".join(VOCAB) + "\n", encoding="utf-8")
+    meta = {"family": "single_classification", "label_names": ["0", "1"], "task": "sst2", "max_seq_length": 128}
+    torch.manual_seed(0)
+    model = get_family("single_classification").build_model(BertEncoder(BertConfig(**TINY)), ["0", "1"]).eval()
+    folder = save_finetuned(model, BertTokenizer.from_vocab(tmp_path / "vocab.txt"), tmp_path / "m", meta)
+    rows = [{**r, "text_b": None, "label": str(i % 2)} for i, r in enumerate(ROWS)]
+    fp32, int8 = (dev_predictions(folder, load_spec("sst2"), rows, "fp", p) for p in ("fp32", "int8"))
+    assert (fp32.precision, int8.precision) == ("fp32", "int8") and "accuracy" in int8.metrics
+    scores = [[p["score"] for p in d.predictions] for d in (fp32, int8)]
+    assert scores[0] != scores[1] and max(abs(a - b) for a, b in zip(*scores, strict=True)) < 0.02
+
+
 # ---- the gate ---------------------------------------------------------------------------------------------
 def _dev(n: int, wrong: int, seed: int = 0) -> tuple[list[dict], DevPredictions]:
     """n rows and predictions with the first `wrong` of them wrong."""
