@@ -6,21 +6,11 @@ from __future__ import annotations
 import pytest
 from mlflow.tracking import MlflowClient
 
-from bert_core.training import TrainConfig
 from flows.finetune import finetune
 from flows.params import FinetuneParams
-from tests.bert_core.test_training import _write_toy_task
-from tests.tiny_models import write_tiny_checkpoint
+from tests.toy_task import TRAINING
 
 pytest.importorskip("transformers")
-TRAINING = TrainConfig(batch_size=8, epochs=2, learning_rate=3e-3, precision="fp32", progress_bar=False, seed=3,
-                       checkpoint_every=4)
-
-
-@pytest.fixture(scope="module")
-def toy(flow_root):
-    return {"spec": _write_toy_task(flow_root / "data"), "data": flow_root / "data",
-            "tiny": write_tiny_checkpoint(flow_root / "tiny")}
 
 
 def run(toy, **params) -> dict:

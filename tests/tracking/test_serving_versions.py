@@ -14,13 +14,13 @@ from mlflow.tracking import MlflowClient
 
 from bert_core import BertConfig, BertEncoder, BertTokenizer, get_family, save_finetuned
 from bert_core.precision_gate import GateResult
+from tests.mlflow_store import sqlite_store
 from tests.tiny_models import TINY, VOCAB
 from tracking.packaging import log_model
 from tracking.pinning import pin_model
 from tracking.scoring import load_model
 from tracking.serving import serving_environment
 from tracking.serving_versions import register_precision_version
-from tracking.store import configure_tracking, experiment_for
 
 QUANTIZED = torch.ao.nn.quantized.dynamic.Linear
 ROWS = [{"text_a": "the movie was good", "text_b": None, "label": "pos"}]
@@ -30,15 +30,7 @@ REQUEST = pd.DataFrame({"text": ["the film was bad", "very good fun", "john visi
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """A sqlite tracking + registry store for this module; the global MLflow URIs are reset afterwards."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("MLFLOW_REGISTRY_URI", raising=False)
-        mp.delenv("MLFLOW_PYFUNC_INFERENCE_CONFIG", raising=False)
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path_factory.mktemp('mlruns') / 'mlflow.db'}")
-        uri = configure_tracking()
-        mp.setenv("MLFLOW_EXPERIMENT_ID", experiment_for("serving-precision", uri))
-        yield uri
-        mlflow.set_tracking_uri(None)
-        mlflow.set_registry_uri(None)
+    yield from sqlite_store(tmp_path_factory, "serving-precision")
 
 
 @pytest.fixture(scope="module")
