@@ -1,6 +1,6 @@
 """What issue 23's levers buy on real data: class weights, decision threshold, long-text windows, calibration.
 
-    .venv/bin/python bench/prepare_levers_data.py                  # once: the data under /work/data23/levers
+    .venv/bin/python bench/prepare_levers_data.py                  # once: the data under $BERTFLOW_HOME/bench-data
     nice .venv/bin/python bench/levers_quality.py --experiment rare   # then long, ece; --table-only reprints
 
 Each run fine-tunes the packaged all-MiniLM-L6-v2 through ``bert_core.training.fit`` exactly as the pipeline does
@@ -61,7 +61,9 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SPECS = REPO_ROOT / "bench" / "specs"
 DEFAULT_RESULTS = REPO_ROOT / "bench" / "results" / "levers.jsonl"
-DATA_ROOTS = [Path("/work/data23"), REPO_ROOT.parent / "shared" / "datasets"]  # after --data-dir / $BERTFLOW_DATA_DIR
+# Tried after --data-dir / $BERTFLOW_DATA_DIR: prepare_levers_data.py's default output, then the shared data.
+DATA_ROOTS = [Path(os.environ.get("BERTFLOW_HOME") or Path.home() / ".bertflow") / "bench-data",
+              REPO_ROOT.parent / "shared" / "datasets"]
 TASK_SPECS = {"hate_speech": str(SPECS / "hate_speech.yaml"), "imdb_long": str(SPECS / "imdb_long.yaml"),
               "sst2": "sst2", "mrpc": "mrpc"}
 WINDOWS = {"strategy": "windows", "stride": 64}
@@ -94,7 +96,7 @@ CALIBRATION = {"ece_uncalibrated": "ECE before", "ece": "ECE after", "brier_unca
 
 # ---- one run (in a child interpreter) ----------------------------------------------------------------
 def data_root(task: str, given: str | None) -> Path:
-    """The first data root holding the task's files: --data-dir / $BERTFLOW_DATA_DIR, /work/data23, shared/."""
+    """The first data root holding the task's files: --data-dir / $BERTFLOW_DATA_DIR, then ``DATA_ROOTS``."""
     from bert_core.loading import has_local_data
 
     roots = [Path(given)] if given else []
@@ -419,7 +421,7 @@ def main() -> None:
     parser.add_argument("--max-eval-samples", type=int, help="first N dev rows")
     parser.add_argument("--max-test-samples", type=int, help="first N held-out rows")
     parser.add_argument("--data-dir", type=Path, default=os.environ.get("BERTFLOW_DATA_DIR"),
-                        help="data root tried first (then /work/data23, then ../shared/datasets)")
+                        help="data root tried first (then $BERTFLOW_HOME/bench-data, then ../shared/datasets)")
     parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS)
     parser.add_argument("--table-only", action="store_true", help="print the table of --results and exit")
     parser.add_argument("--child", help=argparse.SUPPRESS)

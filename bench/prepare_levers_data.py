@@ -3,7 +3,7 @@
     .venv/bin/python bench/prepare_levers_data.py                      # both, from the default mirrors
     .venv/bin/python bench/prepare_levers_data.py --only hate_speech --hate-source labeled_data.csv
 
-Writes, under --out (default $BERTFLOW_DATA_DIR, else /work/data23), TSVs with the header ``text<TAB>label``
+Writes, under --out (default $BERTFLOW_DATA_DIR, else $BERTFLOW_HOME/bench-data), TSVs with the header ``text<TAB>label``
 that bench/specs/hate_speech.yaml and bench/specs/imdb_long.yaml read (paths relative to that data root):
 
   levers/hate_speech/{train,dev,test}.tsv   a rare positive class (about 5.8% of rows)
@@ -250,7 +250,8 @@ def print_report(name: str, report: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path(os.environ.get("BERTFLOW_DATA_DIR") or "/work/data23"))
+    parser.add_argument("--out", type=Path, default=Path(os.environ.get("BERTFLOW_DATA_DIR") or Path(
+        os.environ.get("BERTFLOW_HOME") or Path.home() / ".bertflow") / "bench-data"))
     parser.add_argument("--only", nargs="+", choices=["hate_speech", "imdb_long"], default=["hate_speech", "imdb_long"])
     parser.add_argument("--hate-source", type=Path, default=MIRRORS / "t-davidson+hate-speech-and-offensive-language" / "repo",
                         help="a git dir of the repository (a mirror or a clone's .git) or the downloaded labeled_data.csv")

@@ -1,8 +1,8 @@
 """Training-step variants on real SST-2 batches: eager (what ``fit`` runs) vs ``torch.compile`` of the model or of
 the whole step, vs a frozen word embedding, on the same batches in one process.
 
-    python bench/step_variants.py [--variants eager,compile-step@16,compile-step-dynamic] [--steps 60] [--repeats 1]
-                                  [--threads 2] [--precision auto]
+    python bench/step_variants.py [--variants before,eager,separate-clip,fresh-word-grad] [--steps 60] [--repeats 1]
+                                  [--threads 2] [--precision auto] [--profile N]
 
 Every variant: the packaged all-MiniLM-L6-v2 + a fresh SST-2 head (seed 0), the first ``--steps`` x 32 SST-2
 train rows in ``step_batches`` order (length-grouped, seed 42), ``fit``'s step (autocast forward, loss,
@@ -162,7 +162,27 @@ def run_variant(variant: str, data, args) -> dict:
         opt.zero_grad(set_to_none=True)
         losses.append(float(loss))
         times.append(time.perf_counter() - start)
-    return {"times": times, "losses": losses, "shapes": [tuple(b["input_ids"].shape) for b in data]}
+    profile = None
+    if args.profile:  # a third pass over the first --profile batches, under torch.profiler
+        from torch.profiler import ProfilerActivity
+        from torch.profiler import profile as profiler
+
+        with profiler(activities=[ProfilerActivity.CPU]) as prof:
+            for batch in data[: args.profile]:
+                fwd_bwd(batch)
+                opt_step()
+                opt.zero_grad(set_to_none=True)
+        profile = prof.key_averages()
+    return {"times": times, "losses": losses, "shapes": [tuple(b["input_ids"].shape) for b in data], "profile": profile}
+
+
+def print_profile(name: str, events, steps: int, rows: int = 12) -> None:
+    """The ops taking the most self CPU time over the profiled steps: share, ms per step, calls per step."""
+    total = sum(e.self_cpu_time_total for e in events)
+    print(f"profile of {name}: {total / 1000 / steps:.1f} ms of self CPU time per step ({steps} steps)")
+    for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:rows]:
+        print(f"  {e.key:<34}{100 * e.self_cpu_time_total / total:>6.1f}%{e.self_cpu_time_total / 1000 / steps:>9.2f} ms"
+              f"{e.count / steps:>8.1f} calls")
 
 
 def main() -> None:
@@ -175,6 +195,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--interop-threads", type=int, help="torch.set_num_interop_threads (default: torch's)")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="also profile N steps of each variant (torch.profiler) and print its top ops")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.interop_threads:
@@ -211,6 +233,9 @@ def main() -> None:
         print(f"{name:<15}{statistics.median(r['compile_s'] for r in rs):>10.1f}{cell:>20}{32000 / ms:>8.1f}"
               f"{rs[0]['losses'][0]:>12.4f}{rs[0]['losses'][args.steps - 1]:>11.4f}   (wall {rs[0]['wall']:.0f} s, x{base / ms:.2f} "
               f"the first variant's speed)", flush=True)
+    for name, rs in runs.items():
+        if rs[0]["profile"] is not None:
+            print_profile(name, rs[0]["profile"], args.profile)
     print(f"load avg at the end {os.getloadavg()[0]:.1f}")
 
 

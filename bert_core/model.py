@@ -55,7 +55,7 @@ class SelfAttention(nn.Module):
         """x (B, T, H), mask (B, 1, 1, T) bool, True = attend -> (B, T, H); (B, 1, H) with ``cls_only``: the
         [CLS] query alone against every key and value."""
         B, T, H = x.shape
-        if cls_only:
+        if cls_only and isinstance(self.qkv, nn.Linear):
             # The fused weight's rows are [query; key; value]: project the [CLS] position to a query, every position
             # to keys and values, and skip the other T - 1 queries.
             w, b = self.qkv.weight, self.qkv.bias
@@ -63,6 +63,8 @@ class SelfAttention(nn.Module):
             k, v = F.linear(x, w[H:], b[H:]).split(H, dim=-1)  # 2 x (B, T, H)
         else:
             q, k, v = self.qkv(x).split(H, dim=-1)  # 3 x (B, T, H)
+            if cls_only:  # an int8 projection (bert_core.serving_precision) has no float weight to slice
+                q = q[:, :1]  # (B, 1, H)
         Tq = q.shape[1]
         q = q.view(B, Tq, self.num_heads, H // self.num_heads).transpose(1, 2)  # (B, nh, Tq, hd)
         k, v = (t.view(B, T, self.num_heads, H // self.num_heads).transpose(1, 2) for t in (k, v))  # (B, nh, T, hd)

@@ -15,21 +15,24 @@ import torch
 
 from bert_core.checkpoint import load_finetuned
 from bert_core.families import get_family
+from bert_core.serving_precision import prepare, resolve
 from bert_core.training.features import TASK_SETTINGS
 from bert_core.training.inference import predict_logits
 
 
 class Predictor:
-    """Loads a ``save_finetuned`` folder once; ``predict`` maps rows to prediction dicts."""
+    """Loads a ``save_finetuned`` folder once; ``predict`` maps rows to prediction dicts. ``precision``: auto, fp32,
+    bf16 or int8 (``bert_core.serving_precision``); ``self.precision`` is the one it resolved to."""
 
     def __init__(self, model_dir: str | Path, batch_size: int = 32, precision: str = "fp32"):
         self.model, self.tokenizer, self.meta = load_finetuned(model_dir)
+        self.precision = resolve(precision)
+        self.model = prepare(self.model, self.precision)
         self.family_name = self.meta["family"]
         self.family = get_family(self.family_name)
         self.label_names = self.meta.get("label_names")
         self.settings = {k: self.meta[k] for k in TASK_SETTINGS if k in self.meta}
         self.batch_size = batch_size
-        self.precision = precision
 
     def check_rows(self, rows: list[dict]) -> None:
         """Raise ValueError naming the row and field of the first malformed input (the fields the family's

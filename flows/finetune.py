@@ -42,6 +42,7 @@ from tasks.pretrained import resolve_pretrained
 from tasks.register import Registered, log_trained_model, register
 from tasks.retrain import compare_with_champion, skip_unchanged
 from tasks.retry_policy import give_up_unless_transient
+from tasks.serving_precision import register_serving_precisions
 from tasks.tokenize import FeaturesInfo, tokenize
 from tasks.train import Trained, train_model
 from tracking import store as tracking
@@ -158,6 +159,7 @@ def _run_params(params: FinetuneParams, spec: TaskSpec, cfg: TrainConfig, run_di
     return {"task": spec.name, "spec": params.task, "pretrained": params.pretrained or OFFLINE_DEFAULT,
             "training": cfg.model_dump(), "data_dir": params.data_dir, "drop_bad_rows": params.drop_bad_rows,
             "registry_policy": params.registry_policy, "registry_confidence": params.registry_confidence,
+            "serving_precisions": params.serving_precisions, "precision_margin": params.precision_margin,
             "run_dir": run_dir}
 
 
@@ -180,6 +182,9 @@ def _log_and_register(params: FinetuneParams, spec: TaskSpec, cfg: TrainConfig, 
                           params.registry_confidence, data.label_names,
                           {"train_seconds": trained.train_seconds, "examples_per_second": trained.examples_per_second})
     _say(f"5/5 register: {registered.model_uri} is {registered.decision.alias}: {registered.decision.reason}")
+    if params.serving_precisions:  # each gated on dev against this fp32 version; logs its own line
+        register_serving_precisions(spec, cfg, data, trained, run, logged, registered, params.serving_precisions,
+                                    params.precision_margin, str(default_cache_dir()))
     return logged, registered
 
 

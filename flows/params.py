@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
 
+from bert_core.serving_precision import ServingPrecision
 from bert_core.spec import builtin_specs
 from bert_core.training import TrainConfig
 from flows import sweep_study
@@ -28,6 +29,7 @@ BuiltinTask = Literal[tuple(builtin_specs())]  # type: ignore[valid-type]
 
 RegistryPolicy = Literal["better", "significant"]
 InputFormat = Literal[FORMATS]  # type: ignore[valid-type]
+FasterPrecision = Literal["auto", "bf16", "int8"]  # what a fine-tune may register beside its fp32 model
 
 
 def refuse_password(uri: str | None, what: str, instead: str) -> str | None:
@@ -79,6 +81,15 @@ class FinetuneParams(BaseModel):
     registry_confidence: float = Field(
         0.95, gt=0, lt=1, description="Policy 'significant' only: confidence of the two-sided bootstrap interval "
         "of (new - champion) that must lie above 0.")
+    serving_precisions: list[FasterPrecision] = Field(
+        [], description="After registering, try serving the model in these precisions (auto = bf16 where the CPU "
+        "has it natively; int8 = dynamically quantized linear layers): each is registered as its own version of "
+        "bert-<task> only when a paired bootstrap on the dev rows finds its primary metric no worse than fp32's by "
+        "more than precision_margin (docs/scoring.md); empty = none.")
+    precision_margin: float = Field(
+        0.005, description="How much lower (on the metric's 0-1 scale: 0.005 = half a point) a serving precision's "
+        "dev metric may be than fp32's: it is registered when the 95% bootstrap interval of (it - fp32) starts at "
+        "or above -precision_margin.")
     keep_checkpoints_after_success: bool = Field(
         False, description="Keep the resumable checkpoints and the best model's folder in the run folder after a "
         "successful run (the model is in MLflow either way). Off: a finished run folder keeps its data, "
@@ -183,6 +194,9 @@ class ScoreParams(BaseModel):
         "sentence1, id -> review_id); request columns not mapped are found by name.")
     input_format: InputFormat | None = Field(
         None, description="The files' format; default: from each file's extension.")
+    precision: ServingPrecision | None = Field(
+        None, description="Predict in this precision (auto = bf16 where the CPU has it natively, fp32, bf16, int8) "
+        "instead of the one the model's version was registered with (fp32, or its gated bf16 / int8).")
     batch_size: int = Field(  # as the evaluation's, which measured the speed of each size (docs/scoring.md)
         TrainConfig.model_fields["eval_batch_size"].default, ge=1,
         description="Inputs per forward pass (QA: passage windows; a long passage has several).")

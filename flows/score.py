@@ -66,7 +66,7 @@ def score(params: ScoreParams = ScoreParams()) -> dict:  # noqa: B008 (pydantic 
     for path in found["new"]:
         try:
             scored.append(score_one_file(pinned, path, params.columns, params.input_format, params.batch_size,
-                                         params.fail_on_bad_rows, params.drift_threshold))
+                                         params.fail_on_bad_rows, params.drift_threshold, params.precision))
         except Exception as err:
             if file is not None:
                 raise

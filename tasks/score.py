@@ -34,12 +34,13 @@ def find_new_files(folder: str, pattern: str, pinned: dict, settle_seconds: floa
 
 @task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=10, retry_condition_fn=retry_if_transient)
 def score_one_file(pinned: dict, path: str, columns: dict[str, str] | None, input_format: str | None,
-                   batch_size: int, fail_on_bad_rows: bool, drift_threshold: float = DRIFT_PSI) -> dict:
+                   batch_size: int, fail_on_bad_rows: bool, drift_threshold: float = DRIFT_PSI,
+                   precision: str | None = None) -> dict:
     """``tracking.scoring.score_file`` with the flow run's ids as tags of the scoring run, and a line for people."""
     tags = {"prefect.flow_run_id": flow_run.id or "none", "prefect.flow_run_name": flow_run.name or "none",
             "prefect.deployment": deployment.name or "none"}
     done = score_file(PinnedModel(**pinned), path, columns, input_format, batch_size, fail_on_bad_rows, tags,
-                      drift_threshold)
+                      drift_threshold, precision)
     rejected = f", {done['rows_rejected']:,} rejected (listed in {done['rejected_file']})" if done["rows_rejected"] else ""
     get_run_logger(bertflow_step=True).info(
         "%s: %s rows scored%s, %.1f rows/s; predictions in %s, MLflow run %s", path, f"{done['rows_scored']:,}",

@@ -41,6 +41,8 @@ def flow_root(tmp_path_factory, request):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
         mp.delenv("MLFLOW_REGISTRY_URI", raising=False)
+        # An experiment id of another module-scoped store (tests/mlflow_store.py) means nothing in this one.
+        mp.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
         mp.setenv("BERTFLOW_HOME", str(root / "home"))
         mp.setenv("BERTFLOW_CACHE_DIR", str(root / "features"))
         # A busy 2-core machine needs more than Prefect's default 30 s to start the test server.

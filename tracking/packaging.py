@@ -55,6 +55,7 @@ from tracking.request_check import (
 )
 
 EXAMPLE_ROWS = 3
+PRECISION_KEY = "serving_precision"  # the pyfunc's model_config key: auto, fp32, bf16 or int8
 # What `bert_core.predict` imports at serving time (not Prefect, not matplotlib), pinned to this machine's.
 SERVING_REQUIREMENTS = (
     "mlflow", "torch", "tokenizers", "safetensors", "numpy", "pandas", "datasets", "huggingface_hub",
@@ -78,7 +79,10 @@ class BertPyfunc(mlflow.pyfunc.PythonModel):
         from bert_core.predict import Predictor  # torch is imported only when a model is really loaded
 
         self.model_dir = context.artifacts["model_dir"]
-        self.predictor = Predictor(self.model_dir)
+        # The precision logged with the model (`log_model(precision=)`), or a load's override: MLflow's
+        # `load_model(model_config=)` or $MLFLOW_PYFUNC_INFERENCE_CONFIG (`bertflow serve --precision`).
+        precision = (context.model_config or {}).get(PRECISION_KEY, "fp32")
+        self.predictor = Predictor(self.model_dir, precision=precision)
         self.family = self.predictor.family_name
         # Models saved before their meta kept the spec's column names take the family's names alone.
         self.columns = request_columns(get_family(self.family), self.predictor.meta.get("spec_columns"))
@@ -139,9 +143,11 @@ def rows_to_frame(family: str, rows: list[dict]) -> pd.DataFrame:
 
 # ---- logging ---------------------------------------------------------------------------------------
 def log_model(model_dir: str | Path, family: str, input_example_rows: list[dict],
-              registered_model_name: str | None = None) -> ModelInfo:
-    """Log ``model_dir`` as a pyfunc named ``model`` in the active run; returns its ``ModelInfo``
-    (``model_info.model_uri`` is what ``tracking.registry.register_version`` takes)."""
+              registered_model_name: str | None = None, precision: str = "fp32", name: str = "model") -> ModelInfo:
+    """Log ``model_dir`` as a pyfunc named ``name`` in the active run; returns its ``ModelInfo``
+    (``model_info.model_uri`` is what ``tracking.registry.register_version`` takes). ``precision``: the one it is
+    served in (``bert_core.serving_precision``), kept as its ``model_config`` so a load may override it; the fp32
+    weights are logged either way."""
     model_dir = str(Path(model_dir).resolve())
     example = rows_to_frame(family, list(input_example_rows)[:EXAMPLE_ROWS])
     python_model = BertPyfunc()
@@ -152,14 +158,15 @@ def log_model(model_dir: str | Path, family: str, input_example_rows: list[dict]
         # MLflow's hint that integer columns cannot hold missing values is about outputs here (QA's start/end,
         # tagging's positions), which are never missing; it printed on every QA and tagging run.
         warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column", category=UserWarning)
-        return _log_model(python_model, family, example, model_dir, registered_model_name)
+        return _log_model(python_model, family, example, model_dir, registered_model_name, precision, name)
 
 
-def _log_model(python_model, family: str, example, model_dir: str, registered_model_name: str | None) -> ModelInfo:
+def _log_model(python_model, family: str, example, model_dir: str, registered_model_name: str | None,
+               precision: str, name: str) -> ModelInfo:
     signature = infer_signature(example, python_model.predict(None, example))
     signature.inputs = _accepted_inputs(family, python_model.columns, signature.inputs)
     return mlflow.pyfunc.log_model(
-        name="model",
+        name=name,
         python_model=str(Path(__file__).with_name("model_code.py")),  # models from code: nothing pickled
         artifacts={"model_dir": model_dir},
         # The served model imports bert_core and this package from the logged copy: works outside this checkout.
@@ -168,6 +175,7 @@ def _log_model(python_model, family: str, example, model_dir: str, registered_mo
         signature=signature,
         input_example=example,
         registered_model_name=registered_model_name,
+        model_config={PRECISION_KEY: precision},  # MLflow logs it as a run param too
     )
 
 

@@ -8,7 +8,8 @@ The scoring run, in the experiment ``bertflow-score-<model name>`` (``bertflow-s
 - tags: ``model_name``, ``model_version``, ``model_uri`` (the pinned one), ``model_requested`` (as given),
   ``model_alias``, ``model_run_id``, ``model_label``, ``family``, ``input_file``, ``input_sha256`` (of its
   bytes), ``input_format``, ``predictions_file``, ``code_version``, plus the caller's (Prefect's ids);
-- params: ``columns`` (the file's column read for each request field), ``batch_size``, ``fail_on_bad_rows``;
+- params: ``columns`` (the file's column read for each request field), ``batch_size``, ``fail_on_bad_rows``,
+  ``precision`` (the one the model predicted in: logged with it, or ``precision`` given);
 - metrics: ``rows``, ``rows_scored``, ``rows_rejected``, ``predict_seconds``, ``rows_per_second`` (rows
   scored per second of prediction), ``seconds`` (the whole file: reading, predicting, writing);
 - artifacts: ``scoring/<predictions file>`` and, when rows were rejected, ``scoring/<rejected file>``;
@@ -43,7 +44,7 @@ from bert_core.families import FAMILIES, Family, get_family
 from bert_core.validation import DataError
 from tracking import store
 from tracking.drift_check import measure_drift
-from tracking.packaging import rows_to_frame
+from tracking.packaging import PRECISION_KEY, rows_to_frame
 from tracking.pinning import PinnedModel, scoring_task
 from tracking.request_check import text_limit
 from tracking.request_file import RequestFile, RequestRow, read_requests
@@ -54,16 +55,17 @@ SHOWN_BAD_ROWS = 5  # bad rows quoted in a fail_on_bad_rows error
 # faster than calls of one batch on SST-2 dev), and a call's rows and features stay a bounded size in memory.
 ROWS_PER_CALL = 1024
 BATCH_SIZE = 64  # inputs per forward pass, as the evaluation's default (TrainConfig.eval_batch_size)
-_loaded: dict[tuple[str, str], tuple[mlflow.pyfunc.PyFuncModel, Family, dict]] = {}
+_loaded: dict[tuple[str, str, str | None], tuple[mlflow.pyfunc.PyFuncModel, Family, dict]] = {}
 
 
-def load_model(pinned: PinnedModel) -> tuple[mlflow.pyfunc.PyFuncModel, Family, dict]:
-    """The logged pyfunc (loaded once per store and pinned URI in this process: a pinned version's artifacts
-    never change), its family, and its meta (``save_finetuned``'s: its training spec's column names, ``spec_columns``,
-    absent from models saved before their meta kept them; its task settings)."""
-    key = (mlflow.get_tracking_uri(), pinned.uri)
+def load_model(pinned: PinnedModel, precision: str | None = None) -> tuple[mlflow.pyfunc.PyFuncModel, Family, dict]:
+    """The logged pyfunc (loaded once per store, pinned URI and precision in this process: a pinned version's
+    artifacts never change), its family, and its meta (``save_finetuned``'s: its training spec's column names,
+    ``spec_columns``, absent from models saved before their meta kept them; its task settings). ``precision``:
+    auto, fp32, bf16 or int8 in place of the one logged with the model (``bert_core.serving_precision``)."""
+    key = (mlflow.get_tracking_uri(), pinned.uri, precision)
     if key not in _loaded:
-        model = mlflow.pyfunc.load_model(pinned.uri)
+        model = mlflow.pyfunc.load_model(pinned.uri, model_config={PRECISION_KEY: precision} if precision else None)
         try:
             python_model = model.unwrap_python_model()
         except MlflowException:  # not a python model at all
@@ -97,14 +99,16 @@ def predict_rows(model, family: Family, rows: list[RequestRow], batch_size: int)
 
 def score_file(pinned: PinnedModel, path: str | Path, columns: dict[str, str] | None = None, fmt: str | None = None,
                batch_size: int = BATCH_SIZE, fail_on_bad_rows: bool = False, tags: dict[str, str] | None = None,
-               drift_threshold: float = DRIFT_PSI) -> dict:
+               drift_threshold: float = DRIFT_PSI, precision: str | None = None) -> dict:
     """Score one file in its own MLflow run (see the module docstring); returns what was done, as a dict, its
-    ``drift`` that of ``tracking.drift_check.measure_drift`` (``drift_threshold``: the PSI an item must pass)."""
+    ``drift`` that of ``tracking.drift_check.measure_drift`` (``drift_threshold``: the PSI an item must pass).
+    ``precision``: None = the one logged with the model."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     began = time.perf_counter()
     path = Path(os.path.abspath(Path(path).expanduser()))  # a symlink stays where it is: outputs go beside it
-    model, family, meta = load_model(pinned)
+    model, family, meta = load_model(pinned, precision)
+    predictor = getattr(model.unwrap_python_model(), "predictor", None)
     predictions_path, rejected_path = output_paths(path, pinned.label)
     uri = mlflow.get_tracking_uri()
     run_tags = {"model_name": pinned.name or "none", "model_version": pinned.version or "none",
@@ -118,7 +122,8 @@ def score_file(pinned: PinnedModel, path: str | Path, columns: dict[str, str] | 
             requests = read_requests(path, family, columns, fmt, text_limit(family, meta), meta.get("spec_columns"))
             mlflow.set_tags({"input_sha256": requests.sha256, "input_format": requests.format})
             store.log_params_safely({"columns": json.dumps(requests.columns), "batch_size": batch_size,
-                                     "fail_on_bad_rows": fail_on_bad_rows})
+                                     "fail_on_bad_rows": fail_on_bad_rows,
+                                     "precision": getattr(predictor, "precision", precision or "none")})
             if requests.rejected and fail_on_bad_rows:
                 raise DataError(bad_rows_message(requests))
             responses, predict_seconds = predict_rows(model, family, requests.rows, batch_size)

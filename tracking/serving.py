@@ -7,11 +7,13 @@ few rows here, and the check and environment for MLflow's scoring server.
 
 from __future__ import annotations
 
+import json
 import os
 
 import mlflow
 import pandas as pd
 
+from tracking.packaging import PRECISION_KEY
 from tracking.pinning import pin_model
 from tracking.store import check_tracking, configure_tracking
 
@@ -24,10 +26,13 @@ def predict_rows(model_uri: str, rows: list[dict], tracking_uri: str | None = No
     return model.predict(pd.DataFrame(rows))
 
 
-def serving_environment(model_uri: str, tracking_uri: str | None = None) -> tuple[str, dict[str, str]]:
+def serving_environment(model_uri: str, tracking_uri: str | None = None,
+                        precision: str | None = None) -> tuple[str, dict[str, str]]:
     """The store's URI (checked reachable) and the environment `mlflow models serve -m model_uri` needs to find
     the model there. A registered model is looked up first, so a wrong name or alias fails here, naming the
-    store and the models it has, rather than deep inside the server."""
+    store and the models it has, rather than deep inside the server. `precision` (auto, fp32, bf16, int8) replaces
+    the one logged with the model, through MLflow's $MLFLOW_PYFUNC_INFERENCE_CONFIG (its `model_config` at load:
+    tracking.packaging.BertPyfunc); None keeps it."""
     uri = configure_tracking(check_tracking(tracking_uri))
     if model_uri.startswith("models:/"):
         try:
@@ -37,4 +42,7 @@ def serving_environment(model_uri: str, tracking_uri: str | None = None) -> tupl
                              "MLFLOW_TRACKING_URI at the store that holds it") from None
     # Pickled models run arbitrary code when loaded: refused unless the environment asks for them.
     pickle = os.environ.get("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
-    return uri, {"MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri, "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": pickle}
+    env = {"MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri, "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": pickle}
+    if precision is not None:
+        env["MLFLOW_PYFUNC_INFERENCE_CONFIG"] = json.dumps({PRECISION_KEY: precision})
+    return uri, env

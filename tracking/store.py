@@ -270,14 +270,16 @@ def code_version() -> str:
     """``git rev-parse HEAD`` of the checkout bertflow runs from (``+dirty`` when tracked files changed),
     else the installed package version (a wheel install, or a checkout without commits)."""
     git = ["git", "-C", str(PROJECT_ROOT)]
+    # Generous timeouts: on a loaded machine git can take seconds, and a fallback here changes the run's identity
+    # (a retrain-on-change check would then see new code). Only a hung filesystem should reach the fallback.
     try:
-        top = subprocess.run([*git, "rev-parse", "--show-toplevel"], capture_output=True, text=True, timeout=10)
+        top = subprocess.run([*git, "rev-parse", "--show-toplevel"], capture_output=True, text=True, timeout=60)
         # Only our own repo counts: site-packages inside some other checkout must not lend us its commit.
         if top.returncode == 0 and Path(top.stdout.strip()).resolve() == PROJECT_ROOT:
-            head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+            head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=60)
             if head.returncode == 0:
                 status = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"],
-                                        capture_output=True, text=True, timeout=30)
+                                        capture_output=True, text=True, timeout=120)
                 return head.stdout.strip() + ("+dirty" if status.stdout.strip() else "")
     except (OSError, subprocess.TimeoutExpired):
         pass  # no git binary, or a hung filesystem: the package version still identifies the code

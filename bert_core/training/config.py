@@ -79,10 +79,13 @@ class TrainConfig(ImbalanceFields):
         if device.type == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
         # Without native bf16 (AVX512-BF16 / AMX) CPU autocast is emulated and slower than fp32.
-        return "bf16" if torch.backends.cpu.get_cpu_capability() in ("AVX512_BF16", "AMX") or _cpu_has_bf16() else "fp32"
+        return "bf16" if cpu_has_native_bf16() else "fp32"
 
 
-def _cpu_has_bf16() -> bool:
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU does bf16 math natively (AVX512-BF16 or AMX): training's and serving's `auto` ask this."""
+    if torch.backends.cpu.get_cpu_capability() in ("AVX512_BF16", "AMX"):
+        return True
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as f:
             flags = f.read()

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bert_core import serving_precision
 from bert_core.checkpoint import load_finetuned
 from bert_core.families import get_family
 from bert_core.families.base import MODEL_INPUTS, Family
@@ -81,8 +82,11 @@ def evaluate_and_tune(model, family: Family, features: list[dict], rows: list[di
 
 def evaluate_model_dir(model_dir: str | Path, spec: TaskSpec, rows: list[dict], fingerprint: str, split: str = "eval",
                        batch_size: int = 64, precision: str = "fp32", cache_dir=None) -> tuple[dict, list[dict]]:
-    """(metrics, predictions) of a saved fine-tuned model on labelled rows of ``spec``."""
+    """(metrics, predictions) of a saved fine-tuned model on labelled rows of ``spec``, predicted in ``precision``
+    (auto, fp32, bf16 or int8: ``bert_core.serving_precision``)."""
     model, tokenizer, meta = load_finetuned(model_dir)
+    precision = serving_precision.resolve(precision)
+    model = serving_precision.prepare(model, precision)
     family = get_family(spec.family)
     settings = {k: meta[k] for k in TASK_SETTINGS if k in meta}
     settings = settings or feature_settings(spec, TrainConfig())

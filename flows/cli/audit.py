@@ -14,7 +14,8 @@ from flows.cli.table import table
 from flows.params import AuditParams
 
 # Folds register nothing: the registry's fields and the success clean-up of a run folder do not apply.
-NOT_FOR_FOLDS = ("registry_policy", "registry_confidence", "keep_checkpoints_after_success")
+NOT_FOR_FOLDS = ("registry_policy", "registry_confidence", "keep_checkpoints_after_success", "serving_precisions",
+                 "precision_margin")
 OPTIONS = ModelOptions(AuditParams, title="audit (AuditParams)",
                        nested={"base": finetune_options(exclude=NOT_FOR_FOLDS,
                                                         title="each fold's fine-tune (FinetuneParams)")})

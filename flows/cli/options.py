@@ -115,6 +115,9 @@ class ModelOptions:
                     "required": form.required}
         if isinstance(kind, tuple):  # a Literal: its values are the choices
             return {"choices": kind}
+        if kind is list:  # one or more values after the flag, each a choice when the items are a Literal
+            item = _kind(typing.get_args(field.annotation)[0])
+            return {"nargs": "+", **({"choices": item} if isinstance(item, tuple) else {"type": item})}
         metavar = form.metavar or {int: "N", float: "X"}.get(kind)
         return {"type": kind, "metavar": metavar, "required": form.required}
 

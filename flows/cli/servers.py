@@ -7,6 +7,7 @@ import argparse
 import os
 import sys
 
+from bert_core.serving_precision import SERVING_PRECISIONS
 from flows.cli.flags import add_tracking_uri
 
 HOST_HELP = "default 127.0.0.1 (this machine only); 0.0.0.0 for all"
@@ -33,6 +34,10 @@ def add(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=5001, help="default 5001")
     p.add_argument("--host", default="127.0.0.1", help=HOST_HELP)
     p.add_argument("--workers", type=int, default=1, help="server processes (default 1)")
+    p.add_argument("--precision", choices=SERVING_PRECISIONS,
+                   help="predict in this precision (auto = bf16 where the CPU has it natively; int8 = dynamically "
+                   "quantized linear layers) instead of the one the model was registered with (fp32, or its gated "
+                   "bf16 / int8 version's); see docs/scoring.md")
     add_tracking_uri(p)
     p.set_defaults(handle=handle_serve, name="serve")
 
@@ -56,8 +61,9 @@ def handle_serve(args: argparse.Namespace) -> None:
     from tracking.serving import serving_environment
     from tracking.store import mask_secrets
 
-    uri, env = serving_environment(args.model_uri, args.tracking_uri)
-    print(f"serving {args.model_uri} from {mask_secrets(uri)} at http://{args.host}:{args.port}/invocations "
+    uri, env = serving_environment(args.model_uri, args.tracking_uri, args.precision)
+    precision = f" in {args.precision}" if args.precision else ""
+    print(f"serving {args.model_uri}{precision} from {mask_secrets(uri)} at http://{args.host}:{args.port}/invocations "
           "(Ctrl-C stops it)", flush=True)
     _exec_mlflow(["models", "serve", "-m", args.model_uri, "--env-manager", "local", "-h", args.host,
                   "-p", str(args.port), "-w", str(args.workers)], env)

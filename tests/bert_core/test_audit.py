@@ -20,8 +20,8 @@ from bert_core.audit import (
 )
 from bert_core.families import get_family
 from bert_core.training import TrainConfig
-from tests.bert_core.test_training import SPEC, toy_rows
 from tests.tiny_models import write_tiny_checkpoint
+from tests.toy_task import SPEC, toy_rows
 
 FLIPPED_SHARE = 0.1
 

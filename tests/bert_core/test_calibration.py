@@ -25,8 +25,8 @@ from bert_core.predict import Predictor
 from bert_core.spec import TaskSpec
 from bert_core.training import TrainConfig, evaluate_and_tune, evaluate_model_dir, feature_settings, fit
 from bert_core.training.inference import predict_logits
-from tests.bert_core.test_training import SPEC, toy_rows
 from tests.tiny_models import write_tiny_checkpoint
+from tests.toy_task import SPEC, toy_rows
 
 CLS, ML = get_family("single_classification"), get_family("multi_label_classification")
 

@@ -12,14 +12,14 @@ from bert_core.spec import load_spec
 from bert_core.training import TrainConfig
 from bert_core.training.recipe import FitContext
 from flows.check_report import report
-from tests.bert_core.test_training import _write_toy_task
 from tests.tiny_models import write_tiny_checkpoint
+from tests.toy_task import write_toy_task
 
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
     root = tmp_path_factory.mktemp("dry_run")
-    return {"spec": _write_toy_task(root / "data"), "data": root / "data",
+    return {"spec": write_toy_task(root / "data"), "data": root / "data",
             "tiny": write_tiny_checkpoint(root / "tiny", seed=0)}
 
 

@@ -17,8 +17,8 @@ from bert_core.families import get_family
 from bert_core.training import TrainConfig, fit, recipe
 from bert_core.training.starting_model import head_fits, starting_model
 from bert_core.training.state import list_checkpoints
-from tests.bert_core.test_training import SPEC, toy_rows
 from tests.tiny_models import write_tiny_checkpoint
+from tests.toy_task import SPEC, toy_rows
 
 pytest.importorskip("transformers")
 CFG = dict(learning_rate=3e-3, batch_size=16, seed=7, precision="fp32", progress_bar=False, checkpoint_every=100)

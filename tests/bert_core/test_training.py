@@ -14,38 +14,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from bert_core.spec import TaskSpec
 from bert_core.training import TrainConfig, TrainingDiverged, fit, fit_task
 from bert_core.training.state import list_checkpoints
+from tests.toy_task import SPEC, fit_toy, toy_rows, write_toy_task
 
 pytest.importorskip("transformers")
 REPO = Path(__file__).resolve().parents[2]
-
-SPEC = TaskSpec(name="toy_sentiment", family="single_classification", labels=["neg", "pos"],
-                local={"format": "tsv", "files": {"train": "toy/train.tsv", "eval": "toy/dev.tsv"}},
-                columns={"text_a": "sentence", "label": "label"},
-                metrics=["accuracy"], primary_metric="accuracy", max_seq_length=32)
-POS, NEG, FILL = ["good", "great", "fun"], ["bad", "terrible", "boring"], ["the", "movie", "film", "plot", "was", "very"]
-
-
-def toy_rows(n: int, seed: int) -> list[dict]:
-    """Sentences whose label is given by one sentiment word among filler: learnable in a few steps."""
-    rng = random.Random(seed)
-    rows = []
-    for i in range(n):
-        label = rng.choice(["neg", "pos"])
-        words = rng.sample(FILL, 4) + [rng.choice(POS if label == "pos" else NEG)]
-        rng.shuffle(words)
-        rows.append({"text_a": " ".join(words), "text_b": None, "label": label, "_source": f"toy:{i}"})
-    return rows
-
-
-def run(tmp_path, pretrained, name="run", rows=(96, 48), callbacks=(), **overrides):
-    cfg = TrainConfig(**{"learning_rate": 3e-3, "batch_size": 16, "epochs": 4, "seed": 7, "precision": "fp32",
-                         "progress_bar": False, "log_every": 1, "checkpoint_every": 5, **overrides})
-    return fit(SPEC, cfg, tmp_path / name, toy_rows(rows[0], 1), toy_rows(rows[1], 2), ["neg", "pos"],
-               pretrained=pretrained, data_fingerprint="toy-v1", callbacks=callbacks, cache_dir=tmp_path / "cache")
-
 
 def final_weights(result_or_dir) -> dict[str, torch.Tensor]:
     folder = result_or_dir if isinstance(result_or_dir, Path) else result_or_dir.model_dir.parent
@@ -53,7 +27,7 @@ def final_weights(result_or_dir) -> dict[str, torch.Tensor]:
 
 
 def test_loss_falls_and_the_task_is_learned(tmp_path, tiny):
-    result = run(tmp_path, tiny, epochs=10)
+    result = fit_toy(tmp_path, tiny, epochs=10)
     losses = [h["loss"] for h in result.history if "loss" in h]
     assert sum(losses[-4:]) / 4 < 0.5 * sum(losses[:4]) / 4
     assert result.best_metric >= 0.9, result.eval_metrics
@@ -62,13 +36,13 @@ def test_loss_falls_and_the_task_is_learned(tmp_path, tiny):
 
 
 def test_same_seed_same_metrics(tmp_path, tiny):
-    a, b = run(tmp_path, tiny, "a", epochs=1), run(tmp_path, tiny, "b", epochs=1)
+    a, b = fit_toy(tmp_path, tiny, "a", epochs=1), fit_toy(tmp_path, tiny, "b", epochs=1)
     assert [h.get("loss") for h in a.history] == [h.get("loss") for h in b.history]
     assert a.eval_metrics == b.eval_metrics
 
 
 def test_resume_after_interruption_gives_the_same_final_weights(tmp_path, tiny):
-    whole = run(tmp_path, tiny, "whole", epochs=2)
+    whole = fit_toy(tmp_path, tiny, "whole", epochs=2)
 
     class Crash:
         def on_step(self, step, metrics):
@@ -76,10 +50,10 @@ def test_resume_after_interruption_gives_the_same_final_weights(tmp_path, tiny):
                 raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run(tmp_path, tiny, "cut", epochs=2, callbacks=[Crash()])
+        fit_toy(tmp_path, tiny, "cut", epochs=2, callbacks=[Crash()])
     assert [p.name for p in list_checkpoints(tmp_path / "cut" / "checkpoints")] == ["step-000005"]
     (tmp_path / "cut" / "checkpoints" / "step-000010.tmp").mkdir()  # a torn write: must be ignored
-    resumed = run(tmp_path, tiny, "cut", epochs=2)
+    resumed = fit_toy(tmp_path, tiny, "cut", epochs=2)
     assert resumed.resumed_from_step == 5
     assert resumed.final_step == whole.final_step
     a, b = final_weights(whole), final_weights(resumed)
@@ -88,16 +62,16 @@ def test_resume_after_interruption_gives_the_same_final_weights(tmp_path, tiny):
 
 
 def test_checkpoints_of_another_fine_tune_are_never_resumed(tmp_path, tiny):
-    run(tmp_path, tiny, max_steps=4, checkpoint_every=2)
+    fit_toy(tmp_path, tiny, max_steps=4, checkpoint_every=2)
     with pytest.raises(ValueError, match=r"another fine-tune \(it differs in learning_rate\)"):
-        run(tmp_path, tiny, max_steps=4, checkpoint_every=2, learning_rate=1e-3)
+        fit_toy(tmp_path, tiny, max_steps=4, checkpoint_every=2, learning_rate=1e-3)
     cfg = TrainConfig(learning_rate=3e-3, batch_size=16, epochs=4, seed=7, precision="fp32", progress_bar=False,
                       max_steps=4, checkpoint_every=2)
     with pytest.raises(ValueError, match=r"differs in data\)"):
         fit(SPEC, cfg, tmp_path / "run", toy_rows(96, 1), toy_rows(48, 2), ["neg", "pos"], pretrained=tiny,
             data_fingerprint="toy-v2", cache_dir=tmp_path / "cache")
     # What may change between an interrupted run and its resumption: logging, batch size of evaluation, checkpoint cadence.
-    assert run(tmp_path, tiny, max_steps=4, checkpoint_every=3, log_every=2, eval_batch_size=8).resumed_from_step == 4
+    assert fit_toy(tmp_path, tiny, max_steps=4, checkpoint_every=3, log_every=2, eval_batch_size=8).resumed_from_step == 4
 
 
 def test_nan_loss_stops_with_the_step(tmp_path, tiny):
@@ -111,32 +85,22 @@ def test_nan_loss_stops_with_the_step(tmp_path, tiny):
 
 def test_early_stopping(tmp_path, tiny):
     # A learning rate this small cannot change the accuracy: every evaluation after the first is "no better".
-    result = run(tmp_path, tiny, learning_rate=1e-12, eval_every=1, early_stopping_patience=2, epochs=3)
+    result = fit_toy(tmp_path, tiny, learning_rate=1e-12, eval_every=1, early_stopping_patience=2, epochs=3)
     assert result.stopped_early
     assert result.final_step == 3
     assert result.best_step == 1
 
 
 def test_gradient_accumulation_equals_the_larger_batch(tmp_path, tiny_no_dropout):
-    big = run(tmp_path, tiny_no_dropout, "big", epochs=1, batch_size=16, grad_accum_steps=1)
-    accum = run(tmp_path, tiny_no_dropout, "accum", epochs=1, batch_size=16, grad_accum_steps=4)
+    big = fit_toy(tmp_path, tiny_no_dropout, "big", epochs=1, batch_size=16, grad_accum_steps=1)
+    accum = fit_toy(tmp_path, tiny_no_dropout, "accum", epochs=1, batch_size=16, grad_accum_steps=4)
     a, b = final_weights(big), final_weights(accum)
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
 
 
-def _write_toy_task(root: Path) -> Path:
-    (root / "toy").mkdir(parents=True)
-    for name, rows in (("train.tsv", toy_rows(64, 1)), ("dev.tsv", toy_rows(32, 2))):
-        lines = ["sentence\tlabel"] + [f"{r['text_a']}\t{r['label']}" for r in rows]
-        (root / "toy" / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
-    spec_path = root / "toy.yaml"
-    spec_path.write_text(json.dumps(SPEC.model_dump(exclude_none=True)), encoding="utf-8")  # JSON is YAML
-    return spec_path
-
-
 @pytest.mark.slow
 def test_two_process_gloo_ddp_matches_one_process(tmp_path, tiny_no_dropout):
-    spec_path = _write_toy_task(tmp_path / "data")
+    spec_path = write_toy_task(tmp_path / "data")
     config = json.dumps({"batch_size": 16, "epochs": 2, "learning_rate": 3e-3, "precision": "fp32",
                          "progress_bar": False, "seed": 3, "checkpoint_every": 4})
     env = {**os.environ, "BERTFLOW_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
@@ -193,7 +157,7 @@ def test_fit_follows_the_load_unless_the_config_fixes_the_threads(tmp_path, tiny
     monkeypatch.setattr(threads, "EARLY_EVERY", 0.0)
     before = torch.get_num_threads()
     try:
-        result = run(tmp_path, tiny, epochs=1, num_threads=num_threads)
+        result = fit_toy(tmp_path, tiny, epochs=1, num_threads=num_threads)
         after = torch.get_num_threads()
     finally:
         torch.set_num_threads(before)
@@ -303,7 +267,7 @@ def test_clipped_step_updates_as_clip_grad_norm_then_adamw(tiny_no_dropout, max_
 
 
 def test_sparse_embedding_update_learns_and_resumes_exactly(tmp_path, tiny):
-    whole = run(tmp_path, tiny, "whole", epochs=2, embedding_update="sparse")
+    whole = fit_toy(tmp_path, tiny, "whole", epochs=2, embedding_update="sparse")
 
     class Crash:
         def on_step(self, step, metrics):
@@ -311,12 +275,12 @@ def test_sparse_embedding_update_learns_and_resumes_exactly(tmp_path, tiny):
                 raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run(tmp_path, tiny, "cut", epochs=2, embedding_update="sparse", callbacks=[Crash()])
-    resumed = run(tmp_path, tiny, "cut", epochs=2, embedding_update="sparse")
+        fit_toy(tmp_path, tiny, "cut", epochs=2, embedding_update="sparse", callbacks=[Crash()])
+    resumed = fit_toy(tmp_path, tiny, "cut", epochs=2, embedding_update="sparse")
     assert resumed.resumed_from_step == 5
     a, b = final_weights(whole), final_weights(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert run(tmp_path, tiny, "long", epochs=10, embedding_update="sparse").best_metric >= 0.9  # as dense learns it
+    assert fit_toy(tmp_path, tiny, "long", epochs=10, embedding_update="sparse").best_metric >= 0.9  # as dense learns it
 
 
 @pytest.mark.parametrize("group_by_length", [True, False])

@@ -73,10 +73,10 @@ def test_fit_keeps_the_gradient_only_where_it_can(tiny_no_dropout, world_size, u
 def test_fit_uses_the_kept_gradient(tmp_path, tiny, monkeypatch):
     """fit routes the word embedding's gradient through the buffer (this fails if the recipe stops keeping it),
     and takes the plain lookup back afterwards."""
-    from tests.bert_core.test_training import run
+    from tests.toy_task import fit_toy
 
     calls = []
     add = KeptWordGradient.add
     monkeypatch.setattr(KeptWordGradient, "add", lambda self, ids, grad: calls.append(1) or add(self, ids, grad))
-    result = run(tmp_path, tiny, "kept", epochs=1)
+    result = fit_toy(tmp_path, tiny, "kept", epochs=1)
     assert calls and result.final_step > 0

@@ -18,8 +18,8 @@ from bert_core.training import TrainConfig
 from flows.audit import audit
 from flows.params import AuditParams, FinetuneParams
 from tests.bert_core.test_audit import flip
-from tests.bert_core.test_training import SPEC, toy_rows
 from tests.tiny_models import write_tiny_checkpoint
+from tests.toy_task import SPEC, toy_rows
 
 pytest.importorskip("transformers")
 TRAINING = TrainConfig(batch_size=16, epochs=10, learning_rate=3e-3, precision="fp32", progress_bar=False, seed=7)

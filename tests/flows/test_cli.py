@@ -66,7 +66,8 @@ COMMANDS = {
               {"--verbose"}),
     # Folds register nothing: the registry fields and keep_checkpoints_after_success are not audit options.
     "audit": ({"task"}, FINETUNE - flags_of(FinetuneParams, {"registry_policy", "registry_confidence",
-                                                              "keep_checkpoints_after_success"})
+                                                              "keep_checkpoints_after_success",
+                                                              "serving_precisions", "precision_margin"})
               | flags_of(AuditParams, set(AuditParams.model_fields) - {"base"}), {"--verbose"}),
     "score": ({"model", "file"}, flags_of(ScoreParams, set(ScoreParams.model_fields) - {"model", "file"}, RENAMED),
               {"--json", "--verbose"}),
@@ -157,6 +158,19 @@ def test_options_given_reach_their_fields(tmp_path):
     args = parser().parse_args(["score", "m", str(tmp_path / "x.csv"), "--column", "text=a", "--column", "text=b"])
     with pytest.raises(ValueError, match="--column names 'text' twice"):
         score_command.params(args)
+
+
+def test_serving_precision_options_reach_the_finetune_score_and_serve(tmp_path):
+    params = run_command.params(parser().parse_args(["run", "sst2", "--serving-precisions", "int8", "auto",
+                                                     "--precision-margin", "0.01"]))
+    assert (params.serving_precisions, params.precision_margin) == (["int8", "auto"], 0.01)
+    assert run_command.params(parser().parse_args(["run", "sst2"])).serving_precisions == [], "none unless asked"
+    with pytest.raises(SystemExit):
+        parser().parse_args(["run", "sst2", "--serving-precisions", "fp16"])
+    (tmp_path / "x.csv").write_text("text\na\n", encoding="utf-8")
+    score = score_command.params(parser().parse_args(["score", "m", str(tmp_path / "x.csv"), "--precision", "int8"]))
+    assert score.precision == "int8"
+    assert parser().parse_args(["serve", "models:/bert-sst2/2", "--precision", "auto"]).precision == "auto"
 
 
 def test_class_weights_and_the_decision_threshold_are_text_the_training_config_reads(capsys):

@@ -16,18 +16,9 @@ from bert_core.training import TrainConfig
 from flows.finetune import finetune
 from flows.params import FinetuneParams
 from flows.run_folder import size
-from tests.bert_core.test_training import _write_toy_task
-from tests.tiny_models import write_tiny_checkpoint
+from tests.toy_task import TRAINING, toy_rows
 
 pytest.importorskip("transformers")
-TRAINING = TrainConfig(batch_size=8, epochs=2, learning_rate=3e-3, precision="fp32", progress_bar=False, seed=3,
-                       checkpoint_every=4)
-
-
-@pytest.fixture(scope="module")
-def toy(flow_root):
-    return {"spec": _write_toy_task(flow_root / "data"), "data": flow_root / "data",
-            "tiny": write_tiny_checkpoint(flow_root / "tiny")}
 
 
 def run(toy, **params) -> tuple[dict, object]:
@@ -96,8 +87,6 @@ def test_class_weights_and_a_tuned_threshold_reach_the_params_the_card_and_the_s
     weights used and the threshold applied, the card says why, and the registered model answers by it."""
     import mlflow
     import pandas as pd
-
-    from tests.bert_core.test_training import toy_rows
 
     training = TrainConfig(**TRAINING.model_dump(exclude_unset=True), class_weights="balanced",
                            decision_threshold="tune")

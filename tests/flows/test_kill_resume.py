@@ -15,8 +15,8 @@ import pytest
 from safetensors.torch import load_file
 
 from bert_core.training.state import list_checkpoints
-from tests.bert_core.test_training import _write_toy_task
 from tests.tiny_models import write_tiny_checkpoint
+from tests.toy_task import write_toy_task
 
 pytest.importorskip("transformers")
 REPO = Path(__file__).resolve().parents[2]
@@ -32,7 +32,7 @@ def _command(spec: Path, out: Path, ckpt: Path, data: Path) -> list[str]:
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_restart_matches_uninterrupted(tmp_path):
     ckpt = write_tiny_checkpoint(tmp_path / "ckpt", seed=0)
-    spec = _write_toy_task(tmp_path / "data")
+    spec = write_toy_task(tmp_path / "data")
     env = {**os.environ, "BERTFLOW_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
 
     whole = subprocess.run(_command(spec, tmp_path / "whole", ckpt, tmp_path / "data"), cwd=REPO, env=env,
@@ -84,7 +84,7 @@ def test_the_flow_killed_then_run_again_with_the_same_parameters_resumes(flow_ro
     from flows.finetune import finetune
     from flows.params import FinetuneParams
 
-    spec, tiny = _write_toy_task(flow_root / "data"), write_tiny_checkpoint(flow_root / "tiny")
+    spec, tiny = write_toy_task(flow_root / "data"), write_tiny_checkpoint(flow_root / "tiny")
     training = TrainConfig(batch_size=8, epochs=12, learning_rate=3e-3, precision="fp32", progress_bar=False,
                            seed=5, log_every=1, checkpoint_every=4, keep_checkpoints=2)
 

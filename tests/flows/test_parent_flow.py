@@ -16,8 +16,8 @@ from mlflow.tracking import MlflowClient
 from bert_core.training import TrainConfig
 from flows.finetune import finetune
 from flows.params import FinetuneParams
-from tests.bert_core.test_training import SPEC, _write_toy_task
 from tests.tiny_models import write_tiny_checkpoint
+from tests.toy_task import SPEC, write_toy_task
 from tracking.compare import compare_versions, display_rows
 
 pytest.importorskip("transformers")
@@ -30,7 +30,7 @@ def toy(flow_root):
     """The toy sentiment task (labels neg, pos), the same rows relabelled bad/good as a second task, the tiny
     checkpoint, and the parent: the toy task fine-tuned from the checkpoint, registered as v1 (champion)."""
     data = flow_root / "data"
-    spec = _write_toy_task(data)
+    spec = write_toy_task(data)
     other = data / "toy_relabelled.yaml"
     relabelled = SPEC.model_dump(exclude_none=True) | {"name": "toy_relabelled", "labels": ["bad", "good"]}
     relabelled["local"]["label_map"] = {"neg": "bad", "pos": "good"}

@@ -19,8 +19,8 @@ from bert_core.training import TrainConfig
 from flows.finetune import finetune
 from flows.params import FinetuneParams, SuiteParams
 from flows.suite import suite, summary_from_mlflow
-from tests.bert_core.test_training import _write_toy_task
 from tests.tiny_models import write_tiny_checkpoint
+from tests.toy_task import write_toy_task
 
 pytest.importorskip("transformers")
 TRAINING = TrainConfig(batch_size=16, epochs=1, learning_rate=3e-3, precision="fp32", progress_bar=False, seed=3)
@@ -30,7 +30,7 @@ MODEL = "bert-toy_sentiment"
 @pytest.fixture(scope="module")
 def runs(flow_root) -> dict:
     data, run_root = flow_root / "data", flow_root / "runs"
-    spec, tiny = _write_toy_task(data), write_tiny_checkpoint(flow_root / "tiny")
+    spec, tiny = write_toy_task(data), write_tiny_checkpoint(flow_root / "tiny")
     params = FinetuneParams(task=str(spec), data_dir=str(data), pretrained=str(tiny), training=TRAINING,
                             run_root=str(run_root))
     client, seen = MlflowClient(), {}

@@ -21,9 +21,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from flows.run_folder import read_record
-from tests.bert_core.test_training import toy_rows
 from tests.conftest import REPO_ROOT
 from tests.tiny_models import write_tiny_checkpoint
+from tests.toy_task import toy_rows
 
 pytest.importorskip("transformers")
 # 64 toy rows / batch 8 = 8 steps per epoch; tiny steps take milliseconds, so the flow's start dominates.

@@ -22,8 +22,6 @@ from flows.sweep import sweep
 from flows.sweep_study import Range
 from tasks import sweep_trial
 from tasks.sweep_trial import SweepTrial, TrialReporter
-from tests.bert_core.test_training import _write_toy_task
-from tests.tiny_models import write_tiny_checkpoint
 
 pytest.importorskip("transformers")
 # The toy task is learnt within 6 epochs at GOOD_LR (dev accuracy reaches 0.9 to 1.0) and not at all at BAD_LR
@@ -153,12 +151,6 @@ def test_class_weights_and_the_decision_threshold_are_searchable():
 
 
 # ---- the flow, on a tiny model ------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def toy(flow_root):
-    return {"spec": _write_toy_task(flow_root / "data"), "data": flow_root / "data",
-            "tiny": write_tiny_checkpoint(flow_root / "tiny")}
-
-
 def _params(toy, space, **kwargs) -> SweepParams:
     base = FinetuneParams(task=str(toy["spec"]), data_dir=str(toy["data"]), pretrained=str(toy["tiny"]),
                           training=TRAINING)

@@ -17,9 +17,10 @@ from mlflow.tracking import MlflowClient
 from prefect.artifacts import Artifact
 
 from bert_core.training import TrainConfig
+from tests.mlflow_store import sqlite_store
 from tracking.compare import NOT_COMPARABLE, compare_versions, display_rows, run_comparison
 from tracking.registry import PREDICTIONS_ARTIFACT, register_version
-from tracking.store import configure_tracking, experiment_for
+from tracking.store import experiment_for
 
 LABELS = ["0", "1"]
 DEV = [{"text_a": f"dev sentence {i}", "text_b": None, "label": LABELS[i % 2], "_source": f"SST-2/dev.tsv:{i + 2}"}
@@ -29,14 +30,10 @@ DEV = [{"text_a": f"dev sentence {i}", "text_b": None, "label": LABELS[i % 2], "
 # ---- fast: hand-made predictions ------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    """A temporary sqlite tracking + registry store for this module and its experiment's id; global MLflow
-    URIs reset afterwards. (No mlflow.set_experiment: it would leave MLFLOW_EXPERIMENT_ID set for later tests.)"""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("MLFLOW_REGISTRY_URI", raising=False)
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path_factory.mktemp('mlruns') / 'mlflow.db'}")
-        yield experiment_for("compare-test", configure_tracking())  # artifacts beside the db, not in ./mlruns
-        mlflow.set_tracking_uri(None)
-        mlflow.set_registry_uri(None)
+    """The experiment id of a temporary sqlite tracking + registry store for this module; global MLflow URIs
+    reset afterwards."""
+    for uri in sqlite_store(tmp_path_factory, "compare-test"):
+        yield experiment_for("compare-test", uri)  # the store's experiment, made by sqlite_store
 
 
 class Echo(mlflow.pyfunc.PythonModel):

@@ -12,11 +12,11 @@ import pandas as pd
 import pytest
 
 from tests.bert_core.test_imbalance import p1_model
+from tests.mlflow_store import sqlite_store
 from tracking import scoring, serving
 from tracking.packaging import log_model
 from tracking.pinning import pin_model
 from tracking.registry import register_version
-from tracking.store import configure_tracking, experiment_for
 from tracking.training_log import decision_params
 
 ROW = {"text_a": "the movie was good", "text_b": None, "label": "pos", "_source": "x:1"}
@@ -26,14 +26,7 @@ TEXTS = ["the movie was good", "a bad film", "fun"]
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """A sqlite tracking + registry store for this module; the global MLflow URIs are reset afterwards."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("MLFLOW_REGISTRY_URI", raising=False)
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path_factory.mktemp('mlruns') / 'mlflow.db'}")
-        uri = configure_tracking()
-        mp.setenv("MLFLOW_EXPERIMENT_ID", experiment_for("threshold", uri))
-        yield uri
-        mlflow.set_tracking_uri(None)
-        mlflow.set_registry_uri(None)
+    yield from sqlite_store(tmp_path_factory, "threshold")
 
 
 def registered(store, folder, name: str) -> str:

@@ -21,11 +21,11 @@ import torch
 from mlflow.exceptions import MlflowException
 
 from bert_core import BertConfig, BertEncoder, BertTokenizer, get_family, save_finetuned
+from tests.mlflow_store import sqlite_store
 from tests.tiny_models import TINY, VOCAB
 from tracking.packaging import log_model
 from tracking.registry import register_version
 from tracking.request_check import MAX_TEXT_CHARS
-from tracking.store import configure_tracking, experiment_for
 
 LABELS = {
     "single_classification": ["neg", "pos"],
@@ -59,16 +59,7 @@ OUTPUT_COLUMNS = {
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """A sqlite tracking + registry store for this module; the global MLflow URIs are reset afterwards."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("MLFLOW_REGISTRY_URI", raising=False)
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path_factory.mktemp('mlruns') / 'mlflow.db'}")
-        uri = configure_tracking()
-        # Not mlflow.set_experiment: it would leave its experiment active for later tests, on other stores.
-        # experiment_for keeps the artifacts beside the database, not in ./mlruns of the current folder.
-        mp.setenv("MLFLOW_EXPERIMENT_ID", experiment_for("pyfunc", uri))
-        yield uri
-        mlflow.set_tracking_uri(None)
-        mlflow.set_registry_uri(None)
+    yield from sqlite_store(tmp_path_factory, "pyfunc")
 
 
 @pytest.fixture(scope="module")

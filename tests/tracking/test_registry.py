@@ -16,25 +16,16 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+from tests.mlflow_store import sqlite_store
 from tracking import registry
 from tracking.registry import RegistryDecision, decision_markdown, describe_versions, register_version
-from tracking.store import configure_tracking, experiment_for
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """A sqlite tracking + registry store shared by this module (creating one takes seconds); each test
     registers under its own model name. The global MLflow URIs are reset afterwards."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("MLFLOW_REGISTRY_URI", raising=False)
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path_factory.mktemp('mlruns') / 'mlflow.db'}")
-        uri = configure_tracking()
-        # Not mlflow.set_experiment: it would leave its experiment active for later tests, on other stores.
-        # experiment_for keeps the artifacts beside the database, not in ./mlruns of the current folder.
-        mp.setenv("MLFLOW_EXPERIMENT_ID", experiment_for("registry", uri))
-        yield uri
-        mlflow.set_tracking_uri(None)
-        mlflow.set_registry_uri(None)
+    yield from sqlite_store(tmp_path_factory, "registry")
 
 
 @pytest.fixture

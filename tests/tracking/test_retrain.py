@@ -15,6 +15,7 @@ from mlflow.tracking import MlflowClient
 from bert_core.spec import load_spec
 from bert_core.training import TrainConfig
 from bert_core.training.identity import FinetuneIdentity
+from tests.mlflow_store import sqlite_store
 from tracking.leaderboard import leaderboard_row
 from tracking.model_card import why_this_version
 from tracking.registry import register_version
@@ -28,7 +29,6 @@ from tracking.retrain import (
     record_comparison,
     version_tags,
 )
-from tracking.store import configure_tracking, experiment_for
 
 SPEC = load_spec("sst2")
 FINGERPRINT = "3f2a9c01b7d4" + "0" * 52
@@ -42,14 +42,7 @@ def identity(data_root: str = "/data/a", fingerprint: str = FINGERPRINT, **train
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """A sqlite tracking + registry store shared by this module; each test registers under its own name."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("MLFLOW_REGISTRY_URI", raising=False)
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path_factory.mktemp('mlruns') / 'mlflow.db'}")
-        uri = configure_tracking()
-        mp.setenv("MLFLOW_EXPERIMENT_ID", experiment_for("retrain", uri))
-        yield uri
-        mlflow.set_tracking_uri(None)
-        mlflow.set_registry_uri(None)
+    yield from sqlite_store(tmp_path_factory, "retrain")
 
 
 @pytest.fixture

@@ -39,8 +39,8 @@ from bert_core.validation import DataError
 from flows.finetune import finetune
 from flows.params import FinetuneParams
 from tasks.data import download
-from tests.bert_core.test_training import _write_toy_task
 from tests.tiny_models import TINY, write_tiny_checkpoint
+from tests.toy_task import write_toy_task
 from tests.tracking.test_tracking_failures import MlflowServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -245,7 +245,7 @@ def secrets_env(tmp_path_factory):
     toy data and a tiny checkpoint; `params(uri)` builds a one-epoch fine-tune against `uri`."""
     root = tmp_path_factory.mktemp("secrets")
     server = MlflowServer(root / "server").start()
-    spec, pretrained = _write_toy_task(root / "data"), write_tiny_checkpoint(root / "tiny")
+    spec, pretrained = write_toy_task(root / "data"), write_tiny_checkpoint(root / "tiny")
 
     def params(uri: str | None, run_root: str, **fields) -> FinetuneParams:
         defaults = {"task": str(spec), "data_dir": str(root / "data"), "pretrained": str(pretrained),
@@ -323,7 +323,7 @@ def test_no_secret_in_the_run_folder(secrets_env, secret_run):
 def test_a_secret_echoed_by_an_error_is_masked_in_the_failed_run(secrets_env, tmp_path):
     """A data error quotes the bad value; when that value is a secret from the environment, the `error`
     tag and error.txt of the FAILED run show *** instead."""
-    spec = _write_toy_task(tmp_path / "data")
+    spec = write_toy_task(tmp_path / "data")
     train = tmp_path / "data" / "toy" / "train.tsv"
     train.write_text(train.read_text() + f"the film was good\t{SECRETS['HF_TOKEN']}\n")
     state = finetune(secrets_env["params"](secrets_env["server"].uri, "runs-failed", task=str(spec),

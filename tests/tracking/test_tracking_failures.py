@@ -42,8 +42,8 @@ from bench.serving_load import free_port
 from bert_core.training import TrainConfig
 from flows.finetune import finetune
 from flows.params import FinetuneParams
-from tests.bert_core.test_training import _write_toy_task
 from tests.tiny_models import write_tiny_checkpoint
+from tests.toy_task import write_toy_task
 from tracking.store import TrackingUnavailableError, check_tracking
 
 pytest.importorskip("transformers")
@@ -158,7 +158,7 @@ def env(tmp_path_factory):
         mp.setenv("BERTFLOW_CACHE_DIR", str(root / "features"))
         with prefect_test_harness(server_startup_timeout=180), \
                 temporary_settings({PREFECT_LOCAL_STORAGE_PATH: root / "prefect-results"}):
-            yield {"root": root, "spec": _write_toy_task(root / "data"), "data": root / "data",
+            yield {"root": root, "spec": write_toy_task(root / "data"), "data": root / "data",
                    "pretrained": write_tiny_checkpoint(root / "tiny")}
         mlflow.set_tracking_uri(None)
         mlflow.set_registry_uri(None)
