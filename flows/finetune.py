@@ -136,9 +136,9 @@ def _tracked_run(params: FinetuneParams, spec: TaskSpec, cfg: TrainConfig, folde
         _say(_trained_line(trained, spec.primary_metric))
         evaluation = evaluate_model(spec, cfg, data, trained, run_dir, run, cache_dir)
         _say(_evaluation_line(evaluation, spec.primary_metric))
-        logged, registered = _log_and_register(params, spec, cfg, data, trained, evaluation, run, source)
+        logged, registered, serving = _log_and_register(params, spec, cfg, data, trained, evaluation, run, source)
     return FinetuneSummary.from_steps(spec, run.run_id, tracking.mask_secrets(uri), run_dir, features, trained,
-                                      evaluation, logged, registered)
+                                      evaluation, logged, registered, serving)
 
 
 def _run_tags(params: FinetuneParams, spec: TaskSpec, interrupted: str | None) -> dict[str, str]:
@@ -165,27 +165,30 @@ def _run_params(params: FinetuneParams, spec: TaskSpec, cfg: TrainConfig, run_di
 
 def _log_and_register(params: FinetuneParams, spec: TaskSpec, cfg: TrainConfig, data: DataInfo, trained: Trained,
                       evaluation: Evaluation, run: TrackedRun,
-                      source: PretrainedSource) -> tuple[LoggedModel | None, Registered | None]:
+                      source: PretrainedSource) -> tuple[LoggedModel | None, Registered | None, list[str]]:
     """Step 5: nothing for a pruned sweep trial, the logged model for a trial that finished (the sweep registers
-    its best), the logged model and its registered version otherwise."""
+    its best), the logged model and its registered version otherwise; and a line per serving precision asked
+    (its own version, or why not)."""
     if trained.pruned_at:
         run.set_tag("sweep_pruned_at", trained.pruned_at)
         _say(f"5/5 pruned by the sweep at evaluation {trained.pruned_at}: no model logged")
-        return None, None
+        return None, None, []
     # The registry notes when versions were scored on different dev rows: other data or eval cap.
     dev_rows = rows_name(data.fingerprint, "eval", cfg.max_eval_samples)
     logged = log_trained_model(spec, cfg, data, trained, evaluation, run, dev_rows, source)
     if params.sweep_trial:
         _say(f"5/5 logged {logged.model_uri}; a sweep trial registers nothing (the sweep registers its best trial)")
-        return logged, None
+        return logged, None, []
     registered = register(spec, run, logged, evaluation.splits["eval"], dev_rows, params.registry_policy,
                           params.registry_confidence, data.label_names,
                           {"train_seconds": trained.train_seconds, "examples_per_second": trained.examples_per_second})
     _say(f"5/5 register: {registered.model_uri} is {registered.decision.alias}: {registered.decision.reason}")
+    serving = []
     if params.serving_precisions:  # each gated on dev against this fp32 version; logs its own line
-        register_serving_precisions(spec, cfg, data, trained, run, logged, registered, params.serving_precisions,
-                                    params.precision_margin, str(default_cache_dir()))
-    return logged, registered
+        serving = register_serving_precisions(spec, cfg, data, trained, run, logged, registered,
+                                              params.serving_precisions, params.precision_margin,
+                                              str(default_cache_dir()))
+    return logged, registered, serving
 
 
 # ---- the step lines for people ------------------------------------------------------------------------------

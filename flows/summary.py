@@ -49,6 +49,7 @@ class FinetuneSummary:
     logged_model_uri: str | None = None  # the model logged in the run (None: a pruned sweep trial)
     pruned_at: int | None = None  # a sweep trial stopped by the pruner: at this evaluation
     unchanged_since: str | None = None  # models:/<name>/<N>: nothing changed since it, so nothing was trained
+    serving: list[str] = dataclasses.field(default_factory=list)  # per serving precision asked: its version or why not
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -56,8 +57,9 @@ class FinetuneSummary:
     @classmethod
     def from_steps(cls, spec: TaskSpec, run_id: str, tracking_uri: str, run_dir: str, features: FeaturesInfo,
                    trained: Trained, evaluation: Evaluation, logged: LoggedModel | None,
-                   registered: Registered | None) -> FinetuneSummary:
-        """From what the finetune flow's tasks returned (`run_dir_bytes` is filled in once the folder is tidied)."""
+                   registered: Registered | None, serving: list[str] | None = None) -> FinetuneSummary:
+        """From what the finetune flow's tasks returned (`run_dir_bytes` is filled in once the folder is tidied);
+        `serving`: register_serving_precisions' line per precision asked."""
         decision = registered.decision if registered else None
         return cls(
             task=spec.name, family=spec.family, mlflow_run_id=run_id, tracking_uri=tracking_uri,
@@ -72,7 +74,8 @@ class FinetuneSummary:
             examples_per_second=trained.examples_per_second, run_dir=run_dir, run_dir_bytes=None,
             # tokenize found its features cached; fit found tokenize's (False there = a key mismatch, a bug).
             feature_cache={"tokenize_hit": features.cache_hit, "fit_hit": trained.feature_cache_hit},
-            logged_model_uri=logged.model_uri if logged else None, pruned_at=trained.pruned_at)
+            logged_model_uri=logged.model_uri if logged else None, pruned_at=trained.pruned_at,
+            serving=list(serving or []))
 
     @classmethod
     def unchanged(cls, spec: TaskSpec, run_id: str, tracking_uri: str, since: KnownVersion) -> FinetuneSummary:
@@ -108,7 +111,10 @@ class FinetuneSummary:
             steps=_int(metrics.get("final_step")),
             train_seconds=metrics["train_seconds"], examples_per_second=metrics["examples_per_second"],
             run_dir=params.get("run_dir"), run_dir_bytes=None, logged_model_uri=tags.get("logged_model_uri"),
-            pruned_at=_int(tags.get("sweep_pruned_at")))
+            pruned_at=_int(tags.get("sweep_pruned_at")),
+            # tasks/serving_precision.py's run tags: `serving.<precision>` = "v<N>: <gate>" or why not
+            serving=[f"serving precision {k.removeprefix('serving.')}: {v}" for k, v in sorted(tags.items())
+                     if k.startswith("serving.")])
 
     def text(self) -> str:
         """A few lines for people: the score, the model and its alias, the training, where things are."""
@@ -125,6 +131,7 @@ class FinetuneSummary:
             lines.append(f"  model       none: pruned by the sweep at evaluation {self.pruned_at}")
         else:
             lines.append(f"  model       {self.logged_model_uri} (logged, not registered)")
+        lines += [f"  serving     {line.removeprefix('serving precision ')}" for line in self.serving]
         trained = f"{self.train_rows:,} rows, " if self.train_rows else ""
         steps = f"{self.steps:,} steps in " if self.steps else ""
         lines.append(f"  training    {trained}{steps}{self.train_seconds:.0f} s ({self.examples_per_second:.1f} examples/s)")

@@ -18,11 +18,13 @@ from tracking.pinning import pin_model
 from tracking.store import check_tracking, configure_tracking
 
 
-def predict_rows(model_uri: str, rows: list[dict], tracking_uri: str | None = None) -> pd.DataFrame:
+def predict_rows(model_uri: str, rows: list[dict], tracking_uri: str | None = None,
+                 precision: str | None = None) -> pd.DataFrame:
     """The model's predictions of `rows` (request columns, e.g. text / text_a, text_b / tokens / question,
-    context), one row each, in order; the store: `tracking_uri`, else MLflow's default of bertflow's."""
+    context), one row each, in order; the store: `tracking_uri`, else MLflow's default of bertflow's.
+    `precision` (auto, fp32, bf16, int8) replaces the one logged with the model; None keeps it."""
     configure_tracking(tracking_uri)
-    model = mlflow.pyfunc.load_model(model_uri)
+    model = mlflow.pyfunc.load_model(model_uri, model_config={PRECISION_KEY: precision} if precision else None)
     return model.predict(pd.DataFrame(rows))
 
 

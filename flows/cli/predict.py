@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from flows.cli.flags import add_tracking_uri
+from flows.cli.flags import add_precision, add_tracking_uri
 
 COLUMNS = ("text", "text_b", "question", "context", "tokens")  # the options that give a request column
 
@@ -24,6 +24,7 @@ def add(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--question", action="append")
     p.add_argument("--context", action="append")
     p.add_argument("--tokens", nargs="+", action="append", help="words to tag (one row per --tokens)")
+    add_precision(p)
     add_tracking_uri(p)
     p.set_defaults(handle=handle, name="predict")
 
@@ -45,5 +46,5 @@ def requests(args: argparse.Namespace, stdin) -> list[dict]:
 def handle(args: argparse.Namespace) -> None:
     from tracking.serving import predict_rows
 
-    predictions = predict_rows(args.model_uri, requests(args, sys.stdin), args.tracking_uri)
+    predictions = predict_rows(args.model_uri, requests(args, sys.stdin), args.tracking_uri, args.precision)
     print(predictions.to_json(orient="records", lines=True, force_ascii=False).strip())

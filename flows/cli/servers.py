@@ -7,8 +7,7 @@ import argparse
 import os
 import sys
 
-from bert_core.serving_precision import SERVING_PRECISIONS
-from flows.cli.flags import add_tracking_uri
+from flows.cli.flags import add_precision, add_tracking_uri
 
 HOST_HELP = "default 127.0.0.1 (this machine only); 0.0.0.0 for all"
 
@@ -34,10 +33,7 @@ def add(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=5001, help="default 5001")
     p.add_argument("--host", default="127.0.0.1", help=HOST_HELP)
     p.add_argument("--workers", type=int, default=1, help="server processes (default 1)")
-    p.add_argument("--precision", choices=SERVING_PRECISIONS,
-                   help="predict in this precision (auto = bf16 where the CPU has it natively; int8 = dynamically "
-                   "quantized linear layers) instead of the one the model was registered with (fp32, or its gated "
-                   "bf16 / int8 version's); see docs/scoring.md")
+    add_precision(p)
     add_tracking_uri(p)
     p.set_defaults(handle=handle_serve, name="serve")
 

@@ -160,7 +160,7 @@ def test_options_given_reach_their_fields(tmp_path):
         score_command.params(args)
 
 
-def test_serving_precision_options_reach_the_finetune_score_and_serve(tmp_path):
+def test_serving_precision_options_reach_the_finetune_score_serve_and_predict(tmp_path):
     params = run_command.params(parser().parse_args(["run", "sst2", "--serving-precisions", "int8", "auto",
                                                      "--precision-margin", "0.01"]))
     assert (params.serving_precisions, params.precision_margin) == (["int8", "auto"], 0.01)
@@ -171,6 +171,8 @@ def test_serving_precision_options_reach_the_finetune_score_and_serve(tmp_path):
     score = score_command.params(parser().parse_args(["score", "m", str(tmp_path / "x.csv"), "--precision", "int8"]))
     assert score.precision == "int8"
     assert parser().parse_args(["serve", "models:/bert-sst2/2", "--precision", "auto"]).precision == "auto"
+    assert parser().parse_args(["predict", "models:/bert-sst2/2", "--text", "a", "--precision", "int8"]).precision == "int8"
+    assert parser().parse_args(["predict", "models:/bert-sst2/2", "--text", "a"]).precision is None
 
 
 def test_class_weights_and_the_decision_threshold_are_text_the_training_config_reads(capsys):

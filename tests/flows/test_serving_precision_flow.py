@@ -8,6 +8,7 @@ from mlflow.tracking import MlflowClient
 
 from flows.finetune import finetune
 from flows.params import FinetuneParams
+from flows.summary import FinetuneSummary
 from tests.toy_task import TRAINING
 
 pytest.importorskip("transformers")
@@ -38,6 +39,9 @@ def test_int8_within_the_margin_is_registered_and_outside_it_is_not(toy):
     assert client.get_model_version(name, fp32_version).tags["serving.int8"] == version
     assert "**Serving precision**: int8" in client.get_model_version(name, version).description
     assert client.get_run(summary["mlflow_run_id"]).data.tags["serving.int8"].startswith(f"v{version}: ")
+    assert summary["serving"] == [summary["serving"][0]] and summary["serving"][0].startswith(
+        f"serving precision int8: registered models:/{name}/{version} (")
+    assert f"  serving     int8: registered models:/{name}/{version} (" in FinetuneSummary(**summary).text()
     assert summary["alias"] in ("champion", "challenger") and "champion" not in (
         client.get_model_version(name, version).aliases or []), "aliases stay on fp32 versions"
 
@@ -46,6 +50,7 @@ def test_int8_within_the_margin_is_registered_and_outside_it_is_not(toy):
     assert set(_versions(name)) == before | {refused["model_version"]}, "only the fp32 version is new"
     reason = client.get_run(refused["mlflow_run_id"]).data.tags["serving.int8"]
     assert "refused" in reason and "paired bootstrap on 32 dev rows" in reason
+    assert refused["serving"] == [f"serving precision int8: not registered ({reason})"], "the summary says why not"
 
 
 def test_a_precision_that_fails_leaves_the_fp32_version_and_the_run_standing(toy, monkeypatch):

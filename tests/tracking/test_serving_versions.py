@@ -16,6 +16,7 @@ from bert_core import BertConfig, BertEncoder, BertTokenizer, get_family, save_f
 from bert_core.precision_gate import GateResult
 from tests.mlflow_store import sqlite_store
 from tests.tiny_models import TINY, VOCAB
+from tracking import serving
 from tracking.packaging import log_model
 from tracking.pinning import pin_model
 from tracking.scoring import load_model
@@ -84,6 +85,19 @@ def test_a_load_and_the_server_environment_override_the_logged_precision(registe
     # `mlflow models serve` loads the model with this environment: what it predicts in
     monkeypatch.setenv("MLFLOW_PYFUNC_INFERENCE_CONFIG", env["MLFLOW_PYFUNC_INFERENCE_CONFIG"])
     assert _predictor(mlflow.pyfunc.load_model(uri)).precision == "int8"
+
+
+def test_predict_rows_loads_the_model_in_the_precision_asked(registered, monkeypatch):
+    """`bertflow predict --precision int8`: the model predicts quantized; without it, in the logged fp32."""
+    name, version, _ = registered
+    loaded = []
+    real_load = mlflow.pyfunc.load_model
+    monkeypatch.setattr(mlflow.pyfunc, "load_model", lambda *a, **kw: loaded.append(real_load(*a, **kw)) or loaded[-1])
+    rows = [{"text": t} for t in REQUEST["text"]]
+    fp32 = serving.predict_rows(f"models:/{name}/{version}", rows)
+    int8 = serving.predict_rows(f"models:/{name}/{version}", rows, precision="int8")
+    assert [_quantized(m) for m in loaded] == [0, 10]
+    assert len(int8) == len(fp32) == 3 and (int8["score"] - fp32["score"]).abs().max() < 0.02
 
 
 def _gate(passed: bool) -> GateResult:
