@@ -8,6 +8,7 @@ MLflow store, as a CI job or a switch to a team server would give it.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -17,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -135,6 +137,17 @@ def test_equal_parameters_over_two_data_roots_never_share_a_folder(machine):
     assert sst2_folders(machine) - before == {failed, Path(result["run_dir"])}
 
 
+def kill_alone(proc: subprocess.Popen) -> None:
+    """SIGKILL the run's process alone, as the OOM killer would; then stop what it started (Prefect's ephemeral API
+    server), which the kill leaves running without a parent for the rest of the test session."""
+    children = psutil.Process(proc.pid).children(recursive=True)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    for child in children:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
+
+
 def test_the_store_switched_between_an_interrupted_run_and_its_rerun(machine):
     """A run killed mid-training, then the same command against another MLflow store: it takes the killed
     folder over, warns once that the killed run is in the other store, resumes from the checkpoint and
@@ -148,8 +161,7 @@ def test_the_store_switched_between_an_interrupted_run_and_its_rerun(machine):
     while not [p for p in sst2_folders(machine) - before if list(p.glob("training/checkpoints/step-*[0-9]"))]:
         assert proc.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
         time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_alone(proc)
     (killed,) = sst2_folders(machine) - before
     record = read_record(killed)
     assert record["status"] == "running", "a killed process cannot record its end"
