@@ -39,8 +39,8 @@ def test_int8_within_the_margin_is_registered_and_outside_it_is_not(toy):
     assert client.get_model_version(name, fp32_version).tags["serving.int8"] == version
     assert "**Serving precision**: int8" in client.get_model_version(name, version).description
     assert client.get_run(summary["mlflow_run_id"]).data.tags["serving.int8"].startswith(f"v{version}: ")
-    assert summary["serving"] == [summary["serving"][0]] and summary["serving"][0].startswith(
-        f"serving precision int8: registered models:/{name}/{version} (")
+    (line,) = summary["serving"]
+    assert line.startswith(f"serving precision int8: registered models:/{name}/{version} (")
     assert f"  serving     int8: registered models:/{name}/{version} (" in FinetuneSummary(**summary).text()
     assert summary["alias"] in ("champion", "challenger") and "champion" not in (
         client.get_model_version(name, version).aliases or []), "aliases stay on fp32 versions"
