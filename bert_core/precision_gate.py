@@ -1,7 +1,8 @@
 """Does a faster serving precision keep the answers? The gate a bf16 or int8 model passes before it is registered.
 
     baseline = dev_predictions(model_dir, spec, rows, fingerprint, "fp32")
-    result = precision_gate(model_dir, spec, rows, fingerprint, "int8", margin=0.005, baseline=baseline)
+    candidate = dev_predictions(model_dir, spec, rows, fingerprint, "int8")
+    result = judge(spec, rows, candidate, baseline, margin=0.005)
     result.passed, result.reason
 
 Both precisions predict the same dev rows from the same saved weights (``evaluate_model_dir``), and the paired
@@ -64,17 +65,6 @@ def dev_predictions(model_dir: str | Path, spec: TaskSpec, rows: list[dict], fin
     metrics, predictions = evaluate_model_dir(model_dir, spec, rows, fingerprint, "eval", batch_size, precision,
                                               cache_dir)
     return DevPredictions(precision, metrics, predictions)
-
-
-def precision_gate(model_dir: str | Path, spec: TaskSpec, rows: list[dict], fingerprint: str, precision: str,
-                   margin: float = 0.005, baseline: DevPredictions | None = None, label_names=None,
-                   batch_size: int = 64, cache_dir=None, confidence: float = 0.95,
-                   n_resamples: int = 1000) -> GateResult:
-    """The gate (module docstring) of ``precision`` against fp32 on the dev ``rows``; ``baseline``: fp32's
-    ``dev_predictions`` when already computed; ``label_names``: the task's (the metric's labels)."""
-    candidate = dev_predictions(model_dir, spec, rows, fingerprint, precision, batch_size, cache_dir)
-    baseline = baseline or dev_predictions(model_dir, spec, rows, fingerprint, "fp32", batch_size, cache_dir)
-    return judge(spec, rows, candidate, baseline, margin, label_names, confidence, n_resamples)
 
 
 def judge(spec: TaskSpec, rows: list[dict], candidate: DevPredictions, baseline: DevPredictions, margin: float,

@@ -141,6 +141,12 @@ def rows_to_frame(family: str, rows: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(data)
 
 
+def load_pyfunc(model_uri: str, precision: str | None = None) -> mlflow.pyfunc.PyFuncModel:
+    """The logged model at ``model_uri``, predicting in ``precision`` (auto, fp32, bf16, int8) in place of the one
+    logged with it; None keeps that one."""
+    return mlflow.pyfunc.load_model(model_uri, model_config={PRECISION_KEY: precision} if precision else None)
+
+
 # ---- logging ---------------------------------------------------------------------------------------
 def log_model(model_dir: str | Path, family: str, input_example_rows: list[dict],
               registered_model_name: str | None = None, precision: str = "fp32", name: str = "model") -> ModelInfo:

@@ -44,7 +44,7 @@ from bert_core.families import FAMILIES, Family, get_family
 from bert_core.validation import DataError
 from tracking import store
 from tracking.drift_check import measure_drift
-from tracking.packaging import PRECISION_KEY, rows_to_frame
+from tracking.packaging import load_pyfunc, rows_to_frame
 from tracking.pinning import PinnedModel, scoring_task
 from tracking.request_check import text_limit
 from tracking.request_file import RequestFile, RequestRow, read_requests
@@ -65,7 +65,7 @@ def load_model(pinned: PinnedModel, precision: str | None = None) -> tuple[mlflo
     auto, fp32, bf16 or int8 in place of the one logged with the model (``bert_core.serving_precision``)."""
     key = (mlflow.get_tracking_uri(), pinned.uri, precision)
     if key not in _loaded:
-        model = mlflow.pyfunc.load_model(pinned.uri, model_config={PRECISION_KEY: precision} if precision else None)
+        model = load_pyfunc(pinned.uri, precision)
         try:
             python_model = model.unwrap_python_model()
         except MlflowException:  # not a python model at all

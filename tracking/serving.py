@@ -10,10 +10,9 @@ from __future__ import annotations
 import json
 import os
 
-import mlflow
 import pandas as pd
 
-from tracking.packaging import PRECISION_KEY
+from tracking.packaging import PRECISION_KEY, load_pyfunc
 from tracking.pinning import pin_model
 from tracking.store import check_tracking, configure_tracking
 
@@ -24,8 +23,7 @@ def predict_rows(model_uri: str, rows: list[dict], tracking_uri: str | None = No
     context), one row each, in order; the store: `tracking_uri`, else MLflow's default of bertflow's.
     `precision` (auto, fp32, bf16, int8) replaces the one logged with the model; None keeps it."""
     configure_tracking(tracking_uri)
-    model = mlflow.pyfunc.load_model(model_uri, model_config={PRECISION_KEY: precision} if precision else None)
-    return model.predict(pd.DataFrame(rows))
+    return load_pyfunc(model_uri, precision).predict(pd.DataFrame(rows))
 
 
 def serving_environment(model_uri: str, tracking_uri: str | None = None,
