@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -149,12 +150,18 @@ def run_trainer(args) -> dict:
 def run_child(which: str, args) -> dict:
     cmd = [sys.executable, __file__, "--only", which, *sys.argv[1:]]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
-    start = time.perf_counter()
+    before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO_ROOT)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         raise SystemExit(f"run {which} failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-    return json.loads(lines[-1][len("RESULT "):]) | {"wall_seconds": time.perf_counter() - start}
+    # CPU seconds and involuntary context switches of the run's processes (for the pipeline: bertflow and its
+    # Prefect server): a compute thread switched out stalls the others at the next OpenMP barrier.
+    return json.loads(lines[-1][len("RESULT "):]) | {
+        "wall_seconds": time.perf_counter() - start,
+        "cpu_seconds": after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime,
+        "preempted": after.ru_nivcsw - before.ru_nivcsw}
 
 
 def main() -> None:
@@ -185,7 +192,8 @@ def main() -> None:
             results[which].append(res)
             slowest = f"  slowest 10-step window {min(res['windows']):.1f} ex/s" if res["windows"] else ""
             print(f"  repeat {r + 1}/{args.repeats} {RUNS[which]:<9} train {res['train_seconds']:7.1f} s  wall "
-                  f"{res['wall_seconds']:7.1f} s  {spec.primary_metric} {res['score']:.4f}{slowest}  load avg "
+                  f"{res['wall_seconds']:7.1f} s  cpu {res['cpu_seconds']:7.1f} s  preempted {res['preempted']:6d}  "
+                  f"{spec.primary_metric} {res['score']:.4f}{slowest}  load avg "
                   f"{os.getloadavg()[0]:.1f}", flush=True)
     print(f"\n{'run':<10}{'steps':>6}{'train s med [best]':>22}{'wall s med':>12}{spec.primary_metric:>16}"
           f"{'median window ex/s':>20}{'slowest window':>16}")

@@ -52,6 +52,7 @@ class Terminated(KeyboardInterrupt):
 
 def main(argv: list[str] | None = None) -> int:
     local_flow.prefect_settings()  # before anything imports Prefect
+    local_flow.stop_orphaned_servers()
     args = parser().parse_args(argv)
     try:
         with _sigterm_as_interrupt():

@@ -6,8 +6,17 @@ one line."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import sys
+
+import psutil
+
+# Set by every `bertflow` command to "<pid>@<start time>" of its process; Prefect's temporary server inherits it,
+# so a server whose owner is gone can be told from one that is in use.
+OWNER = "BERTFLOW_PREFECT_OWNER"
+SERVER_APP = "prefect.server.api.server:create_app"  # in the command line of Prefect's temporary server
 
 
 def prefect_settings() -> None:
@@ -19,6 +28,45 @@ def prefect_settings() -> None:
     # That temporary server's telemetry heartbeat races the flow for its sqlite database and prints a
     # "database is locked" traceback; it also calls out to Prefect, which an offline machine cannot.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ[OWNER] = _identity(psutil.Process())
+
+
+def stop_orphaned_servers() -> list[int]:
+    """Stop Prefect's temporary servers that a killed `bertflow` left running; returns their pids.
+
+    Prefect stops its temporary server when the interpreter exits, which a SIGKILL (the OOM killer, `kill -9`)
+    skips: the server then runs without a parent until the machine restarts (about 200 MB). A server is stopped
+    here only when the bertflow process that started it (its `BERTFLOW_PREFECT_OWNER`) no longer exists."""
+    stopped = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            if SERVER_APP not in (proc.info["cmdline"] or []):
+                continue
+            environ = proc.environ()
+            owner = environ.get(OWNER)
+            if owner is None or environ.get("PREFECT__SERVER_EPHEMERAL") != "1" or _alive(owner):
+                continue
+            proc.terminate()
+            with contextlib.suppress(psutil.TimeoutExpired):
+                proc.wait(5)
+            if proc.is_running():
+                proc.kill()
+            stopped.append(proc.pid)
+            print(f"bertflow: stopped Prefect's temporary server (pid {proc.pid}), left running by bertflow process "
+                  f"{owner.split('@')[0]}, which was killed", file=sys.stderr)
+    return stopped
+
+
+def _identity(proc: psutil.Process) -> str:
+    return f"{proc.pid}@{proc.create_time():.2f}"  # a pid alone may have been reused since
+
+
+def _alive(owner: str) -> bool:
+    pid = int(owner.split("@")[0])
+    try:
+        return _identity(psutil.Process(pid)) == owner
+    except psutil.NoSuchProcess:
+        return False
 
 
 def run_here(args: argparse.Namespace, flow, **parameters):

@@ -17,7 +17,7 @@ import pytest
 
 from bert_core.spec import builtin_specs, load_spec
 from bert_core.training import TrainConfig
-from flows.cli import main, parser
+from flows.cli import local_flow, main, parser
 from flows.cli import run as run_command
 from flows.cli import score as score_command
 from flows.cli import sweep as sweep_command
@@ -353,3 +353,29 @@ def test_audit_options_reach_the_audit_params_and_its_folds_fine_tune():
     assert (given.k, given.top, given.fold_seed, given.max_concurrency) == (3, 7, 4, 1)
     assert given.base.task == "sst2" and given.base.training.max_train_samples == 50
     assert given.base.training.model_fields_set == {"max_train_samples", "epochs"}  # the rest: the spec's defaults
+
+
+def test_the_next_command_stops_a_temporary_server_whose_bertflow_was_killed(capsys):
+    """A SIGKILLed `bertflow run` cannot stop Prefect's temporary server; the next `bertflow` command does,
+    and leaves alone a server whose bertflow still runs and one that is not a temporary server."""
+    owner = subprocess.Popen(["sleep", "60"])
+    killed_owner = local_flow._identity(psutil.Process(owner.pid))
+    owner.kill()
+    owner.wait()
+
+    def server(owner_identity: str, ephemeral: str = "1") -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", local_flow.SERVER_APP],
+                                env={**os.environ, local_flow.OWNER: owner_identity,
+                                     "PREFECT__SERVER_EPHEMERAL": ephemeral})
+
+    orphan, in_use = server(killed_owner), server(local_flow._identity(psutil.Process()))
+    started_by_hand = server(killed_owner, ephemeral="0")  # e.g. `prefect server start`: not bertflow's to stop
+    try:
+        assert main(["tasks"]) == 0
+        assert orphan.wait(timeout=10) is not None
+        assert in_use.poll() is None and started_by_hand.poll() is None
+        assert f"stopped Prefect's temporary server (pid {orphan.pid})" in capsys.readouterr().err
+    finally:
+        for proc in (orphan, in_use, started_by_hand):
+            proc.kill()
+            proc.wait()

@@ -22,6 +22,7 @@ import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
+from flows.cli import local_flow
 from flows.run_folder import read_record
 from tests.conftest import REPO_ROOT
 from tests.tiny_models import write_tiny_checkpoint
@@ -137,15 +138,14 @@ def test_equal_parameters_over_two_data_roots_never_share_a_folder(machine):
     assert sst2_folders(machine) - before == {failed, Path(result["run_dir"])}
 
 
-def kill_alone(proc: subprocess.Popen) -> None:
-    """SIGKILL the run's process alone, as the OOM killer would; then stop what it started (Prefect's ephemeral API
-    server), which the kill leaves running without a parent for the rest of the test session."""
+def kill_alone(proc: subprocess.Popen) -> tuple[list[psutil.Process], int]:
+    """SIGKILL the run's process alone, as the OOM killer would; returns what it had started, which the kill
+    leaves running without a parent, and the pid of Prefect's temporary API server among them."""
     children = psutil.Process(proc.pid).children(recursive=True)
+    (server,) = [c.pid for c in children if local_flow.SERVER_APP in c.cmdline()]
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    for child in children:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            child.kill()
+    return children, server
 
 
 def test_the_store_switched_between_an_interrupted_run_and_its_rerun(machine):
@@ -161,12 +161,20 @@ def test_the_store_switched_between_an_interrupted_run_and_its_rerun(machine):
     while not [p for p in sst2_folders(machine) - before if list(p.glob("training/checkpoints/step-*[0-9]"))]:
         assert proc.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
         time.sleep(0.05)
-    kill_alone(proc)
-    (killed,) = sst2_folders(machine) - before
-    record = read_record(killed)
-    assert record["status"] == "running", "a killed process cannot record its end"
-    listed = bertflow(machine, machine["root"] / "store-3b.db", "runs", "--status", "interrupted")
-    assert killed.name in listed.stdout, listed.stdout
+    orphans, server = kill_alone(proc)
+    try:
+        (killed,) = sst2_folders(machine) - before
+        record = read_record(killed)
+        assert record["status"] == "running", "a killed process cannot record its end"
+        listed = bertflow(machine, machine["root"] / "store-3b.db", "runs", "--status", "interrupted")
+        assert killed.name in listed.stdout, listed.stdout
+        # The next command stops the temporary server the killed run left behind.
+        assert f"stopped Prefect's temporary server (pid {server})" in listed.stderr, listed.stderr
+        assert not psutil.wait_procs(orphans, timeout=10)[1]
+    finally:  # when it failed: nothing of the killed run may outlive the test
+        for orphan in orphans:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                orphan.kill()
 
     done = bertflow(machine, machine["root"] / "store-3b.db", *command)
     result = summary(done)
