@@ -21,6 +21,8 @@ zero_grad), lr 2e-5.
 - ``compile-step``    ``torch.compile`` of forward + loss + backward in one function, and of the optimizer step.
 - ``sparse-words``    eager with ``embedding_update: sparse``: a sparse word-embedding gradient, AdamW on the batch's
                       rows only (not the same math as dense AdamW).
+- ``torch-dropout``   eager with torch's own dropout mask (``bernoulli_``, one draw per element) instead of
+                      ``bert_core/dropout.py``'s lanes (a quarter of the draws; the same distribution to 1/65536).
 - ``no-attention-dropout``  eager without dropout on the attention probabilities (another recipe): what SDPA's
                       math path, which CPU SDPA takes whenever dropout is on, costs against its fused kernel.
 - ``full-last-layer`` eager with the encoder's last layer computed for every token (``SequenceClassifier.cls_only =
@@ -81,7 +83,7 @@ def batches(n_steps: int, bucket: int):
 
 # Variants whose step is fit's eager one apart from what they change (the compiled, sparse, bf16-weight and
 # frozen variants keep PyTorch's own embedding backward).
-FIT_LIKE = {"eager", "separate-clip", "no-attention-dropout", "full-last-layer"}
+FIT_LIKE = {"eager", "separate-clip", "no-attention-dropout", "full-last-layer", "torch-dropout"}
 
 
 def fresh_model():
@@ -96,9 +98,15 @@ def run_variant(variant: str, data, args) -> dict:
     """variant: a name, optionally ``-dynamic`` (compile with a symbolic length) and ``@N`` (the batches' bucket)."""
     name = variant.partition("@")[0].removesuffix("-dynamic")
     dynamic = variant.partition("@")[0].endswith("-dynamic") or None
+    from bert_core.dropout import mask_source
     from bert_core.training.inference import autocast
     from bert_core.training.optim import build_optimizer, clip_gradients, clipped_step
 
+    # fit's choice of mask (measured once per process), or torch's for the variant that asks for it
+    os.environ.pop("BERTFLOW_DROPOUT_MASK", None)
+    if name == "torch-dropout":
+        os.environ["BERTFLOW_DROPOUT_MASK"] = "torch"
+    mask_source.cache_clear()
     model = fresh_model()
     if name == "full-last-layer":
         model.cls_only = False
@@ -209,9 +217,11 @@ def main() -> None:
     buckets = {v: int(v.partition("@")[2] or args.bucket) for v in variants}
     data = {b: batches(args.steps, b) for b in set(buckets.values())}
     lengths = ", ".join(f"{len({t['input_ids'].shape[1] for t in d})} at bucket {b}" for b, d in sorted(data.items()))
+    from bert_core.dropout import mask_source
+
     print(f"torch {torch.__version__}, {args.threads} threads ({torch.get_num_interop_threads()} inter-op), "
-          f"{args.precision}, {args.steps} steps of SST-2; distinct batch lengths: {lengths}; load avg "
-          f"{os.getloadavg()[0]:.1f}", flush=True)
+          f"{args.precision}, dropout mask {mask_source()}, {args.steps} steps of SST-2; distinct batch lengths: "
+          f"{lengths}; load avg {os.getloadavg()[0]:.1f}", flush=True)
     print(f"{'variant':<15}{'compile s':>10}{'ms/step med [best]':>20}{'ex/s':>8}{'loss first':>12}{'loss last':>11}")
     runs: dict[str, list[dict]] = {}
     for _ in range(args.repeats):  # interleaved, so a slow minute of the machine hits every variant

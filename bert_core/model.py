@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from bert_core.config import BertConfig
+from bert_core.dropout import Dropout, dropout, mask_source
 
 # Attention maps (B * nh * T * T elements per layer) above which CPU training recomputes them in backward rather
 # than keeping them: 8M is B=32 x 12 heads at T=148; SST-2, GLUE or CoNLL batches stay below, SQuAD's go above.
@@ -32,7 +33,7 @@ class Embeddings(nn.Module):
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
         """(B, T) ids -> (B, T, H)."""
@@ -69,17 +70,30 @@ class SelfAttention(nn.Module):
         q = q.view(B, Tq, self.num_heads, H // self.num_heads).transpose(1, 2)  # (B, nh, Tq, hd)
         k, v = (t.view(B, T, self.num_heads, H // self.num_heads).transpose(1, 2) for t in (k, v))  # (B, nh, T, hd)
         dropout_p = self.attn_dropout if self.training else 0.0
+        # With dropout, CPU SDPA takes its math path anyway (GPU kernels fuse dropout); written out here, it draws
+        # the cheaper mask (bert_core/dropout.py) where that is this machine's faster one.
+        attend = attention if dropout_p and x.device.type == "cpu" and mask_source() == "lanes" else \
+            F.scaled_dot_product_attention
         if dropout_p and x.device.type == "cpu" and torch.is_grad_enabled() \
                 and B * self.num_heads * Tq * T > RECOMPUTE_ATTENTION_ABOVE:
-            # With dropout, CPU SDPA takes its math path (GPU kernels fuse dropout) and keeps the (B, nh, T, T)
-            # scores, probabilities and mask of every layer for backward: 4.4 GB of a 6.4 GB peak at B=32, T=384
-            # (SQuAD). Recompute them in backward instead, the same dropout mask included (RNG state replayed).
-            y = checkpoint(F.scaled_dot_product_attention, q, k, v, attn_mask=mask, dropout_p=dropout_p,
-                           use_reentrant=False)
+            # The math path keeps the (B, nh, T, T) scores, probabilities and mask of every layer for backward:
+            # 4.4 GB of a 6.4 GB peak at B=32, T=384 (SQuAD). Recompute them in backward instead, the same dropout
+            # mask included (RNG state replayed).
+            y = checkpoint(attend, q, k, v, attn_mask=mask, dropout_p=dropout_p, use_reentrant=False)
         else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)  # (B, nh, Tq, hd)
+            y = attend(q, k, v, attn_mask=mask, dropout_p=dropout_p)  # (B, nh, Tq, hd)
         y = y.transpose(1, 2).reshape(B, Tq, H)  # (B, Tq, H)
         return self.out(y)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None,
+              dropout_p: float) -> torch.Tensor:
+    """SDPA's math path: softmax(q k^T / sqrt(hd), masked) -> dropout -> @ v. q (B, nh, Tq, hd), k and v
+    (B, nh, T, hd), attn_mask (B, 1, 1, T) bool, True = attend -> (B, nh, Tq, hd)."""
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # (B, nh, Tq, T)
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float("-inf"))
+    return dropout(scores.softmax(-1), dropout_p) @ v
 
 
 class FeedForward(nn.Module):
@@ -109,7 +123,7 @@ class Layer(nn.Module):
         self.attention_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.ffn = FeedForward(config)
         self.ffn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None, cls_only: bool = False) -> torch.Tensor:
         """(B, T, H) -> (B, T, H); (B, 1, H), the [CLS] position alone, with ``cls_only``."""

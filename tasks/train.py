@@ -128,6 +128,8 @@ def train_model(spec: TaskSpec, cfg: TrainConfig, data: DataInfo, run_dir: str, 
     history_path = Path(run_dir) / "history.json"
     history_path.write_text(json.dumps(result.history, indent=1), encoding="utf-8")
     summary = log_training_summary(run.run_id, result)
+    # What this machine chose where the recipe leaves it open: the math (precision) and the dropout masks drawn.
+    run.log_params({"engine": {"precision": result.precision, "dropout_mask": result.dropout_mask}})
     run.log_params(decision_params(read_finetuned_meta(result.model_dir)))  # class weights used, threshold applied
     return Trained(
         model_dir=str(result.model_dir), primary_metric=result.primary_metric, best_metric=result.best_metric,

@@ -11,6 +11,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from bert_core.dropout import Dropout
 from bert_core.families.base import Output
 from bert_core.families.text_encoding import pool_windows
 from bert_core.model import BertEncoder
@@ -29,7 +30,7 @@ class SequenceClassifier(nn.Module):
         self.bert = encoder
         self.num_labels = num_labels
         self.loss = loss  # (logits, labels) -> scalar: the family's training objective
-        self.dropout = nn.Dropout(encoder.config.hidden_dropout_prob)
+        self.dropout = Dropout(encoder.config.hidden_dropout_prob)
         self.classifier = nn.Linear(encoder.config.hidden_size, num_labels)
         nn.init.normal_(self.classifier.weight, std=encoder.config.initializer_range)
         nn.init.zeros_(self.classifier.bias)

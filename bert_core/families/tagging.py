@@ -29,6 +29,7 @@ from sklearn.metrics import classification_report
 from torch import nn
 
 from bert_core import metrics, tag_schemes
+from bert_core.dropout import Dropout
 from bert_core.families.base import IGNORE_INDEX, Family, FeatureBuilder, Output, Predictions, Rows, as_rows
 from bert_core.model import BertEncoder
 from bert_core.tokenizer import BertTokenizer
@@ -47,7 +48,7 @@ class TokenTagger(nn.Module):
         super().__init__()
         self.bert = encoder
         self.num_labels = num_tags
-        self.dropout = nn.Dropout(encoder.config.hidden_dropout_prob)
+        self.dropout = Dropout(encoder.config.hidden_dropout_prob)
         self.classifier = nn.Linear(encoder.config.hidden_size, num_tags)
         nn.init.normal_(self.classifier.weight, std=encoder.config.initializer_range)
         nn.init.zeros_(self.classifier.bias)

@@ -29,6 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from bert_core.checkpoint import save_finetuned
+from bert_core.dropout import mask_source
 from bert_core.families import Family, get_family
 from bert_core.families.base import MODEL_INPUTS
 from bert_core.families.text_encoding import MAX_WINDOWS, trains_on_documents, window_pooling
@@ -82,6 +83,7 @@ class FitResult:
     eval_rows: int
     feature_stats: dict[str, Any]
     threads: int = 1  # intra-op threads the steps ran with (at the end)
+    dropout_mask: str = "torch"  # the CPU dropout mask the steps drew (bert_core/dropout.py): "lanes" or "torch"
     threads_used: list[dict] = dataclasses.field(default_factory=list)  # ThreadController.history: the count
     # at the start and at each change, [{"step", "threads"}, ...]
 
@@ -183,7 +185,8 @@ def fit(spec: TaskSpec, cfg: TrainConfig, output_dir: str | Path, train_rows: li
         examples_per_second=state.examples / seconds, tokens_per_second=state.tokens / seconds,
         resumed_from_step=resumed_from, precision=ctx.precision, stopped_early=stopped_early,
         train_rows=len(ctx.train_rows), eval_rows=len(ctx.eval_rows), feature_stats=ctx.feature_stats,
-        threads=torch.get_num_threads(), threads_used=threads.history)
+        threads=torch.get_num_threads(), threads_used=threads.history,
+        dropout_mask=mask_source() if ctx.dist.device.type == "cpu" else "torch")
     _notify(callbacks, "on_train_end", result)
     return result
 
