@@ -92,7 +92,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torc
     (B, nh, T, hd), attn_mask (B, 1, 1, T) bool, True = attend -> (B, nh, Tq, hd)."""
     scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # (B, nh, Tq, T)
     if attn_mask is not None:
-        scores = scores.masked_fill(~attn_mask, float("-inf"))
+        scores.masked_fill_(~attn_mask, float("-inf"))  # in place: the matmul's backward needs q and k, not this
     return dropout(scores.softmax(-1), dropout_p) @ v
 
 
