@@ -3,7 +3,8 @@
 Read bottom-up: embeddings -> self-attention -> feed-forward -> layer -> encoder stack -> pooler ->
 ``BertEncoder``. Post-LN Transformer layers with GELU, as in the paper and in Hugging Face's
 ``modeling_bert.py``; attention runs through ``F.scaled_dot_product_attention`` so PyTorch picks its
-fastest kernel. Query, key and value are one fused ``Linear(H, 3H)`` (one matmul instead of three);
+fastest kernel, except in CPU training with dropout, where SDPA's math path is written out (``attention``) to
+draw ``bert_core/dropout.py``'s cheaper mask. Query, key and value are one fused ``Linear(H, 3H)`` (one matmul instead of three);
 ``checkpoint.py`` concatenates the three Hugging Face matrices into it on load.
 
 Shapes: B batch, T tokens, H hidden size, nh heads, hd = H / nh.
