@@ -11,7 +11,8 @@ Retrain on change (tracking/retrain.py): once the data is read, the fine-tune's 
 spec, pretrained checkpoint, recipe, code version) is recorded on its MLflow run and compared with what the
 task's champion was trained on. Nothing changed: nothing is trained or registered, the MLflow run ends FINISHED
 tagged `skipped`, the run folder is removed (one taken over from an interrupted run is left as it was), and the
-flow run ends Completed with the message "no change since models:/bert-<task>/<N>". `force` and a sweep's trials
+flow run ends Completed with the message "no change since models:/bert-<task>/<N>"; its summary lists the serving
+precisions version N's run registered beside it (tasks/serving_precision.py). `force` and a sweep's trials
 train anyway. Errors of the input (spec, data, metric vs labels) fail at once; only what
 may heal (tracking server or hub unreachable, I/O) is retried (tasks/retry_policy.py). A retry first
 closes the MLflow run (and retracts the model version) of an earlier attempt that lost the tracking
@@ -42,7 +43,7 @@ from tasks.pretrained import resolve_pretrained
 from tasks.register import Registered, log_trained_model, register
 from tasks.retrain import compare_with_champion, skip_unchanged
 from tasks.retry_policy import give_up_unless_transient
-from tasks.serving_precision import register_serving_precisions
+from tasks.serving_precision import register_serving_precisions, serving_lines_of_version
 from tasks.tokenize import FeaturesInfo, tokenize
 from tasks.train import Trained, train_model
 from tracking import store as tracking
@@ -80,6 +81,8 @@ def finetune(params: FinetuneParams = FinetuneParams()) -> dict:  # noqa: B008 (
                 folder.release_unused()
                 _say(f"{summary.decision} ({summary.alias or 'no alias'}): nothing trained, nothing registered; "
                      "`force` trains anyway")
+                for line in summary.serving:  # the versions that serve it faster, registered by its run
+                    _say(f"beside {summary.model_uri}, {line}")
                 return Completed(message=summary.decision, data=summary.as_dict())
             if not params.keep_checkpoints_after_success:
                 folder.keep_only_results()
@@ -124,9 +127,10 @@ def _tracked_run(params: FinetuneParams, spec: TaskSpec, cfg: TrainConfig, folde
             log.warning(set_aside)
         run.log_params({"data": {"source": data.source, "rows": data.rows, "dropped": data.dropped, "carve": data.carve}})
         comparison = compare_with_champion(spec, folder.identity, run)
-        if comparison.unchanged and not (params.force or trial):
-            skip_unchanged(spec, comparison.unchanged, run)
-            return FinetuneSummary.unchanged(spec, run.run_id, tracking.mask_secrets(uri), comparison.unchanged)
+        if (since := comparison.unchanged) and not (params.force or trial):
+            serving = serving_lines_of_version(since)  # what its run registered beside it: int8, ...
+            skip_unchanged(spec, since, run, serving)
+            return FinetuneSummary.unchanged(spec, run.run_id, tracking.mask_secrets(uri), since, serving)
         _say(_comparison_line(comparison, params))
         features = tokenize(spec, cfg, data, source.path, cache_dir)
         _say(_features_line(features))
@@ -185,7 +189,8 @@ def _log_and_register(params: FinetuneParams, spec: TaskSpec, cfg: TrainConfig, 
     _say(f"5/5 register: {registered.model_uri} is {registered.decision.alias}: {registered.decision.reason}")
     serving = []
     if params.serving_precisions:  # each gated on dev against this fp32 version; logs its own line
-        serving = register_serving_precisions(spec, cfg, data, trained, run, logged, registered,
+        serving = register_serving_precisions(spec, cfg, data, trained.model_dir, run, logged,
+                                              registered.decision.name, registered.decision.version,
                                               params.serving_precisions, params.precision_margin,
                                               str(default_cache_dir()))
     return logged, registered, serving

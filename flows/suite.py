@@ -34,6 +34,7 @@ from bert_core.spec import builtin_specs, load_spec
 from flows.params import FinetuneParams, SuiteParams
 from flows.summary import FinetuneSummary
 from tasks.leaderboard import publish_leaderboard
+from tasks.serving_precision import serving_lines_of_version
 from tracking import store as tracking
 from tracking.leaderboard import leaderboard_row
 from tracking.retrain import UNCHANGED_SINCE_TAG, read_version
@@ -125,7 +126,8 @@ def summary_from_mlflow(params: FinetuneParams, flow_run_id: str) -> dict:
         raise RuntimeError(f"no FINISHED MLflow run of {tracking.experiment_name(spec.name)} is tagged with flow "
                            f"run {flow_run_id}")
     if since := found.tags.get(UNCHANGED_SINCE_TAG):
-        return FinetuneSummary.unchanged(spec, found.run_id, "", read_version(since)).as_dict()
+        version = read_version(since)
+        return FinetuneSummary.unchanged(spec, found.run_id, "", version, serving_lines_of_version(version)).as_dict()
     return FinetuneSummary.from_run(spec, found).as_dict()
 
 

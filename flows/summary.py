@@ -1,7 +1,8 @@
 """What one fine-tune produced, as the finetune flow returns it (a dict, so Prefect stores it as JSON), as the
 suite rebuilds it from the MLflow run of a fine-tune that ran on another worker, and as `bertflow run`
 prints it for people. A fine-tune that trained nothing (nothing changed since a registered version) has
-`unchanged_since` set, and reports that version's model and dev scores.
+`unchanged_since` set, and reports that version's model and dev scores, and the serving precisions that version's
+run registered beside it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import math
 from bert_core.spec import TaskSpec
 from tasks.evaluate import Evaluation
 from tasks.register import Registered
+from tasks.serving_precision import LINE as SERVING_LINE
+from tasks.serving_precision import serving_lines
 from tasks.tokenize import FeaturesInfo
 from tasks.train import Trained
 from tracking.registration import LoggedModel
@@ -78,9 +81,11 @@ class FinetuneSummary:
             serving=list(serving or []))
 
     @classmethod
-    def unchanged(cls, spec: TaskSpec, run_id: str, tracking_uri: str, since: KnownVersion) -> FinetuneSummary:
+    def unchanged(cls, spec: TaskSpec, run_id: str, tracking_uri: str, since: KnownVersion,
+                  serving: list[str]) -> FinetuneSummary:
         """A fine-tune that trained nothing: nothing changed since version `since`, whose model and dev scores
-        it reports (`score` NaN if the version has no score of the primary metric)."""
+        it reports (`score` NaN if the version has no score of the primary metric); `serving`: the lines of
+        `since`'s run on its serving precisions (tasks.serving_precision.serving_lines_of_version)."""
         alias = CHAMPION if CHAMPION in since.aliases else (since.aliases[0] if since.aliases else None)
         return cls(
             task=spec.name, family=spec.family, mlflow_run_id=run_id, tracking_uri=tracking_uri,
@@ -89,7 +94,7 @@ class FinetuneSummary:
             score=since.metrics.get(spec.primary_metric, math.nan), interval=None, champion_score_before=None,
             metrics={f"eval_{k}": v for k, v in since.metrics.items()}, train_rows=None, eval_rows=None, steps=None,
             train_seconds=0.0, examples_per_second=0.0, run_dir=None, run_dir_bytes=None,
-            unchanged_since=since.uri)
+            unchanged_since=since.uri, serving=list(serving))
 
     @classmethod
     def from_run(cls, spec: TaskSpec, run: RunRecord) -> FinetuneSummary:
@@ -111,17 +116,16 @@ class FinetuneSummary:
             steps=_int(metrics.get("final_step")),
             train_seconds=metrics["train_seconds"], examples_per_second=metrics["examples_per_second"],
             run_dir=params.get("run_dir"), run_dir_bytes=None, logged_model_uri=tags.get("logged_model_uri"),
-            pruned_at=_int(tags.get("sweep_pruned_at")),
-            # tasks/serving_precision.py's run tags: `serving.<precision>` = "v<N>: <gate>" or why not
-            serving=[f"serving precision {k.removeprefix('serving.')}: {v}" for k, v in sorted(tags.items())
-                     if k.startswith("serving.")])
+            pruned_at=_int(tags.get("sweep_pruned_at")), serving=serving_lines(tags))
 
     def text(self) -> str:
         """A few lines for people: the score, the model and its alias, the training, where things are."""
+        serving = [f"  serving     {line.removeprefix(SERVING_LINE)}" for line in self.serving]
         if self.unchanged_since:
-            return (f"{self.task}: {self.decision} ({self.alias or 'no alias'}, {self.primary_metric} "
-                    f"{self.score:.4f}): nothing trained, nothing registered; --force trains anyway\n"
-                    f"  MLflow run  {self.mlflow_run_id} in {self.tracking_uri or 'the tracking store'}")
+            return "\n".join([f"{self.task}: {self.decision} ({self.alias or 'no alias'}, {self.primary_metric} "
+                              f"{self.score:.4f}): nothing trained, nothing registered; --force trains anyway",
+                              *serving,
+                              f"  MLflow run  {self.mlflow_run_id} in {self.tracking_uri or 'the tracking store'}"])
         interval = f" (95% interval {self.interval[0]:.4f} to {self.interval[1]:.4f})" if self.interval else ""
         rows = f" on {self.eval_rows:,} dev rows" if self.eval_rows else ""
         lines = [f"{self.task}: {self.primary_metric} {self.score:.4f}{interval}{rows}"]
@@ -131,7 +135,7 @@ class FinetuneSummary:
             lines.append(f"  model       none: pruned by the sweep at evaluation {self.pruned_at}")
         else:
             lines.append(f"  model       {self.logged_model_uri} (logged, not registered)")
-        lines += [f"  serving     {line.removeprefix('serving precision ')}" for line in self.serving]
+        lines += serving
         trained = f"{self.train_rows:,} rows, " if self.train_rows else ""
         steps = f"{self.steps:,} steps in " if self.steps else ""
         lines.append(f"  training    {trained}{steps}{self.train_seconds:.0f} s ({self.examples_per_second:.1f} examples/s)")

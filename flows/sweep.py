@@ -9,7 +9,10 @@
 - The record: one parent MLflow run in the task's experiment with a child run per trial, a table of the
   trials and a plot of the metric against each parameter (a Prefect artifact and files of the parent run).
 - The outcome: the best trial's model registered through the usual registry policy (champion or
-  challenger), as if that fine-tune had run alone.
+  challenger), as if that fine-tune had run alone; and, when the base fine-tune asks for `serving_precisions`,
+  each gated against that version and registered beside it as that fine-tune would have
+  (tasks/serving_precision.py `register_serving_precisions_of_run`: the model comes back from the trial's
+  logged model, the dev rows from the task's data read again).
 
 Trials that fail by their own error (e.g. a learning rate that diverges) are recorded and the search goes
 on; when the first trials all fail, the sweep stops rather than spend its budget on the same error.
@@ -27,15 +30,17 @@ from prefect.futures import wait
 from prefect.runtime import flow_run
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
+from bert_core.feature_cache import default_cache_dir
 from bert_core.home import runs_root
 from bert_core.spec import TaskSpec, load_spec
-from bert_core.training import TrainConfig
+from bert_core.training import TrainConfig, effective_spec
 from flows import sweep_study
 from flows.params import FinetuneParams, SweepParams
 from flows.suite import finetune_here, finetune_on_worker, share_cores
 from flows.sweep_study import Range
 from tasks import sweep_trial
 from tasks.register import register_logged_run
+from tasks.serving_precision import register_serving_precisions_of_run, serving_lines
 from tasks.sweep import publish_sweep
 from tasks.sweep_trial import SweepTrial
 from tracking import store as tracking
@@ -46,7 +51,8 @@ POLL_SECONDS = 5  # how often the sweep looks for finished trials
 
 @flow(name="bertflow-sweep")
 def sweep(params: SweepParams = SweepParams()) -> dict:  # noqa: B008 (pydantic default = the UI form's)
-    """Search, then register the best trial; returns the study, the trials and the best trial."""
+    """Search, then register the best trial (and its serving precisions); returns the study, the trials, the
+    best trial, its version and a line per serving precision asked."""
     log = get_run_logger()
     base = params.base
     uri = tracking.configure_tracking(tracking.check_tracking(base.tracking_uri))
@@ -71,15 +77,16 @@ def sweep(params: SweepParams = SweepParams()) -> dict:  # noqa: B008 (pydantic 
         _run_trials(study, params, spec, name, parent.run_id, budget, grid)
         trials = sweep_study.trial_rows(study)
         best = sweep_study.best_trial(study)
-        registered = None
+        registered, serving = None, []
         if best is not None and params.register_best:
             registered = _register_best(spec, base, best["mlflow_run_id"])
             log.info("best trial %d (%s %.4f): %s is %s", best["number"], spec.primary_metric, best["value"],
                      registered["model_uri"], registered["alias"])
+            serving = _serve_best(spec, base, best, registered)
         folder = runs_root(base.run_root) / "_sweeps" / name
         log_axes = [field for field, values in params.space.items() if isinstance(values, Range) and values.log]
-        published = publish_sweep(spec.name, spec.primary_metric, trials, best, registered, list(params.space),
-                                  log_axes, str(folder), parent)
+        published = publish_sweep(spec.name, spec.primary_metric, trials, best, registered, serving,
+                                  list(params.space), log_axes, str(folder), parent)
         if best is None:
             raise RuntimeError(f"sweep {name}: no trial completed; see {published['markdown']}")
         parent.end("FINISHED")
@@ -89,7 +96,7 @@ def sweep(params: SweepParams = SweepParams()) -> dict:  # noqa: B008 (pydantic 
         raise
     return {"study": name, "storage": tracking.mask_secrets(params.storage or sweep_trial.default_storage()),
             "mlflow_run_id": parent.run_id, "trials": trials, "best": best, "registered": registered,
-            "plot": published["plot"], "table": published["markdown"]}
+            "serving": serving, "plot": published["plot"], "table": published["markdown"]}
 
 
 def _check_same_search(study: optuna.Study, params: SweepParams) -> None:
@@ -171,14 +178,19 @@ def _run_trials(study: optuna.Study, params: SweepParams, spec: TaskSpec, name: 
 def _submit(runner, params: SweepParams, spec: TaskSpec, name: str, parent: str, trial: optuna.Trial):
     values = sweep_study.suggest(trial, params.space)
     base = params.base
-    training = TrainConfig(**{**base.training.model_dump(exclude_unset=True), **values})
-    trial_params = base.model_copy(update={"training": training, "sweep_trial": SweepTrial(
+    trial_params = base.model_copy(update={"training": _trial_training(base, values), "sweep_trial": SweepTrial(
         storage=_storage_for_trials(params.storage), study=name, trial_id=trial._trial_id, trial_number=trial.number,
         pruner=params.pruner, pruning_startup_trials=params.pruning_startup_trials, parent_run_id=parent)})
     get_run_logger().info("trial %d: %s", trial.number, ", ".join(f"{k} {v}" for k, v in values.items()))
     if params.deployment:
         return runner.submit(finetune_on_worker, {"deployment": params.deployment, "params": trial_params})
     return runner.submit(finetune_here, {"params": trial_params})
+
+
+def _trial_training(base: FinetuneParams, values: dict) -> TrainConfig:
+    """A trial's training config: the sweep's values over the base fine-tune's (the spec's defaults fill the rest
+    when the trial's fine-tune starts)."""
+    return TrainConfig(**{**base.training.model_dump(exclude_unset=True), **values})
 
 
 def _storage_for_trials(url: str | None) -> str | None:
@@ -219,3 +231,19 @@ def _register_best(spec: TaskSpec, base: FinetuneParams, run_id: str) -> dict:
         return {"model_name": name, "version": version, "model_uri": f"models:/{name}/{version}",
                 "alias": tags["model_alias"], "reason": tags.get("model_decision", ""), "already": True}
     return register_logged_run(spec, run_id, base.registry_policy, base.registry_confidence).as_dict()
+
+
+def _serve_best(spec: TaskSpec, base: FinetuneParams, best: dict, registered: dict) -> list[str]:
+    """The base fine-tune's `serving_precisions`, each gated against the best trial's version and registered
+    beside it, as that trial's fine-tune run alone would have; a line per precision. Once: a resumed sweep whose
+    best trial was registered already reads the lines back from that trial's run."""
+    run_id = best["mlflow_run_id"]
+    if not base.serving_precisions:
+        return []
+    if registered.get("already"):
+        return serving_lines(read_run(run_id).tags)
+    # The trial's own config and spec, as its fine-tune made them: its dev rows and features, not the base's.
+    cfg = _trial_training(base, best["params"]).with_defaults(spec.defaults)
+    return register_serving_precisions_of_run(effective_spec(spec, cfg), cfg, run_id, registered["model_name"],
+                                              registered["version"], base.serving_precisions, base.precision_margin,
+                                              base.data_dir, base.drop_bad_rows, str(default_cache_dir()))

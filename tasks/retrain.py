@@ -4,7 +4,8 @@ is compared and what is kept in MLflow).
 - `compare_with_champion`: the fine-tune's identity, complete once its data is read, recorded on its run and
   compared with what the task's registered versions were trained on; returns the `Comparison`.
 - `skip_unchanged`: the run of a fine-tune that trains nothing tagged so, and a Prefect markdown artifact under
-  the key the registry decision uses, so the task's latest artifact says what its latest run did.
+  the key the registry decision uses, so the task's latest artifact says what its latest run did (and which
+  serving precisions the version it stands on has).
 """
 
 from __future__ import annotations
@@ -38,16 +39,19 @@ def compare_with_champion(spec: TaskSpec, identity: FinetuneIdentity, run: Track
 
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10, retry_condition_fn=retry_if_transient)
-def skip_unchanged(spec: TaskSpec, since: KnownVersion, run: TrackedRun) -> str:
+def skip_unchanged(spec: TaskSpec, since: KnownVersion, run: TrackedRun, serving: list[str]) -> str:
     """Tag `run` as a fine-tune that trained nothing, since nothing changed since version `since`; returns the
-    one-line message ("no change since models:/bert-sst2/3")."""
+    one-line message ("no change since models:/bert-sst2/3"). `serving`: the lines of `since`'s run on its
+    serving precisions (tasks.serving_precision.serving_lines_of_version), listed in the artifact."""
     line = f"no change since {since.uri}"
     record_skipped(run.run_id, since)
     role = "the champion" if CHAMPION in since.aliases else ", ".join(since.aliases) or "no alias"
     fingerprint = since.identity.data_fingerprint[:12] if since.identity and since.identity.data_fingerprint else "?"
+    served = "".join(f"\n- {s}" for s in serving)
     create_markdown_artifact(
         f"### {since.name}: {line}\n\nNothing trained, nothing registered: the data (fingerprint `{fingerprint}`), "
         f"the task spec, the pretrained checkpoint, the recipe and the code are those {since.name} v{since.version} "
-        f"({role}) was trained with. Run with `force` to train anyway.",
+        f"({role}) was trained with. Run with `force` to train anyway."
+        + (f"\n\nRegistered beside v{since.version} by its run:{served}" if served else ""),
         key=artifact_key(spec.name, "registry-decision"), description=f"{since.name}: {line}")
     return line

@@ -17,15 +17,15 @@ from tracking.run import TrackedRun
 
 @task(cache_policy=NO_CACHE)
 def publish_sweep(task_name: str, metric: str, trials: list[dict], best: dict | None, registered: dict | None,
-                  params: list[str], log_axes: list[str], folder: str, parent: TrackedRun) -> dict:
+                  serving: list[str], params: list[str], log_axes: list[str], folder: str, parent: TrackedRun) -> dict:
     """Write `trials.json`, `sweep.md` and `sweep.png` to `folder` and to the sweep's MLflow run `parent` (with
-    the trial scores as metrics); returns the files' paths. `params`: the searched fields, `log_axes` those
-    searched on a log scale."""
+    the trial scores as metrics); returns the files' paths. `serving`: a line per serving precision asked of the
+    best trial's version; `params`: the searched fields, `log_axes` those searched on a log scale."""
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     (out / "trials.json").write_text(json.dumps(trials, indent=1, default=str), encoding="utf-8")
     plot = sweep_png(trials, params, metric, out / "sweep.png", log_scale=log_axes)
-    markdown = _markdown(task_name, metric, trials, best, registered, params)
+    markdown = _markdown(task_name, metric, trials, best, registered, serving, params)
     (out / "sweep.md").write_text(markdown, encoding="utf-8")
 
     for path in ("trials.json", "sweep.md", "sweep.png"):
@@ -58,7 +58,7 @@ def _row(trial: dict, params: list[str], metric: str) -> dict:
 
 
 def _markdown(task_name: str, metric: str, trials: list[dict], best: dict | None, registered: dict | None,
-              params: list[str]) -> str:
+              serving: list[str], params: list[str]) -> str:
     lines = [f"# {task_name} sweep: {len(trials)} trials", ""]
     if best is None:
         lines += ["No trial completed.", ""]
@@ -68,6 +68,7 @@ def _markdown(task_name: str, metric: str, trials: list[dict], best: dict | None
                   f"MLflow run `{best['mlflow_run_id']}`."]
         if registered:
             lines += [f"Registered as `{registered['model_uri']}`: {registered['alias']}, {registered['reason']}."]
+            lines += ["", *(f"- {line}" for line in serving)] if serving else []
         lines.append("")
     rows = [_row(t, params, metric) for t in trials]
     if rows:

@@ -57,6 +57,7 @@ class KnownVersion:
     aliases: list[str]
     metrics: dict[str, float]  # its eval metrics (the version tags metric.<name>)
     identity: FinetuneIdentity | None  # what it was trained on; None: registered before bertflow kept it
+    run_id: str | None = None  # the run that registered it (None: registered from files, no run)
 
     @property
     def uri(self) -> str:
@@ -153,7 +154,8 @@ def _known(client: MlflowClient, mv) -> KnownVersion:
                 metrics[key.removeprefix("metric.")] = float(value)
             except ValueError:  # "none": a metric with no value
                 pass
-    return KnownVersion(mv.name, str(mv.version), sorted(aliases), metrics, _identity(mv.tags.get(IDENTITY_JSON)))
+    return KnownVersion(mv.name, str(mv.version), sorted(aliases), metrics, _identity(mv.tags.get(IDENTITY_JSON)),
+                        mv.run_id or None)
 
 
 def _identity(text: str | None) -> FinetuneIdentity | None:

@@ -6,9 +6,11 @@
   ends FAILED; otherwise FINISHED.
 - `create_run` / `reopen_run`: a run that stays open while other processes work (a sweep's parent run),
   ended with `TrackedRun.end`.
+- `active_again(run_id)`: a finished run made the active one for a block, to log a model into it after the
+  fact (a sweep's best trial's serving precisions); it ends as it was.
 - `TrackedRun`: logging to one run by its id: params (nested, secrets masked), tags, text, metrics,
   artifacts, tables. A small dataclass, so tasks take it as a parameter.
-- `read_run`, `finished_run_of_flow_run`: a run read back (`RunRecord`: tags, metrics, params).
+- `read_run`, `find_run`, `finished_run_of_flow_run`: a run read back (`RunRecord`: tags, metrics, params).
 """
 
 from __future__ import annotations
@@ -91,6 +93,19 @@ def create_run(experiment_id: str, name: str, tags: Mapping[str, str]) -> Tracke
     return TrackedRun(MlflowClient().create_run(experiment_id, run_name=name, tags=dict(tags)).info.run_id)
 
 
+@contextlib.contextmanager
+def active_again(run_id: str) -> Iterator[TrackedRun]:
+    """Finished run `run_id` as this process's active run for the block (MLflow logs a model into the active run
+    only); afterwards it has its status and end time back, whatever the block did."""
+    before = MlflowClient().get_run(run_id).info
+    mlflow.start_run(run_id=run_id, log_system_metrics=False)
+    try:
+        yield TrackedRun(run_id)
+    finally:
+        mlflow.end_run(before.status)
+        MlflowClient().set_terminated(run_id, before.status, end_time=before.end_time)
+
+
 def reopen_run(run_id: str) -> TrackedRun | None:
     """Run `run_id` set RUNNING again; None when this tracking store does not hold it (another store, or deleted)."""
     client = MlflowClient()
@@ -115,6 +130,16 @@ class RunRecord:
 
 def read_run(run_id: str) -> RunRecord:
     return _record(MlflowClient().get_run(run_id))
+
+
+def find_run(run_id: str) -> RunRecord | None:
+    """`read_run`, or None when this tracking store does not hold the run (deleted for good, another store)."""
+    try:
+        return read_run(run_id)
+    except MlflowException as err:  # an unreachable store raises too, with another code: that is not "none"
+        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
 
 
 def finished_run_of_flow_run(experiment_name: str, flow_run_id: str) -> RunRecord | None:

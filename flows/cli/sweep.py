@@ -50,5 +50,7 @@ def handle(args: argparse.Namespace) -> int:
     best, registered = result["best"], result["registered"]
     print(f"best: trial {best['number']}, {metric} {best['value']:.4f}"
           + (f"; {registered['model_uri']} is {registered['alias']}" if registered else ""))
+    for line in result["serving"]:
+        print(f"  {line}")
     print(f"study {result['study']} in {result['storage']}; table {result['table']}, plot {result['plot']}")
     return 0

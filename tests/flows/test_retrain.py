@@ -5,7 +5,8 @@ sequence of runs of the same fine-tune, as a schedule would start them, in one s
 2. the same fine-tune again trains nothing, registers nothing and says "no change since models:/.../1";
 3. with `force` it trains anyway (v2) and its card says nothing changed;
 4. a line added to the training file: it trains (v3), and the run, the version and the card name the change;
-5. the same again: nothing trained, since v3 (whichever alias v3 got);
+   it asks for int8 too, which becomes v4 beside v3;
+5. the same again: nothing trained, since v3 (whichever alias v3 got), and its summary names v4;
 6. the suite over that task: nothing trained, its leaderboard row says `unchanged`.
 """
 
@@ -19,6 +20,7 @@ from bert_core.training import TrainConfig
 from flows.finetune import finetune
 from flows.params import FinetuneParams, SuiteParams
 from flows.suite import suite, summary_from_mlflow
+from flows.summary import FinetuneSummary
 from tests.tiny_models import write_tiny_checkpoint
 from tests.toy_task import write_toy_task
 
@@ -47,7 +49,8 @@ def runs(flow_root) -> dict:
     run("forced", force=True)
     train = data / "toy" / "train.tsv"
     train.write_text(train.read_text(encoding="utf-8") + "a truly great film\tpos\n", encoding="utf-8")
-    run("changed")
+    # A margin no interval can miss (accuracy - accuracy >= -1): int8 passes, v4 beside v3.
+    run("changed", serving_precisions=["int8"], precision_margin=1.0)
     run("unchanged_again")
     leaderboard = suite(SuiteParams(tasks=[str(spec)], base=params), return_state=True)
     return {**seen, "suite": leaderboard, "client": client, "params": params}
@@ -103,7 +106,7 @@ def test_force_trains_anyway_and_the_card_says_nothing_changed(runs):
 
 def test_changed_data_trains_and_the_run_the_version_and_the_card_name_the_change(runs):
     changed, client = runs["changed"]["summary"], runs["client"]
-    assert changed["model_uri"] == f"models:/{MODEL}/3" and runs["changed"]["versions"] == [1, 2, 3]
+    assert changed["model_uri"] == f"models:/{MODEL}/3" and runs["changed"]["versions"] == [1, 2, 3, 4]
     champion = client.get_model_version(MODEL, "3").tags["champion_version"]  # the one it was compared with
     for tags in (client.get_run(changed["mlflow_run_id"]).data.tags, client.get_model_version(MODEL, "3").tags):
         assert tags["changed_since"] == f"models:/{MODEL}/{champion}"
@@ -115,7 +118,23 @@ def test_the_changed_fine_tune_again_is_unchanged_since_its_own_version(runs):
     """v3 may have lost to the champion (its alias then is challenger): the same fine-tune is still not
     trained again."""
     again = runs["unchanged_again"]
-    assert again["summary"]["unchanged_since"] == f"models:/{MODEL}/3" and again["versions"] == [1, 2, 3]
+    assert again["summary"]["unchanged_since"] == f"models:/{MODEL}/3" and again["versions"] == [1, 2, 3, 4]
+
+
+def test_an_unchanged_run_names_the_serving_versions_its_version_has(runs):
+    """v3's run registered v4 (int8) beside it: the fine-tune that trains nothing since v3 says so wherever it
+    says "no change since": its result, `bertflow run`'s text, the suite's rebuild and the markdown artifact."""
+    again, client = runs["unchanged_again"], runs["client"]
+    assert client.get_model_version(MODEL, "4").tags["derived_from_version"] == "3"
+    tag = client.get_run(runs["changed"]["summary"]["mlflow_run_id"]).data.tags["serving.int8"]
+    assert tag.startswith(f"registered models:/{MODEL}/4 (")
+    line = f"serving precision int8: {tag}"
+    assert again["summary"]["serving"] == runs["changed"]["summary"]["serving"] == [line]
+    assert f"\n  serving     int8: registered models:/{MODEL}/4 (" in FinetuneSummary(**again["summary"]).text()
+    rebuilt = summary_from_mlflow(runs["params"], str(again["state"].state_details.flow_run_id))
+    assert rebuilt["unchanged_since"] == f"models:/{MODEL}/3" and rebuilt["serving"] == [line]
+    assert f"Registered beside v3 by its run:\n- {line}" in again["artifact"]
+    assert runs["unchanged"]["summary"]["serving"] == [], "v1's run asked for none"
 
 
 def test_the_suite_reports_an_unchanged_task_and_trains_nothing(runs):
@@ -123,5 +142,5 @@ def test_the_suite_reports_an_unchanged_task_and_trains_nothing(runs):
     (row,) = runs["suite"].result()
     assert row["status"] == "unchanged" and row["model"] == f"{MODEL} v3" and row["error"] == ""
     versions = runs["client"].search_model_versions(f"name = '{MODEL}'")
-    assert sorted(int(v.version) for v in versions) == [1, 2, 3]
+    assert sorted(int(v.version) for v in versions) == [1, 2, 3, 4]
     assert runs["client"].get_run(row["mlflow_run_id"]).data.tags["skipped"]

@@ -38,9 +38,9 @@ def test_int8_within_the_margin_is_registered_and_outside_it_is_not(toy):
     assert float(tags["gate.fp32_score"]) == pytest.approx(summary["score"])
     assert client.get_model_version(name, fp32_version).tags["serving.int8"] == version
     assert "**Serving precision**: int8" in client.get_model_version(name, version).description
-    assert client.get_run(summary["mlflow_run_id"]).data.tags["serving.int8"].startswith(f"v{version}: ")
-    (line,) = summary["serving"]
-    assert line.startswith(f"serving precision int8: registered models:/{name}/{version} (")
+    tag = client.get_run(summary["mlflow_run_id"]).data.tags["serving.int8"]
+    assert tag.startswith(f"registered models:/{name}/{version} (int8 vs fp32, paired bootstrap on 32 dev rows")
+    assert summary["serving"] == [f"serving precision int8: {tag}"], "the run's tag is the summary's line"
     assert f"  serving     int8: registered models:/{name}/{version} (" in FinetuneSummary(**summary).text()
     assert summary["alias"] in ("champion", "challenger") and "champion" not in (
         client.get_model_version(name, version).aliases or []), "aliases stay on fp32 versions"
@@ -49,8 +49,8 @@ def test_int8_within_the_margin_is_registered_and_outside_it_is_not(toy):
     refused = run(toy, precision_margin=-1)  # no interval starts at or above +1: always refused
     assert set(_versions(name)) == before | {refused["model_version"]}, "only the fp32 version is new"
     reason = client.get_run(refused["mlflow_run_id"]).data.tags["serving.int8"]
-    assert "refused" in reason and "paired bootstrap on 32 dev rows" in reason
-    assert refused["serving"] == [f"serving precision int8: not registered ({reason})"], "the summary says why not"
+    assert reason.startswith("not registered (") and "refused" in reason and "paired bootstrap on 32 dev rows" in reason
+    assert refused["serving"] == [f"serving precision int8: {reason}"], "the summary says why not"
 
 
 def test_a_precision_that_fails_leaves_the_fp32_version_and_the_run_standing(toy, monkeypatch):

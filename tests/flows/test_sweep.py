@@ -1,27 +1,36 @@
 """Sweeps: the search space's checks, the study's bookkeeping in a real Optuna storage file, the pruning
-callback, and the sweep flow end to end on a tiny model (a grid with pruning, its resumption, a sweep whose
-first trial fails, a TPE sweep with two trials at once), plus the CLI's `--space` syntax."""
+callback, and the sweep flow end to end on a tiny model (a grid with pruning whose best trial gets an int8
+serving version, its resumption, a sweep whose first trial fails, a TPE sweep with two trials at once), plus the
+CLI's `--space` syntax."""
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
+from datetime import datetime
+from pathlib import Path
 
 import mlflow
 import optuna
 import pytest
 from mlflow.tracking import MlflowClient
+from prefect import flow
 from prefect.artifacts import Artifact
 
+from bert_core.spec import load_spec
 from bert_core.training import TrainConfig
 from flows import sweep_study
 from flows.cli import main
 from flows.params import FinetuneParams, SweepParams
+from flows.summary import FinetuneSummary
 from flows.sweep import sweep
 from flows.sweep_study import Range
 from tasks import sweep_trial
+from tasks.serving_precision import register_serving_precisions_of_run
 from tasks.sweep_trial import SweepTrial, TrialReporter
+from tracking.run import read_run
 
 pytest.importorskip("transformers")
 # The toy task is learnt within 6 epochs at GOOD_LR (dev accuracy reaches 0.9 to 1.0) and not at all at BAD_LR
@@ -151,9 +160,9 @@ def test_class_weights_and_the_decision_threshold_are_searchable():
 
 
 # ---- the flow, on a tiny model ------------------------------------------------------------------------------
-def _params(toy, space, **kwargs) -> SweepParams:
+def _params(toy, space, base: dict | None = None, **kwargs) -> SweepParams:
     base = FinetuneParams(task=str(toy["spec"]), data_dir=str(toy["data"]), pretrained=str(toy["tiny"]),
-                          training=TRAINING)
+                          training=TRAINING, **(base or {}))
     return SweepParams(base=base, space=space, **kwargs)
 
 
@@ -170,7 +179,9 @@ def _seed_with_good_lr_first(space: dict) -> int:
 @pytest.fixture(scope="module")
 def grid_sweep(toy):
     space = {"learning_rate": [GOOD_LR, BAD_LR], "weight_decay": [0.01]}
-    params = _params(toy, space, pruning_startup_trials=1, seed=_seed_with_good_lr_first(space))
+    # A margin no interval can miss (accuracy - accuracy >= -1): int8 passes, whatever the tiny model predicts.
+    serving = {"serving_precisions": ["int8"], "precision_margin": 1.0}
+    params = _params(toy, space, base=serving, pruning_startup_trials=1, seed=_seed_with_good_lr_first(space))
     return {"params": params, "result": sweep(params)}
 
 
@@ -204,12 +215,62 @@ def test_trials_are_child_runs_and_only_the_best_is_registered(grid_sweep):
     assert result["best"]["value"] == pytest.approx(score)
     assert parent.data.metrics["best_accuracy"] == pytest.approx(score)
     assert parent.data.metrics["trials_complete"] == 1 and parent.data.metrics["trials_pruned"] == 1
-    versions = client.search_model_versions("name='bert-toy_sentiment'")
-    assert len(versions) == 1 and versions[0].run_id == best.info.run_id
+    versions = {str(v.version): v for v in client.search_model_versions("name='bert-toy_sentiment'")}
+    assert set(versions) == {"1", "2"} and {v.run_id for v in versions.values()} == {best.info.run_id}  # 2: int8
+    fp32 = versions["1"]
     assert result["registered"]["model_uri"] == "models:/bert-toy_sentiment/1"
-    assert versions[0].description.startswith("# bert-toy_sentiment v1")
-    assert float(versions[0].tags["metric.accuracy"]) == pytest.approx(score)
-    assert "<MODEL_URI>" not in versions[0].description and "models:/bert-toy_sentiment/1" in versions[0].description
+    assert fp32.description.startswith("# bert-toy_sentiment v1")
+    assert float(fp32.tags["metric.accuracy"]) == pytest.approx(score)
+    assert "<MODEL_URI>" not in fp32.description and "models:/bert-toy_sentiment/1" in fp32.description
+
+
+def test_the_best_trial_gets_the_serving_precisions_its_fine_tune_would_have(grid_sweep):
+    """The base fine-tune's `serving_precisions`: int8 gated on the best trial's own dev predictions (its config,
+    its logged weights) and registered beside its version, in its run, as that fine-tune run alone would have."""
+    result, client = grid_sweep["result"], MlflowClient()
+    best = client.get_run(result["best"]["mlflow_run_id"])
+    int8 = client.get_model_version("bert-toy_sentiment", "2")
+    assert int8.tags["precision"] == "int8" and int8.tags["derived_from_version"] == "1"
+    assert int8.run_id == best.info.run_id, "logged in the best trial's run, beside its fp32 model"
+    # The gate's fp32 score is the trial's evaluation: the same dev rows, features and weights.
+    assert float(int8.tags["gate.fp32_score"]) == pytest.approx(best.data.metrics["eval_accuracy"])
+    assert client.get_model_version("bert-toy_sentiment", "1").tags["serving.int8"] == "2"
+    tag = best.data.tags["serving.int8"]
+    assert tag.startswith("registered models:/bert-toy_sentiment/2 (int8 vs fp32, paired bootstrap on 32 dev rows")
+    assert result["serving"] == [f"serving precision int8: {tag}"]
+    spec = load_spec(grid_sweep["params"].base.task)
+    assert FinetuneSummary.from_run(spec, read_run(best.info.run_id)).serving == result["serving"], "as a fine-tune's"
+    assert f"- serving precision int8: {tag}" in Path(result["table"]).read_text(encoding="utf-8")
+    # The trial's run ends as it ended: FINISHED, when its trial did, not when the sweep logged int8 in it.
+    (trial,) = (t for t in result["trials"] if t["number"] == result["best"]["number"])
+    assert best.info.status == "FINISHED"
+    assert best.info.end_time <= datetime.fromisoformat(trial["ended"]).timestamp() * 1000
+
+
+def test_serving_precisions_are_not_gated_on_data_the_best_trial_was_not_trained_on(grid_sweep, toy, flow_root):
+    """Its dev rows read again must be those it was scored on: changed data stops the gate, as a failure of each
+    precision (said and tagged), and registers nothing."""
+    run_id, client = grid_sweep["result"]["best"]["mlflow_run_id"], MlflowClient()
+    changed = flow_root / "changed"
+    shutil.copytree(toy["data"] / "toy", changed / "toy")
+    with (changed / "toy" / "dev.tsv").open("a", encoding="utf-8") as dev:
+        dev.write("a truly great film\tpos\n")
+    spec = load_spec(grid_sweep["params"].base.task)
+    kept = client.get_run(run_id).data.tags["serving.int8"]
+
+    @flow
+    def gate() -> list[str]:
+        return register_serving_precisions_of_run(spec, TRAINING.with_defaults(spec.defaults), run_id,
+                                                  "bert-toy_sentiment", "1", ["int8"], 1.0, str(changed), False)
+
+    try:
+        (line,) = gate()
+        assert line.startswith(f"serving precision int8: not registered, it failed: ValueError: the data changed "
+                               f"since run {run_id} was trained (fingerprint ")
+        assert f"serving precision int8: {client.get_run(run_id).data.tags['serving.int8']}" == line
+        assert len(client.search_model_versions("name='bert-toy_sentiment'")) == 2, "nothing registered"
+    finally:
+        client.set_tag(run_id, "serving.int8", kept)
 
 
 def test_the_search_is_published_as_files_artifacts_and_a_plot(grid_sweep):
@@ -228,7 +289,8 @@ def test_the_same_sweep_again_resumes_its_study_and_runs_nothing_new(grid_sweep)
     assert again["study"] == first["study"] and again["mlflow_run_id"] == first["mlflow_run_id"]
     assert [(t["number"], t["state"]) for t in again["trials"]] == [(t["number"], t["state"]) for t in first["trials"]]
     assert again["registered"]["already"] is True
-    assert len(MlflowClient().search_model_versions("name='bert-toy_sentiment'")) == 1
+    assert again["serving"] == first["serving"], "read back from the best trial's run, not gated again"
+    assert len(MlflowClient().search_model_versions("name='bert-toy_sentiment'")) == 2
 
 
 def test_a_sweep_interrupted_mid_trial_reruns_that_trial(toy, monkeypatch):
