@@ -13,15 +13,21 @@ task's champion was trained on. Nothing changed: nothing is trained or registere
 tagged `skipped`, the run folder is removed (one taken over from an interrupted run is left as it was), and the
 flow run ends Completed with the message "no change since models:/bert-<task>/<N>"; its summary lists the serving
 precisions version N's run registered beside it (tasks/serving_precision.py). `force` and a sweep's trials
-train anyway. Errors of the input (spec, data, metric vs labels) fail at once; only what
-may heal (tracking server or hub unreachable, I/O) is retried (tasks/retry_policy.py). A retry first
-closes the MLflow run (and retracts the model version) of an earlier attempt that lost the tracking
-server (tasks.lost_attempts). A registered model as `pretrained` (`models:/bert-snli@champion`) is pinned
-first (tasks/pretrained.py), so a wrong URI fails before anything else, and its version is the parent named by
-the run's and the version's tags and by the model card (tracking/parent_model.py).
+train anyway. From the comparison through registration a fine-tune holds the slot of its registered model's
+Prefect concurrency limit (`bertflow-model:bert-<task>`, tasks/model_lock.py): a second fine-tune of the same
+model started meanwhile waits, saying so, then compares with what the first registered. Sweep trials take no slot.
+
+Errors of the input (spec, data, metric vs labels) fail at once; only what may heal (tracking server or hub
+unreachable, I/O) is retried (tasks/retry_policy.py). A retry first closes the MLflow run (and retracts the
+model version) of an earlier attempt that lost the tracking server (tasks.lost_attempts). A registered model as
+`pretrained` (`models:/bert-snli@champion`) is pinned first (tasks/pretrained.py), so a wrong URI fails before
+anything else, and its version is the parent named by the run's and the version's tags and by the model card
+(tracking/parent_model.py).
 """
 
 from __future__ import annotations
+
+from contextlib import AbstractContextManager, nullcontext
 
 import datasets
 import yaml
@@ -39,16 +45,19 @@ from flows.summary import FinetuneSummary
 from tasks.data import DataInfo, download
 from tasks.evaluate import Evaluation, evaluate_model
 from tasks.lost_attempts import close_lost_attempts
+from tasks.model_lock import one_finetune_at_a_time
 from tasks.pretrained import resolve_pretrained
 from tasks.register import Registered, log_trained_model, register
 from tasks.retrain import compare_with_champion, skip_unchanged
 from tasks.retry_policy import give_up_unless_transient
 from tasks.serving_precision import register_serving_precisions, serving_lines_of_version
+from tasks.sweep_trial import SweepTrial
 from tasks.tokenize import FeaturesInfo, tokenize
 from tasks.train import Trained, train_model
 from tracking import store as tracking
 from tracking.parent_model import PretrainedSource
 from tracking.registration import LoggedModel
+from tracking.registry import model_name
 from tracking.retrain import Comparison
 from tracking.run import TrackedRun, start_run
 
@@ -126,23 +135,32 @@ def _tracked_run(params: FinetuneParams, spec: TaskSpec, cfg: TrainConfig, folde
         if set_aside := folder.set_aside_if_changed(data.fingerprint, tags["code_version"]):
             log.warning(set_aside)
         run.log_params({"data": {"source": data.source, "rows": data.rows, "dropped": data.dropped, "carve": data.carve}})
-        comparison = compare_with_champion(spec, folder.identity, run)
-        if (since := comparison.unchanged) and not (params.force or trial):
-            serving = serving_lines_of_version(since)  # what its run registered beside it: int8, ...
-            skip_unchanged(spec, since, run, serving)
-            return FinetuneSummary.unchanged(spec, run.run_id, tracking.mask_secrets(uri), since, serving)
-        _say(_comparison_line(comparison, params))
-        features = tokenize(spec, cfg, data, source.path, cache_dir)
-        _say(_features_line(features))
-        run.log_params({"features": features.settings})
-        trained = train_model(spec, cfg, data, run_dir, run, source.path, cache_dir, trial, folder.identity,
-                              source.name if source.parent else None)
-        _say(_trained_line(trained, spec.primary_metric))
-        evaluation = evaluate_model(spec, cfg, data, trained, run_dir, run, cache_dir)
-        _say(_evaluation_line(evaluation, spec.primary_metric))
-        logged, registered, serving = _log_and_register(params, spec, cfg, data, trained, evaluation, run, source)
+        # From the comparison through registration, one fine-tune of this registered model at a time: a second
+        # one waits here, then compares with what the first registered (tasks/model_lock.py).
+        with _model_slot(spec, trial):
+            comparison = compare_with_champion(spec, folder.identity, run)
+            if (since := comparison.unchanged) and not (params.force or trial):
+                serving = serving_lines_of_version(since)  # what its run registered beside it: int8, ...
+                skip_unchanged(spec, since, run, serving)
+                return FinetuneSummary.unchanged(spec, run.run_id, tracking.mask_secrets(uri), since, serving)
+            _say(_comparison_line(comparison, params))
+            features = tokenize(spec, cfg, data, source.path, cache_dir)
+            _say(_features_line(features))
+            run.log_params({"features": features.settings})
+            trained = train_model(spec, cfg, data, run_dir, run, source.path, cache_dir, trial, folder.identity,
+                                  source.name if source.parent else None)
+            _say(_trained_line(trained, spec.primary_metric))
+            evaluation = evaluate_model(spec, cfg, data, trained, run_dir, run, cache_dir)
+            _say(_evaluation_line(evaluation, spec.primary_metric))
+            logged, registered, serving = _log_and_register(params, spec, cfg, data, trained, evaluation, run, source)
     return FinetuneSummary.from_steps(spec, run.run_id, tracking.mask_secrets(uri), run_dir, features, trained,
                                       evaluation, logged, registered, serving)
+
+
+def _model_slot(spec: TaskSpec, trial: SweepTrial | None) -> AbstractContextManager:
+    """The slot of the task's registered model (held as long as the block runs), or nothing for a sweep's trial:
+    trials run side by side and register nothing (the sweep registers its best)."""
+    return nullcontext() if trial else one_finetune_at_a_time(model_name(spec.name), _say)
 
 
 def _run_tags(params: FinetuneParams, spec: TaskSpec, interrupted: str | None) -> dict[str, str]:

@@ -78,11 +78,14 @@ def test_the_flow_killed_then_run_again_with_the_same_parameters_resumes(flow_ro
     the new run takes over the killed run's folder, resumes from its newest checkpoint, ends the killed
     MLflow run FAILED, and ends with the metrics of an uninterrupted run."""
     from mlflow.tracking import MlflowClient
+    from prefect import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
     from prefect.settings import PREFECT_API_URL
 
     from bert_core.training import TrainConfig
     from flows.finetune import finetune
     from flows.params import FinetuneParams
+    from tasks.model_lock import limit_name
 
     spec, tiny = write_toy_task(flow_root / "data"), write_tiny_checkpoint(flow_root / "tiny")
     training = TrainConfig(batch_size=8, epochs=12, learning_rate=3e-3, precision="fp32", progress_bar=False,
@@ -103,6 +106,12 @@ def test_the_flow_killed_then_run_again_with_the_same_parameters_resumes(flow_ro
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    # The killed run held its model's slot (tasks/model_lock.py). A Prefect server frees it once its lease ends;
+    # the test server runs no repossessor, so the test frees it, as the repossessor would.
+    with get_client(sync_client=True) as prefect:
+        slot = limit_name("bert-toy_sentiment")
+        assert prefect.read_global_concurrency_limit_by_name(slot).active_slots == 1
+        prefect.update_global_concurrency_limit(slot, GlobalConcurrencyLimitUpdate(active_slots=0))
     (killed_dir,) = (flow_root / "runs").glob("*/*")
     killed_at = list_checkpoints(killed_dir / "training" / "checkpoints")[-1]
     killed_step = json.loads((killed_at / "state.json").read_text())["step"]
