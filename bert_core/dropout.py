@@ -10,8 +10,8 @@ Here one 64-bit draw makes four 16-bit lanes, and an element is kept when its la
 - the mask comes from torch's default generator, so ``torch.manual_seed`` fixes it and activation checkpointing
   (which replays the generator's state) recomputes the same one in backward.
 
-Which mask a process uses is measured once, at its first dropout (``mask_source``): where ``bernoulli_`` is as
-fast (MKL's vectorised generator), torch's own dropout stays. On other devices ``F.dropout`` runs (fused kernels).
+Which mask runs is a rule of the machine (``mask_source``): torch's own on Intel CPUs, whose ``bernoulli_`` may
+take MKL's vectorised generator, the lanes on others. On other devices ``F.dropout`` runs (fused kernels).
 """
 
 from __future__ import annotations
@@ -19,16 +19,12 @@ from __future__ import annotations
 import functools
 import math
 import os
-import time
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 LANES = 1 << 16  # the values a 16-bit lane takes
-# The lane mask is used only when it beats bernoulli_ by this much: a close call could come out either way on the
-# next run, and with it the masks a seed draws.
-MARGIN = 1.3
 SOURCES = ("lanes", "torch")
 
 
@@ -75,28 +71,24 @@ class Dropout(nn.Module):
 @functools.cache
 def mask_source() -> str:
     """'lanes' or 'torch': the CPU dropout mask this process uses. ``$BERTFLOW_DROPOUT_MASK`` chooses; unset,
-    both are timed once on a (1024, 384) activation with a generator of their own (training's random stream is
-    left as it was), and the lanes are used when ``MARGIN`` times faster."""
+    torch's on Intel CPUs, where ``bernoulli_`` may take MKL's vectorised generator (not measured here), the lanes
+    elsewhere. A rule of the machine, not a timing: a timing taken under load can come out otherwise in another
+    process, and a run resumed there would draw other masks than the uninterrupted run."""
     chosen = os.environ.get("BERTFLOW_DROPOUT_MASK", "").strip()
     if chosen:
         if chosen not in SOURCES:
             raise ValueError(f"BERTFLOW_DROPOUT_MASK={chosen!r}: expected one of {', '.join(SOURCES)}")
         return chosen
-    x, generator = torch.ones(1024, 384), torch.Generator().manual_seed(0)
+    return "torch" if cpu_vendor() == "GenuineIntel" else "lanes"
 
-    def best_ms(step) -> float:
-        times = []
-        for _ in range(7):
-            start = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - start)
-        return 1000 * min(times[2:])  # the first two warm the allocator up
 
-    def torch_way():  # what F.dropout does on CPU: bernoulli_, scale, multiply
-        return x * torch.empty_like(x).bernoulli_(0.9, generator=generator).div_(0.9)
-
-    def lanes_way():
-        keep, scale = keep_mask(x.shape, 0.1, generator)
-        return torch.where(keep, x, 0.0).mul_(scale)
-
-    return "lanes" if best_ms(torch_way) > MARGIN * best_ms(lanes_way) else "torch"
+def cpu_vendor() -> str | None:
+    """The CPU's vendor id from /proc/cpuinfo ("GenuineIntel", "AuthenticAMD"), None where there is none."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return None
