@@ -32,7 +32,7 @@ def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
     """``F.dropout(x, p, training)``, with the lane mask on a CPU whose rule picks it; any shape."""
     if not training or p == 0.0:
         return x
-    # p that rounds to 65536/65536 drops everything: F.dropout's zeros, not a division by zero.
+    # A p that rounds to all 65536 lanes dropped would divide by zero: F.dropout's there.
     if x.device.type != "cpu" or round(p * LANES) >= LANES or mask_source() != "lanes":
         return F.dropout(x, p, True)
     keep, scale = keep_mask(x.shape, p)
