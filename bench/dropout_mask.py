@@ -9,7 +9,7 @@ Printed, median [best] per mask:
 - forward + backward of the packaged all-MiniLM-L6-v2 in train mode: a sentence classifier at B=32, T=30 (SST-2's
   shape) and a span QA model at B=8, T=384 (SQuAD's window, where the attention maps are recomputed in backward).
 
-The machine's own choice (``mask_source()``, measured once at start-up) is printed first. Random token ids: the
+The machine's own choice (``mask_source()``, a rule of the CPU vendor) is printed first. Random token ids: the
 time depends on the shapes, not the words.
 """
 

@@ -102,7 +102,7 @@ def run_variant(variant: str, data, args) -> dict:
     from bert_core.training.inference import autocast
     from bert_core.training.optim import build_optimizer, clip_gradients, clipped_step
 
-    # fit's choice of mask (measured once per process), or torch's for the variant that asks for it
+    # fit's choice of mask (the machine's rule), or torch's for the variant that asks for it
     os.environ.pop("BERTFLOW_DROPOUT_MASK", None)
     if name == "torch-dropout":
         os.environ["BERTFLOW_DROPOUT_MASK"] = "torch"

@@ -72,7 +72,7 @@ class SelfAttention(nn.Module):
         k, v = (t.view(B, T, self.num_heads, H // self.num_heads).transpose(1, 2) for t in (k, v))  # (B, nh, T, hd)
         dropout_p = self.attn_dropout if self.training else 0.0
         # With dropout, CPU SDPA takes its math path anyway (GPU kernels fuse dropout); written out here, it draws
-        # the cheaper mask (bert_core/dropout.py) where that is this machine's faster one.
+        # the cheaper mask (bert_core/dropout.py) where this machine's rule picks it.
         attend = attention if dropout_p and x.device.type == "cpu" and mask_source() == "lanes" else \
             F.scaled_dot_product_attention
         if dropout_p and x.device.type == "cpu" and torch.is_grad_enabled() \
