@@ -46,8 +46,11 @@ def write_toy_task(root: Path) -> Path:
 
 def fit_toy(tmp_path: Path, pretrained: str | Path, name: str = "run", rows: tuple[int, int] = (96, 48), callbacks=(),
             **overrides) -> FitResult:
-    """``fit`` on toy rows (train, dev counts) into ``tmp_path / name``; ``overrides`` change the TrainConfig."""
+    """``fit`` on toy rows (train, dev counts) into ``tmp_path / name``; ``overrides`` change the TrainConfig.
+
+    One thread unless overridden: left to follow the load (threads.py), two runs that tests compare bit for bit
+    (resumed against whole, same seed twice) could get other counts, hence sums in another order."""
     cfg = TrainConfig(**{"learning_rate": 3e-3, "batch_size": 16, "epochs": 4, "seed": 7, "precision": "fp32",
-                         "progress_bar": False, "log_every": 1, "checkpoint_every": 5, **overrides})
+                         "progress_bar": False, "log_every": 1, "checkpoint_every": 5, "num_threads": 1, **overrides})
     return fit(SPEC, cfg, tmp_path / name, toy_rows(rows[0], 1), toy_rows(rows[1], 2), ["neg", "pos"],
                pretrained=pretrained, data_fingerprint="toy-v1", callbacks=callbacks, cache_dir=tmp_path / "cache")
