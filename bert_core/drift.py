@@ -22,6 +22,14 @@ that holds 0.1% adds 0.007 (noise). The two shares (``cut_share``, ``unk_rate``)
 (share, 1 - share), so one threshold reads every item. Rule of thumb (Siddiqi 2006, credit scoring): under 0.1
 stable, 0.1 to 0.25 watch, over 0.25 drift. Two samples of n rows from one distribution still differ by about
 (bins - 1) * (1/n_a + 1/n_e) on average: a few hundred rows per side are needed before 0.1 means something.
+
+So a PSI over a threshold counts only when sampling noise alone would rarely give it (``noise_p_values``): a file
+of 5 rows always has a PSI over 0.25 (most bins empty), and that is not drift. The chance is simulated, not taken
+from the chi-square that n x PSI tends to: with the empty bins' epsilon, small samples' PSI is far larger than
+that law says (5 rows of dev's own kind came out "significant" 45% of the time). Both samples are drawn again
+from their pooled shares, with their own sizes, and the PSI recomputed, ``NOISE_DRAWS`` times (a fixed seed, so
+a file's verdict does not change between runs). An item drifts when its PSI passes the threshold and that chance
+is under ``SIGNIFICANCE``; 20 rows that all fall in one decile of dev's lengths still drift.
 """
 
 from __future__ import annotations
@@ -42,6 +50,8 @@ PROFILE_VERSION = 1
 EPSILON = 1e-4  # an empty bin's share (see the module docstring)
 WATCH_PSI = 0.1
 DRIFT_PSI = 0.25
+SIGNIFICANCE = 0.01  # an item's PSI counts when sampling noise gives one as large less often than this
+NOISE_DRAWS = 2000
 DECILES = np.linspace(0.1, 0.9, 9)
 OTHER = "(other)"  # a category the reference never saw
 ANSWER_WORDS = ((0, "no answer"), (1, "1"), (2, "2"), (4, "3-4"), (8, "5-8"), (math.inf, "9+"))
@@ -170,9 +180,37 @@ def compare_profiles(profile: dict, reference: dict) -> dict[str, float]:
     return {name: psi(*_aligned(found[name], ref)) for name, ref in reference["items"].items() if name in found}
 
 
-def drifted_items(psis: dict[str, float], threshold: float = DRIFT_PSI) -> list[str]:
-    """The items whose PSI passes ``threshold``, in profile order."""
-    return [name for name, value in psis.items() if value > threshold]
+def noise_p_values(profile: dict, reference: dict, draws: int = NOISE_DRAWS) -> dict[str, float]:
+    """Item -> the chance that two samples of one distribution, of these sizes, differ by a PSI at least the
+    item's (see the module docstring): ``draws`` pairs of samples from the two sides' pooled shares."""
+    if not profile["rows"] or not reference["rows"]:
+        return {}
+    rng = np.random.default_rng(0)
+    found, p_values = profile["items"], {}
+    for name, ref in reference["items"].items():
+        if name not in found:
+            continue
+        item = found[name]
+        # Rows, except the [UNK] rate, a share of word pieces: its own counts.
+        n_a, n_e = (item.get("total"), ref.get("total")) if item["kind"] == "share" else (None, None)
+        n_a, n_e = n_a or profile["rows"], n_e or reference["rows"]
+        actual, expected = (np.asarray(shares, dtype=float) for shares in _aligned(item, ref))
+        pooled = n_a * actual + n_e * expected
+        pooled = pooled / pooled.sum()
+        a = rng.multinomial(n_a, pooled, size=draws) / n_a  # (draws, bins)
+        e = rng.multinomial(n_e, pooled, size=draws) / n_e
+        a, e = np.maximum(a, EPSILON), np.maximum(e, EPSILON)
+        noise = np.sum((a - e) * np.log(a / e), axis=1)  # (draws,) PSIs of same-distribution pairs
+        observed = psi(actual, expected)
+        p_values[name] = float((1 + np.sum(noise >= observed * (1 - 1e-9))) / (draws + 1))
+    return p_values
+
+
+def drifted_items(psis: dict[str, float], threshold: float = DRIFT_PSI, p_values: dict[str, float] | None = None,
+                  ) -> list[str]:
+    """The items whose PSI passes ``threshold`` (and, given ``p_values``, beyond sampling noise), in profile order."""
+    return [name for name, value in psis.items()
+            if value > threshold and (p_values is None or p_values.get(name, 0.0) < SIGNIFICANCE)]
 
 
 def write_profile(folder: str | Path, profile: dict) -> Path:

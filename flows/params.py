@@ -210,7 +210,8 @@ class ScoreParams(BaseModel):
     drift_threshold: float = Field(
         0.25, gt=0, description="Population stability index above which an input item (token lengths, share cut, "
         "[UNK] rate, predicted labels, top score) counts as drifted from the model's dev set: the scoring run gets "
-        "the tag drift=true. Rule of thumb: under 0.1 stable, 0.1-0.25 watch, over 0.25 drift.")
+        "the tag drift=true, unless a sample that small gives such a PSI by chance (p >= 0.01: a file of a few rows). "
+        "Rule of thumb: under 0.1 stable, 0.1-0.25 watch, over 0.25 drift.")
     retrain_on_drift: str | None = Field(
         None, description="A deployment ('flow name/deployment name', e.g. 'bertflow-finetune/sst2') to run "
         "when any file scored drifted; off when empty (docs/scoring.md).")

@@ -114,7 +114,9 @@ def _drift_cell(done: dict) -> str:
     drift = done.get("drift") or {}
     if not drift.get("measured"):
         return "not measured"
-    return ("drift: " + ", ".join(drift["drifted"])) if drift["drifted"] else "none"
+    if drift["drifted"]:
+        return "drift: " + ", ".join(drift["drifted"])
+    return f"none ({', '.join(drift['within_noise'])} within noise)" if drift.get("within_noise") else "none"
 
 
 def _say(message: str) -> None:

@@ -49,7 +49,8 @@ class TrainConfig(ImbalanceFields):
     num_threads: int | None = Field(
         None, ge=1, description="torch intra-op threads; None = $OMP_NUM_THREADS if set, else the cores free of "
         "other processes' work, re-checked as training runs (a busy core slows every thread of a step).")
-    progress_bar: bool = Field(True, description="Show a tqdm progress bar (rank 0 only).")
+    progress_bar: bool = Field(True, description="Show a progress bar (rank 0 only); in a log file, a "
+                                  "plain line every 30 s (bert_core/training/progress.py).")
     # Task choices a sweep may search; set, they replace the task spec's field of the same name.
     class_weights: Literal["balanced"] | dict[str, float] | None = Field(
         None, description="Weigh each label in the training loss (classification; multi-label: its positive rows): "

@@ -26,7 +26,6 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from bert_core.checkpoint import save_finetuned
 from bert_core.dropout import mask_source
@@ -48,6 +47,7 @@ from bert_core.training.features import (
 from bert_core.training.identity import FinetuneIdentity
 from bert_core.training.inference import autocast, evaluate_and_tune
 from bert_core.training.optim import build_optimizer, clipped_step, lr_at, set_lr
+from bert_core.training.progress import progress_bar
 from bert_core.training.starting_model import starting_model
 from bert_core.training.state import list_checkpoints, load_checkpoint, save_checkpoint
 from bert_core.training.threads import ThreadController, default_threads
@@ -290,8 +290,7 @@ def train_loop(ctx: FitContext, state: TrainState, callbacks, threads: ThreadCon
     """Steps from ``state.step`` to the end, with log events, evaluations and checkpoints at their cadence;
     returns whether early stopping ended it. ``threads``: re-decides the thread count after each step."""
     cfg, d = ctx.cfg, ctx.dist
-    bar = tqdm(total=ctx.total_steps, initial=state.step, desc=f"fine-tune {ctx.spec.name}", unit="step",
-               disable=not (d.is_main and cfg.progress_bar), dynamic_ncols=True)
+    bar = progress_bar(ctx.total_steps, state.step, f"fine-tune {ctx.spec.name}", d.is_main and cfg.progress_bar)
     stopped_early = False
     # A log window's throughput counts its training time only: an evaluation inside it is left out.
     window_start, window_examples, window_seconds = time.perf_counter(), state.examples, 0.0
@@ -314,7 +313,7 @@ def train_loop(ctx: FitContext, state: TrainState, callbacks, threads: ThreadCon
                 logged = {"loss": loss, "lr": lr, "examples_per_second": rate, "epoch": state.step / ctx.steps_per_epoch,
                           "threads": torch.get_num_threads()}
                 state.history.append({"step": state.step, **logged})
-                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", ex_s=f"{rate:.1f}")
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", ex_s=f"{rate:.1f}", refresh=False)
                 _notify(callbacks, "on_step", state.step, logged)
                 window_start, window_examples, window_seconds = time.perf_counter(), state.examples, 0.0
             if state.step % ctx.eval_every == 0 or state.step == ctx.total_steps:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import signal
 import sys
 
@@ -52,6 +53,7 @@ class Terminated(KeyboardInterrupt):
 
 def main(argv: list[str] | None = None) -> int:
     local_flow.prefect_settings()  # before anything imports Prefect
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per artifact read (compare, predict)
     local_flow.stop_orphaned_servers()
     args = parser().parse_args(argv)
     try:

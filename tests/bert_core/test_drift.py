@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from bert_core import BertTokenizer, get_family
@@ -15,6 +16,7 @@ from bert_core.drift import (
     compare_profiles,
     drifted_items,
     input_profile,
+    noise_p_values,
     psi,
 )
 from tests.tiny_models import VOCAB
@@ -105,3 +107,50 @@ def test_every_familys_dev_profile_is_written_and_compares_to_itself_as_zero(fam
     assert WHAT_IT_ANSWERED[family] in profile["items"]
     assert ("top_score" in profile["items"]) == (family not in ("pair_regression", "token_tagging"))
     assert set(compare_profiles(profile, profile).values()) == {0.0}
+
+
+def lengths_profile(lengths, reference=None) -> dict:
+    item = binned([float(n) for n in lengths], reference and reference["items"]["token_length"], with_max=not reference)
+    return {"rows": len(lengths), "items": {"token_length": item}}
+
+
+def test_a_few_rows_pass_the_threshold_by_chance_and_do_not_drift():
+    """A file of 5 rows of dev's own kind has a PSI far over 0.25 (most bins empty): within sampling noise, so no
+    drift; 5 rows all longer than anything in dev do drift. The p-value is the same on every call."""
+    rng = np.random.default_rng(1)
+    reference = lengths_profile(rng.integers(3, 31, 400))
+    few = lengths_profile([4, 12, 17, 23, 29], reference)
+    psis, p_values = compare_profiles(few, reference), noise_p_values(few, reference)
+    assert psis["token_length"] > 1 and p_values["token_length"] > 0.05
+    assert drifted_items(psis, 0.25) == ["token_length"] and drifted_items(psis, 0.25, p_values) == []
+    assert noise_p_values(few, reference) == p_values
+    longer = lengths_profile([40, 45, 50, 60, 70], reference)
+    assert drifted_items(compare_profiles(longer, reference), 0.25, noise_p_values(longer, reference)) == ["token_length"]
+
+
+@pytest.mark.parametrize("rows", [5, 20, 300])
+def test_samples_of_the_references_own_distribution_rarely_drift(rows):
+    """Over 200 files drawn from dev's distribution, at most 5% are called drifted (SIGNIFICANCE is 1%; small files'
+    discrete PSIs give a little more), whatever their size; shifted by 3 tokens, 300 rows always drift."""
+    rng = np.random.default_rng(rows)
+    reference = lengths_profile(rng.integers(3, 31, 400))
+    called = 0
+    for _ in range(200):
+        sample = lengths_profile(rng.integers(3, 31, rows), reference)
+        called += bool(drifted_items(compare_profiles(sample, reference), 0.25, noise_p_values(sample, reference)))
+    assert called <= 10, called
+    if rows == 300:
+        shifted = lengths_profile(rng.integers(6, 34, rows), reference)
+        assert drifted_items(compare_profiles(shifted, reference), 0.1, noise_p_values(shifted, reference))
+
+
+def test_the_unk_rate_is_judged_on_its_word_pieces_not_its_rows():
+    """3% [UNK] pieces against dev's 1%: over 10 rows of 10 pieces (100 pieces, 3 unknown) that is noise; over
+    10 rows of 100 pieces (1,000 pieces, 30 unknown), it is not."""
+    def unk(rows: int, count: int, total: int) -> dict:
+        return {"rows": rows, "items": {"unk_rate": {"kind": "share", "value": count / total, "count": count,
+                                                     "total": total}}}
+
+    reference = unk(400, 400, 40_000)
+    assert noise_p_values(unk(10, 3, 100), reference)["unk_rate"] > 0.05
+    assert noise_p_values(unk(10, 30, 1000), reference)["unk_rate"] < 0.01

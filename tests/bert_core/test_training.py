@@ -296,3 +296,15 @@ def test_each_epoch_starts_with_its_longest_batch_and_covers_every_row_once(grou
         assert max(lengths[i] for i in batches[0]) == max(lengths)
         assert batches == step_batches(lengths, 32, 7, epoch, group_by_length)  # seeded: a resume replays it
     assert step_batches(lengths, 32, 7, 0, group_by_length)[1:] != step_batches(lengths, 32, 7, 1, group_by_length)[1:]
+
+
+def test_the_progress_bar_in_a_log_file_writes_lines_not_redraws(tmp_path, tiny, capsys, monkeypatch):
+    """Where stderr is not a terminal (pytest captures it, as a log file would), the bar writes whole lines: no
+    carriage returns, the start and the end at least, one line per LOG_SECONDS at most."""
+    from bert_core.training import progress
+
+    monkeypatch.setattr(progress, "LOG_SECONDS", 3600.0)
+    result = fit_toy(tmp_path, tiny, epochs=2, progress_bar=True)
+    lines = [line for line in capsys.readouterr().err.split("\n") if "fine-tune toy" in line]
+    assert len(lines) == 2 and not any("\r" in line for line in lines), lines
+    assert " 0/12 " in lines[0] and f" {result.final_step}/12 " in lines[-1] and "loss=" in lines[-1], lines

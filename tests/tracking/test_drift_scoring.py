@@ -77,6 +77,17 @@ def test_a_sample_of_the_same_kind_of_text_shows_no_drift(models, tmp_path):
     assert run.tags["drift"] == "false", done["drift"]["psi"]
 
 
+def test_a_file_of_a_few_rows_is_within_sampling_noise_not_drift(models, tmp_path):
+    """3 rows of dev's kind: PSIs far over the threshold (most bins empty), which 3 rows give by chance: no drift
+    tag, the items named as within noise, in the tags and the summary."""
+    result, done, run = scored_run(tmp_path, "few", texts(6, 3, PLAIN, 3, 14))
+    assert done["drift"]["psi"]["token_length"] > 0.25 and done["drift"]["p"]["token_length"] > 0.01
+    assert run.tags["drift"] == "false" and run.tags["drift_items"] == "none"
+    assert "token_length" in run.tags["drift_within_noise"].split(",")
+    assert run.metrics["drift_p_token_length"] == done["drift"]["p"]["token_length"]
+    assert "within the sampling noise of 3 rows" in summary_text(result)
+
+
 def test_much_longer_texts_set_the_drift_tag(models, tmp_path):
     result, done, run = scored_run(tmp_path, "long", texts(3, 200, PLAIN, 40, 80))
     assert run.tags["drift"] == "true"
