@@ -8,6 +8,8 @@ Confident learning (Northcutt et al. 2021) on out-of-fold probabilities:
                         (`evaluate_model_dir`, with the temperature it calibrated)
     rank_suspects       cleanlab's `find_label_issues` over the out-of-fold probabilities: the rows it flags,
                         ranked by self-confidence (the probability of the given label, lowest first)
+    agreement           how often the fold models' suggestion is the given label: the flags' worth (with weak
+                        fold models most flags are the models' errors)
 
 Why cleanlab rather than our own few lines: its filter (`prune_by_noise_rate`, per-class confident thresholds)
 decides how many rows to flag from the estimated noise rates, which a fixed cut-off would not; it is well kept and
@@ -42,6 +44,9 @@ from bert_core.training.recipe import fit
 SUSPECT_COLUMNS = ("rank", "row", "source", "text_a", "text_b", "given_label", "suggested_label",
                    "given_label_probability", "label_quality")
 LABEL_SET_SEPARATOR = "|"  # a label set in the CSV's label columns
+# Benchmarks' labels are wrong in a few percent of rows (Northcutt et al. 2021: 0.2-6% of test sets); past a fifth
+# of all rows flagged, the fold models are the likelier cause.
+FLAGGED_SHARE_WARNING = 0.2
 
 
 def is_multi_label(family: Family) -> bool:
@@ -121,6 +126,25 @@ def rank_suspects(rows: list[dict], label_names: list[str], probabilities: np.nd
              "suggested_label": _suggested(probabilities[i], label_names, multi_label),
              "given_label_probability": round(float(given_p[i]), 6), "label_quality": round(float(quality[i]), 6)}
             for rank, i in enumerate(ranked, start=1)]
+
+
+def agreement(rows: list[dict], label_names: list[str], probabilities: np.ndarray, multi_label: bool = False) -> float:
+    """The share of rows whose out-of-fold suggestion (``_suggested``) is their given label (a label set: the same
+    set). Low, the fold models are weak, and most of what cleanlab flags is their errors, not the labels'."""
+    same = [_suggested(p, label_names, multi_label) == _label_text(row, multi_label)
+            for row, p in zip(rows, probabilities, strict=True)]
+    return float(np.mean(same)) if same else 0.0
+
+
+def weak_folds_warning(flagged: int, audited: int, agreement_share: float) -> str | None:
+    """A warning when more rows are flagged than labels are usually wrong (``FLAGGED_SHARE_WARNING``): then the
+    fold models are the likelier culprit."""
+    if not audited or flagged / audited <= FLAGGED_SHARE_WARNING:
+        return None
+    return (f"{flagged / audited:.0%} of the rows flagged is more than labels are usually wrong, and the fold models "
+            f"agree with the given labels on {agreement_share:.0%} of rows: they are likely too weak to judge the "
+            f"labels, so most flags are their own errors. Train them longer (--epochs) or on more rows "
+            f"(--max-train-samples).")
 
 
 def suspect_counts(suspects: list[dict]) -> dict[str, dict[str, int]]:

@@ -18,7 +18,7 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.task_runners import ProcessPoolTaskRunner
 
-from bert_core.audit import SUSPECT_COLUMNS, is_multi_label, rank_suspects, suspect_counts
+from bert_core.audit import SUSPECT_COLUMNS, agreement, is_multi_label, rank_suspects, suspect_counts
 from bert_core.families import get_family
 from bert_core.feature_cache import default_cache_dir
 from bert_core.home import runs_root
@@ -58,10 +58,11 @@ def audit(params: AuditParams = AuditParams()) -> dict:  # noqa: B008 (pydantic 
                    for fold in range(params.k)]
         fold_paths = [future.result() for future in futures]
 
-    rows = audited_rows(data, cfg)
-    flagged = rank_suspects(rows, data.label_names, out_of_fold(folds_path, fold_paths), multi_label)
+    rows, probabilities = audited_rows(data, cfg), out_of_fold(folds_path, fold_paths)
+    flagged = rank_suspects(rows, data.label_names, probabilities, multi_label)
     counts = suspect_counts(flagged)
-    summary = {"audited": len(rows), "flagged": len(flagged)}
+    summary = {"audited": len(rows), "flagged": len(flagged),
+               "agreement": agreement(rows, data.label_names, probabilities, multi_label)}
     published = publish_audit(
         spec.name, str(folder), flagged[: params.top], SUSPECT_COLUMNS, counts, summary, uri,
         {**params.model_dump(mode="json", exclude={"base"}), "base": base.model_dump(mode="json")},

@@ -85,8 +85,12 @@ def suite(params: SuiteParams = SuiteParams()) -> list[dict]:  # noqa: B008 (pyd
 
 def share_cores(workers: int) -> None:
     """Worker-process initializer: the machine's cores split among the suite's concurrent fine-tunes, so
-    they do not oversubscribe it (`training.num_threads`, when set, still wins inside `fit`)."""
+    they do not oversubscribe it (`training.num_threads`, when set, still wins inside `fit`); and no `datasets`
+    bar per split saved in the flow's log (the audit's folds call `fit` directly)."""
+    import datasets
     import torch
+
+    datasets.disable_progress_bars()
 
     share = max(1, (os.cpu_count() or 1) // workers)
     os.environ["OMP_NUM_THREADS"] = str(share)  # fit's default (bert_core/training/threads.py) respects it

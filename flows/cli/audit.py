@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import itertools
+import sys
 
 from flows.cli.finetune_options import finetune_options
 from flows.cli.flags import add_verbose
@@ -38,6 +39,7 @@ def params(args: argparse.Namespace) -> AuditParams:
 
 
 def handle(args: argparse.Namespace) -> int:
+    from bert_core.audit import weak_folds_warning
     from bert_core.spec import load_spec
 
     load_spec(args.task)
@@ -46,7 +48,11 @@ def handle(args: argparse.Namespace) -> int:
 
     result = run_here(args, audit, params=audit_params)
     print(f"{result['flagged']} of {result['audited']} training rows flagged; by given label: "
-          + ", ".join(f"{label} {n}" for label, n in result["counts"]["by_given_label"].items()))
+          + ", ".join(f"{label or '(none)'} {n}" for label, n in result["counts"]["by_given_label"].items()))
+    print(f"the fold models' suggestion is the given label for {result['agreement']:.1%} of the rows")
+    warning = weak_folds_warning(result["flagged"], result["audited"], result["agreement"])
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     with open(result["csv"], newline="", encoding="utf-8") as f:
         shown = list(itertools.islice(csv.DictReader(f), SHOWN))
     if shown:

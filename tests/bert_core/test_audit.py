@@ -12,11 +12,13 @@ import pytest
 
 from bert_core.audit import (
     SUSPECT_COLUMNS,
+    agreement,
     assign_folds,
     fold_probabilities,
     is_multi_label,
     rank_suspects,
     suspect_counts,
+    weak_folds_warning,
 )
 from bert_core.families import get_family
 from bert_core.training import TrainConfig
@@ -98,3 +100,15 @@ def test_flipped_labels_are_found_far_above_chance(tmp_path):
     flagged = {s["row"] for s in rank_suspects(rows, ["neg", "pos"], probabilities)}
     recall, precision = len(flagged & flipped) / len(flipped), len(flagged & flipped) / max(len(flagged), 1)
     assert recall >= 0.8 and precision >= 0.7, (sorted(flagged), sorted(flipped))
+
+
+def test_agreement_is_how_often_the_suggestion_is_the_given_label_and_low_agreement_warns():
+    names = ["neg", "pos"]
+    rows = [{"label": label} for label in ["neg", "pos", "pos", "neg"]]
+    probabilities = np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3], [0.6, 0.4]])
+    assert agreement(rows, names, probabilities) == 0.75
+    sets = [{"labels": labels} for labels in (["a"], ["a", "b"], [])]
+    assert agreement(sets, ["a", "b"], np.array([[0.9, 0.1], [0.9, 0.2], [0.1, 0.1]]), multi_label=True) == 2 / 3
+    assert weak_folds_warning(10, 100, 0.9) is None  # 10% flagged: as noisy labels go
+    warning = weak_folds_warning(60, 100, 0.45)
+    assert warning.startswith("60% of the rows flagged") and "45%" in warning and "--epochs" in warning

@@ -54,6 +54,8 @@ def test_the_flipped_rows_top_the_suspects_csv(audited):
         assert r["source"].endswith(f"train.tsv:{int(r['row']) + 2}")  # the header is line 1
         assert r["suggested_label"] != r["given_label"] or float(r["given_label_probability"]) < 0.5
     assert sum(result["counts"]["by_given_label"].values()) == result["flagged"]
+    # The fold models learn the toy task, so they agree with about the 90% of labels left unflipped.
+    assert 0.75 <= result["agreement"] <= 0.95, result["agreement"]
 
 
 def test_the_mlflow_run_holds_the_table_and_counts_and_nothing_is_registered(audited):
@@ -62,6 +64,7 @@ def test_the_mlflow_run_holds_the_table_and_counts_and_nothing_is_registered(aud
     run = client.get_run(result["mlflow_run_id"])
     assert mlflow.get_experiment(run.info.experiment_id).name == "bertflow-audit"
     assert run.data.metrics["flagged_rows"] == result["flagged"] and run.data.params["k"] == "3"
+    assert run.data.metrics["fold_agreement"] == result["agreement"]
     table = json.loads(open(mlflow.artifacts.download_artifacts(run_id=run.info.run_id,
                                                                  artifact_path="label_audit.json")).read())
     assert table["columns"] == list(SUSPECT_COLUMNS) and len(table["data"]) == result["listed"]
