@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from bert_core.checkpoint import OFFLINE_DEFAULT
+from bert_core.families.text_encoding import suggested_stride
 from bert_core.loading import TaskData, load_task_data
 from bert_core.spec import TaskSpec
 from bert_core.training.config import TrainConfig
@@ -118,9 +119,10 @@ def long_text_suggestion(ctx: FitContext, summaries: list[SplitSummary]) -> list
     if not cut:
         return []
     shares = ", ".join(f"{s.over_max / s.used:.0%} of the {s.name} rows (p90 {s.tokens['p90']} tokens)" for s in cut)
+    stride = suggested_stride(ctx.settings["max_seq_length"])
     return [f"{shares} are longer than max_seq_length {ctx.settings['max_seq_length']} and cut there: add "
-            "`long_text: {stride: 64}` to the spec to read them whole, in overlapping windows whose scores are "
-            "pooled, or `long_text: {strategy: head_tail}` to keep their first and last tokens at no extra cost"]
+            f"`long_text: {{stride: {stride}}}` to the spec to read them whole, in overlapping windows whose scores "
+            "are pooled, or `long_text: {strategy: head_tail}` to keep their first and last tokens at no extra cost"]
 
 
 def _estimate(ctx: FitContext) -> TrainingEstimate:

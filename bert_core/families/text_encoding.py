@@ -79,6 +79,12 @@ def text_room(max_seq_length: int, pair: bool) -> int:
     return max_seq_length - (3 if pair else 2)
 
 
+def suggested_stride(max_seq_length: int) -> int:
+    """A ``long_text.stride`` that fits windows of ``max_seq_length`` tokens, pairs included: the default 64, or
+    half the room for text when that is less (a window of 64 tokens has room for 61 of a pair)."""
+    return min(64, text_room(max_seq_length, pair=True) // 2)
+
+
 def long_text_problem(long_text: dict | None, max_seq_length: int, pair: bool) -> str | None:
     """Why ``long_text`` (the settings' dict) cannot read features of ``max_seq_length`` tokens, else None."""
     if long_text is None or long_text["strategy"] != "windows":
@@ -87,7 +93,8 @@ def long_text_problem(long_text: dict | None, max_seq_length: int, pair: bool) -
     if long_text["stride"] >= room:
         specials = "[CLS] and two [SEP]" if pair else "[CLS] and [SEP]"
         return (f"long_text.stride {long_text['stride']} must be below the window's room for text, {room} tokens "
-                f"(max_seq_length {max_seq_length} less {specials}): consecutive windows would share every token")
+                f"(max_seq_length {max_seq_length} less {specials}): consecutive windows would share every token; "
+                f"e.g. stride {suggested_stride(max_seq_length)}")
     return None
 
 

@@ -171,7 +171,8 @@ JSONL = {"format": "jsonl", "files": {"train": "a", "eval": "b"}}
 
 @pytest.mark.parametrize("fields, problem", [
     ({"long_text": {"stride": 126}}, "long_text.stride 126 must be below the window's room for text, 126 tokens "
-                                     "(max_seq_length 128 less [CLS] and [SEP])"),
+                                     "(max_seq_length 128 less [CLS] and [SEP]): consecutive windows would share "
+                                     "every token; e.g. stride 62"),
     ({"family": "pair_classification", "long_text": {"stride": 125}},
      "long_text.stride 125 must be below the window's room for text, 125 tokens (max_seq_length 128 less [CLS] and "
      "two [SEP])"),
@@ -335,8 +336,9 @@ def test_check_suggests_long_text_when_many_rows_are_cut(tmp_path, tiny):
     spec = load_spec(_write_task(tmp_path / "cut", SPEC))
     text = report(dry_run(spec, cfg, tmp_path / "cut", str(tiny)))
     assert ("suggested:\n  100% of the train rows (p90 23 tokens), 100% of the eval rows (p90 23 tokens) are longer "
-            "than max_seq_length 16 and cut there: add `long_text: {stride: 64}`") in text, text
-    windowed = load_spec(_write_task(tmp_path / "windows", SPEC.model_copy(update={"long_text": LongText(stride=4)})))
+            "than max_seq_length 16 and cut there: add `long_text: {stride: 6}`") in text, text
+    # The stride suggested fits the window (16 tokens leave 13 for a pair's text): the spec it gives passes.
+    windowed = load_spec(_write_task(tmp_path / "windows", SPEC.model_copy(update={"long_text": LongText(stride=6)})))
     run = dry_run(windowed, cfg, tmp_path / "windows", str(tiny))
     assert run.suggestions == [] and "suggested:" not in report(run)
     assert [s.features for s in run.splits] == [64, 32], "two windows a row"
