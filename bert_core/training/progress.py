@@ -36,5 +36,5 @@ def progress_bar(total: int, initial: int, desc: str, enabled: bool) -> tqdm:
     in_log = enabled and not notebook and not sys.stderr.isatty()
     if in_log:
         return plain_tqdm(total=total, initial=initial, desc=desc, unit="step", file=_Lines(sys.stderr),
-                          mininterval=LOG_SECONDS, ncols=120)
+                          mininterval=LOG_SECONDS, maxinterval=LOG_SECONDS, ncols=120)
     return tqdm(total=total, initial=initial, desc=desc, unit="step", disable=not enabled, dynamic_ncols=True)
