@@ -44,8 +44,9 @@ from bert_core.training.recipe import fit
 SUSPECT_COLUMNS = ("rank", "row", "source", "text_a", "text_b", "given_label", "suggested_label",
                    "given_label_probability", "label_quality")
 LABEL_SET_SEPARATOR = "|"  # a label set in the CSV's label columns
-# Benchmarks' labels are wrong in a few percent of rows (Northcutt et al. 2021: 0.2-6% of test sets); past a fifth
-# of all rows flagged, the fold models are the likelier cause.
+# Benchmarks' labels are wrong in a few percent of rows (Northcutt et al. 2021, "Pervasive label errors in test
+# sets": 3.3% on average over 10 datasets, 10% at most); past a fifth of all rows flagged, the fold models are the
+# likelier cause.
 FLAGGED_SHARE_WARNING = 0.2
 
 

@@ -191,7 +191,8 @@ def noise_p_values(profile: dict, reference: dict, draws: int = NOISE_DRAWS) -> 
         if name not in found:
             continue
         item = found[name]
-        # Rows, except the [UNK] rate, a share of word pieces: its own counts.
+        # A share counts its own total (the [UNK] rate's: word pieces); bins and categories count rows (tagging's
+        # tags are words, so rows understate their sample: that errs towards no drift).
         n_a, n_e = (item.get("total"), ref.get("total")) if item["kind"] == "share" else (None, None)
         n_a, n_e = n_a or profile["rows"], n_e or reference["rows"]
         actual, expected = (np.asarray(shares, dtype=float) for shares in _aligned(item, ref))
