@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bert_core.cpu import cpu_vendor
+
 LANES = 1 << 16  # the values a 16-bit lane takes
 SOURCES = ("lanes", "torch")
 
@@ -82,14 +84,3 @@ def mask_source() -> str:
         return chosen
     return "torch" if cpu_vendor() == "GenuineIntel" else "lanes"
 
-
-def cpu_vendor() -> str | None:
-    """The CPU's vendor id from /proc/cpuinfo ("GenuineIntel", "AuthenticAMD"), None where there is none."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as f:
-            for line in f:
-                if line.startswith("vendor_id"):
-                    return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return None

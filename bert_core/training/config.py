@@ -8,6 +8,7 @@ from typing import Literal
 import torch
 from pydantic import ConfigDict, Field, model_validator
 
+from bert_core.cpu import cpuinfo
 from bert_core.families.imbalance import ImbalanceFields
 
 
@@ -87,9 +88,5 @@ def cpu_has_native_bf16() -> bool:
     """Whether this CPU does bf16 math natively (AVX512-BF16 or AMX): training's and serving's `auto` ask this."""
     if torch.backends.cpu.get_cpu_capability() in ("AVX512_BF16", "AMX"):
         return True
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as f:
-            flags = f.read()
-    except OSError:
-        return False
+    flags = cpuinfo()
     return "avx512_bf16" in flags or "amx_bf16" in flags
