@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import signal
 import sys
 
@@ -41,6 +40,7 @@ from flows.cli import (
     sweep,
     tasks,
 )
+from tracking.console import no_download_bars
 
 COMMANDS = (tasks, check, run, runs, suite, sweep, audit, predict, score, servers, compare)  # in `--help`'s order
 
@@ -53,7 +53,7 @@ class Terminated(KeyboardInterrupt):
 
 def main(argv: list[str] | None = None) -> int:
     local_flow.prefect_settings()  # before anything imports Prefect
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per artifact read (compare, predict)
+    no_download_bars()
     local_flow.stop_orphaned_servers()
     args = parser().parse_args(argv)
     try:
