@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bert_core.spec import TaskSpec
-from bert_core.validation import DataError, show
+from bert_core.validation import SKIP_BAD_ROWS_HINT, DataError, show
 
 # The csv module refuses a field over 131,072 characters by default, which would fail a whole file over one long
 # document (a spec's long_text reads them; a served model takes up to 1,000,000 characters). Ten times that
@@ -31,7 +31,7 @@ class Problems:
 
     def report(self, message: str) -> None:
         if not self.drop:
-            raise DataError(f"{message} (pass drop_bad_rows=True to skip bad rows and report them)")
+            raise DataError(f"{message} {SKIP_BAD_ROWS_HINT}")
         self.dropped.append(message)
 
 

@@ -12,6 +12,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+# What a row-level refusal adds: how to skip such rows instead, in the flow's parameters and on the command line.
+SKIP_BAD_ROWS_HINT = "(pass drop_bad_rows=True, or --drop-bad-rows on the command line, to skip bad rows and report them)"
+
 VALUE_LIMIT = 80  # characters of a bad value shown in a message
 
 
@@ -82,6 +85,6 @@ def validate_rows(
             continue
         message = f"{row.get('_source', '<unknown source>')}: {found}"
         if not drop_bad_rows:
-            raise DataError(f"{message} (pass drop_bad_rows=True to skip bad rows and report them)")
+            raise DataError(f"{message} {SKIP_BAD_ROWS_HINT}")
         dropped.append(message)
     return good, dropped
